@@ -1,0 +1,22 @@
+//! Wire types of the banger API (`/v1/...`).
+//!
+//! Every request and response body that crosses the Unix socket is defined
+//! here, once, and shared by `bangerd` (server), `banger` (CLI) and the web
+//! dashboard. Request bodies reject unknown fields so a typo in a client is
+//! an error, not a silently ignored option. The OpenAPI document the daemon
+//! serves is derived from these types.
+
+pub mod doctor;
+pub mod error;
+pub mod ops;
+pub mod system;
+
+pub use doctor::{Capabilities, CheckStatus, DoctorCheck, DoctorReport};
+pub use error::{ApiError, ErrorCode};
+pub use ops::{
+    DebugOpRequest, OpEvent, OpEventBody, OpList, OpState, OpStep, Operation, Progress, StepStatus,
+};
+pub use system::VersionInfo;
+
+/// The API version segment every path starts with.
+pub const API_VERSION: &str = "v1";

@@ -1,0 +1,280 @@
+//! The daemon's configuration file (TOML). Pure: parsing and validation only.
+//!
+//! Every key is optional; [`DEFAULT_CONFIG_TOML`] is the documented file with
+//! every key at its default, and a unit test keeps it equal to
+//! [`Config::default`]. Unknown keys are errors, and every error names the key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The documented default configuration, every key at its default value.
+/// `bangerd --print-default-config` prints it.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# banger daemon configuration (/etc/banger/config.toml).
+# Every key is optional; the values below are the defaults.
+
+[daemon]
+# Where bangerd keeps its database, images, disks and logs. Owned by root, mode 0700.
+state_dir = "/var/lib/banger"
+# Where bangerd keeps sockets and per-VM runtime files. Recreated at boot.
+runtime_dir = "/run/banger"
+# The API socket. Empty means "<runtime_dir>/bangerd.sock".
+socket = ""
+# Group that may use the API socket (socket mode 0660, owner root). The
+# installer creates it; add users with `usermod -aG banger USER`.
+socket_group = "banger"
+# Log level for stderr and <state_dir>/logs/bangerd.log: error, warn, info, debug or trace.
+log_level = "info"
+# On SIGTERM, how long to wait (seconds) for running operations to stop
+# after they were asked to cancel. VMs keep running either way.
+shutdown_grace_secs = 10
+
+[debug]
+# Serve /v1/debug/* endpoints (synthetic operations for testing the
+# operations machinery). Never enable in production.
+test_endpoints = false
+"#;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub debug: DebugConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    /// Empty: `<runtime_dir>/bangerd.sock`.
+    pub socket: PathBuf,
+    pub socket_group: String,
+    pub log_level: String,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            state_dir: PathBuf::from("/var/lib/banger"),
+            runtime_dir: PathBuf::from("/run/banger"),
+            socket: PathBuf::new(),
+            socket_group: "banger".into(),
+            log_level: "info".into(),
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    pub test_endpoints: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("Cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("Config file {path}: key `{key}` is invalid: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+impl Config {
+    /// Reads and validates the file at `path`. A missing file is an error
+    /// only when `must_exist` (the user named it explicitly).
+    pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                let c = Config::default();
+                c.validate(path)?;
+                Ok(c)
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.into(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses `text` (from `path`, used in messages) and validates it.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string().trim().replace('\n', " | "),
+        })?;
+        c.validate(path)?;
+        Ok(c)
+    }
+
+    /// Checks the values that the types alone do not.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            reason,
+        };
+        let d = &self.daemon;
+        if !d.state_dir.is_absolute() {
+            return Err(invalid(
+                "daemon.state_dir",
+                format!("{:?} is not an absolute path", d.state_dir),
+            ));
+        }
+        if !d.runtime_dir.is_absolute() {
+            return Err(invalid(
+                "daemon.runtime_dir",
+                format!("{:?} is not an absolute path", d.runtime_dir),
+            ));
+        }
+        if !d.socket.as_os_str().is_empty() && !d.socket.is_absolute() {
+            return Err(invalid(
+                "daemon.socket",
+                format!("{:?} is not an absolute path", d.socket),
+            ));
+        }
+        if !is_valid_group_name(&d.socket_group) {
+            return Err(invalid(
+                "daemon.socket_group",
+                format!(
+                    "{:?} is not a valid group name (a-z, 0-9, '_', '-', at most 32 characters)",
+                    d.socket_group
+                ),
+            ));
+        }
+        if !LOG_LEVELS.contains(&d.log_level.as_str()) {
+            return Err(invalid(
+                "daemon.log_level",
+                format!("{:?} is not one of {}", d.log_level, LOG_LEVELS.join(", ")),
+            ));
+        }
+        if d.shutdown_grace_secs > 3600 {
+            return Err(invalid(
+                "daemon.shutdown_grace_secs",
+                format!("{} is more than 3600", d.shutdown_grace_secs),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The API socket path, with the empty default resolved.
+    pub fn socket_path(&self) -> PathBuf {
+        if self.daemon.socket.as_os_str().is_empty() {
+            self.daemon.runtime_dir.join("bangerd.sock")
+        } else {
+            self.daemon.socket.clone()
+        }
+    }
+}
+
+fn is_valid_group_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && !s.starts_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> &'static Path {
+        Path::new("/etc/banger/config.toml")
+    }
+
+    #[test]
+    fn documented_defaults_match_code_defaults() {
+        let parsed = Config::parse(DEFAULT_CONFIG_TOML, p()).expect("default config parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::parse("", p()).expect("parses"), Config::default());
+    }
+
+    #[test]
+    fn missing_default_file_is_defaults_but_explicit_file_must_exist() {
+        let missing = Path::new("/nonexistent/banger/config.toml");
+        assert_eq!(
+            Config::load(missing, false).expect("defaults"),
+            Config::default()
+        );
+        let err = Config::load(missing, true).expect_err("must exist");
+        assert!(
+            err.to_string().contains("/nonexistent/banger/config.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_toml_is_an_error_naming_the_file() {
+        let err = Config::parse("[daemon\nstate_dir = ", p()).expect_err("bad toml");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/etc/banger/config.toml") && msg.contains("line"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_key() {
+        let err = Config::parse("[daemon]\nstate_dri = \"/x\"\n", p()).expect_err("unknown key");
+        assert!(err.to_string().contains("state_dri"), "{err}");
+        let err = Config::parse("[deamon]\n", p()).expect_err("unknown table");
+        assert!(err.to_string().contains("deamon"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error_naming_the_key() {
+        let err =
+            Config::parse("[daemon]\nshutdown_grace_secs = \"ten\"\n", p()).expect_err("bad type");
+        assert!(err.to_string().contains("shutdown_grace_secs"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("[daemon]\nstate_dir = \"relative\"\n", "daemon.state_dir"),
+            ("[daemon]\nruntime_dir = \"run\"\n", "daemon.runtime_dir"),
+            ("[daemon]\nsocket = \"x.sock\"\n", "daemon.socket"),
+            (
+                "[daemon]\nsocket_group = \"Bad Group\"\n",
+                "daemon.socket_group",
+            ),
+            ("[daemon]\nlog_level = \"loud\"\n", "daemon.log_level"),
+            (
+                "[daemon]\nshutdown_grace_secs = 99999\n",
+                "daemon.shutdown_grace_secs",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text, p()).expect_err(text);
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn socket_defaults_under_runtime_dir() {
+        let c = Config::parse("[daemon]\nruntime_dir = \"/tmp/r\"\n", p()).expect("parses");
+        assert_eq!(c.socket_path(), PathBuf::from("/tmp/r/bangerd.sock"));
+        let c = Config::parse("[daemon]\nsocket = \"/tmp/s.sock\"\n", p()).expect("parses");
+        assert_eq!(c.socket_path(), PathBuf::from("/tmp/s.sock"));
+    }
+}

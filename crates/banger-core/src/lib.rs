@@ -1,0 +1,23 @@
+//! banger's core: every subsystem the daemon composes, with no HTTP in it.
+//!
+//! Each module owns one subsystem's state and locks and splits its pure
+//! logic (parsing, validation, layout) from its effects (files, processes):
+//!
+//! - [`config`]: the daemon's TOML configuration (pure).
+//! - [`paths`]: where everything lives under the state and runtime dirs (pure).
+//! - [`store`]: SQLite with migrations; the only place state is persisted.
+//! - [`ops`]: long-running operations with steps, progress and events.
+//! - [`doctor`]: host checks and capabilities.
+//! - [`tools`]: locating and running external programs.
+//! - [`names`]: validation of user-supplied names.
+
+pub mod config;
+pub mod doctor;
+pub mod error;
+pub mod names;
+pub mod ops;
+pub mod paths;
+pub mod store;
+pub mod tools;
+
+pub use error::ToApiError;

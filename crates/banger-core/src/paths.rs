@@ -1,0 +1,65 @@
+//! Where banger keeps things. Pure: no I/O.
+//!
+//! ```text
+//! STATE_DIR (default /var/lib/banger, mode 0700)
+//!   banger.db            SQLite store (+ -wal, -shm)
+//!   bangerd.lock         flock(2) held by the running daemon; holds its pid
+//!   logs/bangerd.log     JSON logs
+//! RUNTIME_DIR (default /run/banger, mode 0755)
+//!   bangerd.sock         API socket, 0660 root:banger
+//! ```
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(state_dir: impl Into<PathBuf>, runtime_dir: impl Into<PathBuf>) -> Self {
+        Layout {
+            state_dir: state_dir.into(),
+            runtime_dir: runtime_dir.into(),
+        }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.state_dir.join("banger.db")
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.state_dir.join("bangerd.lock")
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+
+    pub fn default_socket(&self) -> PathBuf {
+        self.runtime_dir.join("bangerd.sock")
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.state_dir.join("tmp")
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_under_the_dirs() {
+        let l = Layout::new("/s", "/r");
+        assert_eq!(l.db(), PathBuf::from("/s/banger.db"));
+        assert_eq!(l.lock_file(), PathBuf::from("/s/bangerd.lock"));
+        assert_eq!(l.default_socket(), PathBuf::from("/r/bangerd.sock"));
+        assert_eq!(l.log_dir(), PathBuf::from("/s/logs"));
+    }
+}

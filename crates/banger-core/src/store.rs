@@ -1,0 +1,236 @@
+//! The SQLite store: the one place state is persisted.
+//!
+//! WAL mode with `synchronous=FULL`, so a committed transaction survives a
+//! SIGKILL of the daemon (and a power cut). Schema changes are migrations
+//! (rusqlite_migration, tracked in `PRAGMA user_version`); the store refuses a
+//! database written by a newer banger. Subsystems run their SQL through
+//! [`Store::read`] and [`Store::write`]; every write is one transaction.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, Transaction};
+use rusqlite_migration::{Migrations, M};
+use thiserror::Error;
+
+/// Schema migrations, oldest first. Never edit a released one; append.
+const MIGRATIONS: &[&str] = &[
+    // 1: operations and their event log.
+    r#"
+    CREATE TABLE ops (
+        id               TEXT PRIMARY KEY,
+        kind             TEXT NOT NULL,
+        target           TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        created_at       TEXT NOT NULL,
+        finished_at      TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        steps            TEXT NOT NULL,
+        result           TEXT,
+        error            TEXT,
+        last_seq         INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE INDEX ops_state ON ops(state);
+    CREATE INDEX ops_created ON ops(created_at);
+    CREATE TABLE op_events (
+        op_id TEXT NOT NULL REFERENCES ops(id) ON DELETE CASCADE,
+        seq   INTEGER NOT NULL,
+        at    TEXT NOT NULL,
+        body  TEXT NOT NULL,
+        PRIMARY KEY (op_id, seq)
+    ) STRICT;
+    "#,
+];
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("Cannot open the database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("Cannot migrate the database {path} to schema version {target}")]
+    Migrate {
+        path: PathBuf,
+        target: usize,
+        #[source]
+        source: rusqlite_migration::Error,
+    },
+    #[error(
+        "The database {path} has schema version {found}, newer than this banger knows ({known})"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
+    #[error("Database query failed")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("Stored {what} is corrupt: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+impl crate::ToApiError for StoreError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            StoreError::TooNew { .. } => {
+                Some("Upgrade banger, or point --state-dir elsewhere".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.into(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
+        if found > MIGRATIONS.len() as i64 {
+            return Err(StoreError::TooNew {
+                path: path.into(),
+                found,
+                known: MIGRATIONS.len(),
+            });
+        }
+        let migrations = Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect());
+        migrations
+            .to_latest(&mut conn)
+            .map_err(|source| StoreError::Migrate {
+                path: path.into(),
+                target: MIGRATIONS.len(),
+                source,
+            })?;
+        Ok(Store {
+            path: path.into(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version recorded in the database.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    /// The schema version this build migrates to.
+    pub fn latest_schema_version() -> usize {
+        MIGRATIONS.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable:
+        // SQLite rolls back the unfinished transaction when it is dropped.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs read-only queries.
+    pub fn read<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
+        f(&self.lock())
+    }
+
+    /// Runs `f` in one transaction, committed when it returns `Ok`.
+    pub fn write<T, E>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<rusqlite::Error>,
+    {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let v = f(&tx)?;
+        tx.commit()?;
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_migrates_and_records_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("b.db");
+        let s = Store::open(&db).expect("open");
+        assert_eq!(
+            s.schema_version().expect("version"),
+            MIGRATIONS.len() as i64
+        );
+        let mode: String = s
+            .read(|c| c.pragma_query_value(None, "journal_mode", |r| r.get(0)))
+            .expect("mode");
+        assert_eq!(mode, "wal");
+        drop(s);
+        // Reopening is idempotent.
+        let s = Store::open(&db).expect("reopen");
+        assert_eq!(
+            s.schema_version().expect("version"),
+            MIGRATIONS.len() as i64
+        );
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("b.db");
+        {
+            let c = Connection::open(&db).expect("open");
+            c.pragma_update(None, "user_version", 999).expect("set");
+        }
+        let err = Store::open(&db).expect_err("too new");
+        assert!(
+            matches!(err, StoreError::TooNew { found: 999, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn failed_write_rolls_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("b.db")).expect("open");
+        let r: Result<(), StoreError> = s.write(|tx| {
+            tx.execute(
+                "INSERT INTO ops (id, kind, target, state, created_at, steps) VALUES ('a','k','t','running','now','[]')",
+                [],
+            )?;
+            Err(StoreError::Corrupt { what: "test", detail: "forced".into() })
+        });
+        assert!(r.is_err());
+        let n: i64 = s
+            .read(|c| c.query_row("SELECT count(*) FROM ops", [], |r| r.get(0)))
+            .expect("count");
+        assert_eq!(n, 0);
+    }
+}

@@ -1,0 +1,188 @@
+//! Locating and running the external programs banger relies on.
+//!
+//! Every program banger shells out to is listed in [`PACKAGES`] with the
+//! Debian package that ships it, so a missing one is reported with the exact
+//! install command. [`run`] captures output and turns a non-zero exit into an
+//! error that carries the program's stderr.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use thiserror::Error;
+
+/// Program name -> Debian package that ships it.
+pub const PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("qemu-img", "qemu-utils"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("e2fsck", "e2fsprogs"),
+    ("resize2fs", "e2fsprogs"),
+    ("mmdebstrap", "mmdebstrap"),
+    ("debootstrap", "debootstrap"),
+    ("nft", "nftables"),
+    ("ssh", "openssh-client"),
+    ("ssh-keygen", "openssh-client"),
+    ("dmsetup", "dmsetup"),
+    ("busybox", "busybox-static"),
+    ("cpio", "cpio"),
+    ("ip", "iproute2"),
+    ("cp", "coreutils"),
+    ("git", "git"),
+];
+
+/// Directories searched after `$PATH` (root's tools live in sbin, which a
+/// user's PATH may lack).
+const EXTRA_DIRS: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+#[derive(Debug, Error)]
+pub enum ToolError {
+    #[error("`{program}` is not installed")]
+    Missing { program: String },
+    #[error("Cannot run `{program}`")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("`{program}` printed output banger cannot parse: {detail}")]
+    BadOutput { program: String, detail: String },
+}
+
+impl crate::ToApiError for ToolError {
+    fn code(&self) -> banger_api::ErrorCode {
+        match self {
+            ToolError::Missing { .. } => banger_api::ErrorCode::Unavailable,
+            _ => banger_api::ErrorCode::Internal,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            ToolError::Missing { program } => Some(install_hint(program)),
+            _ => None,
+        }
+    }
+}
+
+/// The Debian package that ships `program`, if banger knows it.
+pub fn package_for(program: &str) -> Option<&'static str> {
+    PACKAGES
+        .iter()
+        .find(|(p, _)| *p == program)
+        .map(|(_, pkg)| *pkg)
+}
+
+/// "Install it with: apt-get install PKG".
+pub fn install_hint(program: &str) -> String {
+    match package_for(program) {
+        Some(pkg) => format!("Install it with: sudo apt-get install {pkg}"),
+        None => format!("Install `{program}` and make sure it is on PATH"),
+    }
+}
+
+/// Finds `program` on `$PATH` or in the usual sbin/bin directories.
+pub fn find(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return is_executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(EXTRA_DIRS.iter().map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| is_executable(p))
+}
+
+/// Like [`find`], but missing is an error.
+pub fn require(program: &str) -> Result<PathBuf, ToolError> {
+    find(program).ok_or_else(|| ToolError::Missing {
+        program: program.into(),
+    })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Runs `program args...` to completion; a non-zero exit is an error with
+/// the program's stderr.
+pub fn run<I, S>(program: &Path, args: I) -> Result<Output, ToolError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = std::process::Command::new(program)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| ToolError::Spawn {
+            program: program.display().to_string(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ToolError::Failed {
+            command: command_line(program, &args),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+fn command_line(program: &Path, args: &[std::ffi::OsString]) -> String {
+    let mut s = program.display().to_string();
+    for a in args {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_sh_and_not_nonsense() {
+        assert!(find("sh").is_some());
+        assert!(find("definitely-not-a-program-banger").is_none());
+        let err = require("definitely-not-a-program-banger").expect_err("missing");
+        assert!(err.to_string().contains("not installed"));
+    }
+
+    #[test]
+    fn hints_name_the_package() {
+        assert_eq!(
+            install_hint("mkfs.ext4"),
+            "Install it with: sudo apt-get install e2fsprogs"
+        );
+        assert!(install_hint("frobnicate").contains("frobnicate"));
+    }
+
+    #[test]
+    fn failure_carries_stderr() {
+        let sh = require("sh").expect("sh");
+        let err = run(&sh, ["-c", "echo nope >&2; exit 3"]).expect_err("fails");
+        let msg = err.to_string();
+        assert!(msg.contains("nope") && msg.contains('3'), "{msg}");
+        let out = run(&sh, ["-c", "echo yes"]).expect("runs");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    }
+}

@@ -1,0 +1,267 @@
+//! A small HTTP/1.1 client for bangerd's Unix socket, with Server-Sent
+//! Events for operation progress. One connection per request: the socket is
+//! local and connecting costs microseconds.
+
+use std::path::{Path, PathBuf};
+
+use banger_api::{ApiError, OpEvent};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::exit;
+
+pub const DEFAULT_SOCKET: &str = "/run/banger/bangerd.sock";
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("Cannot reach bangerd at {socket}: {source}")]
+    Unreachable {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Permission denied on {socket}")]
+    SocketPermission { socket: PathBuf },
+    #[error("{0}")]
+    Api(ApiError),
+    #[error("Unexpected answer from bangerd: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Unreachable { .. } => exit::UNREACHABLE,
+            ClientError::SocketPermission { .. } => exit::PERMISSION,
+            ClientError::Api(e) if e.code == banger_api::ErrorCode::Forbidden => exit::PERMISSION,
+            _ => exit::FAILURE,
+        }
+    }
+
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ClientError::Unreachable { .. } => Some(
+                "Is bangerd running? Start it with `sudo systemctl start bangerd` (or `sudo bangerd &` where systemd \
+                 does not run), or point --socket / BANGER_SOCKET at its socket"
+                    .into(),
+            ),
+            ClientError::SocketPermission { .. } => Some(
+                "Only root and members of the `banger` group may use bangerd: sudo usermod -aG banger $USER, then log in again"
+                    .into(),
+            ),
+            ClientError::Api(e) => e.hint.clone(),
+            ClientError::Protocol(_) => Some("Are the banger CLI and bangerd the same version? Check `banger version`".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>) -> Client {
+        Client {
+            socket: socket.into(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn connect(&self) -> Result<Sender, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::PermissionDenied {
+                    ClientError::SocketPermission {
+                        socket: self.socket.clone(),
+                    }
+                } else {
+                    ClientError::Unreachable {
+                        socket: self.socket.clone(),
+                        source,
+                    }
+                }
+            })?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Protocol(format!("handshake: {e}")))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let mut sender = self.connect().await?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "bangerd");
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Protocol(format!("request: {e}")))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("{path}: {e}")))
+    }
+
+    async fn read_json<T: DeserializeOwned>(
+        resp: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<T, ClientError> {
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("reading body: {e}")))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ApiError>(&bytes) {
+                Ok(e) => ClientError::Api(e),
+                Err(_) => ClientError::Protocol(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                )),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ClientError::Protocol(format!("{e} in {}", String::from_utf8_lossy(&bytes)))
+        })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        Self::read_json(self.send(Method::GET, path, None).await?).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Self::read_json(self.send(Method::POST, path, Some(body)).await?).await
+    }
+
+    pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        Self::read_json(self.send(Method::POST, path, Some(b"{}".to_vec())).await?).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        Self::read_json(self.send(Method::DELETE, path, None).await?).await
+    }
+
+    /// Raw GET returning the status and body text (for non-JSON endpoints).
+    pub async fn get_text(&self, path: &str) -> Result<(StatusCode, String), ClientError> {
+        let resp = self.send(Method::GET, path, None).await?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("reading body: {e}")))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Follows an operation's events (SSE) after `after`, calling `on_event`
+    /// for each, until the `finished` event or the end of the stream.
+    pub async fn follow_op(
+        &self,
+        id: &str,
+        after: u64,
+        mut on_event: impl FnMut(&OpEvent),
+    ) -> Result<(), ClientError> {
+        let resp = self
+            .send(
+                Method::GET,
+                &format!("/v1/ops/{id}/events?after={after}"),
+                None,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Self::read_json::<serde_json::Value>(resp).await.map(|_| ());
+        }
+        let mut body = resp.into_body();
+        let mut parser = SseParser::default();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Protocol(format!("event stream: {e}")))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            for payload in parser.push(data) {
+                let ev: OpEvent = serde_json::from_str(&payload)
+                    .map_err(|e| ClientError::Protocol(format!("bad event {payload:?}: {e}")))?;
+                let finished = matches!(ev.body, banger_api::OpEventBody::Finished { .. });
+                on_event(&ev);
+                if finished {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Incremental Server-Sent Events parser: feed bytes, get the `data`
+/// payloads of complete events. Comments and other fields are ignored.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: String,
+}
+
+impl SseParser {
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.buf.push_str(&String::from_utf8_lossy(bytes));
+        let mut out = Vec::new();
+        while let Some(end) = self.buf.find("\n\n") {
+            let block: String = self.buf.drain(..end + 2).collect();
+            let data: Vec<&str> = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if !data.is_empty() {
+                out.push(data.join("\n"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_parser_handles_split_frames_and_comments() {
+        let mut p = SseParser::default();
+        assert!(p.push(b": keep-alive\n\nevent: x\nid: 1\nda").is_empty());
+        assert_eq!(p.push(b"ta: {\"a\":1}\n\n"), vec!["{\"a\":1}".to_string()]);
+        assert_eq!(
+            p.push(b"data: one\ndata: two\n\ndata:three\n\n"),
+            vec!["one\ntwo".to_string(), "three".to_string()]
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! The banger CLI as a library: the API client ([`client`]) and the output
+//! helpers ([`output`], [`progress`]). `main.rs` is only argument parsing and
+//! dispatch. The client is also what the integration tests use to call the
+//! API directly.
+
+pub mod client;
+pub mod output;
+pub mod progress;
+
+/// Exit codes of the `banger` command (documented in `banger --help`).
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The request or the operation failed; the message says why.
+    pub const FAILURE: u8 = 1;
+    /// Bad command-line usage.
+    pub const USAGE: u8 = 2;
+    /// The daemon is not reachable (not running, or wrong --socket).
+    pub const UNREACHABLE: u8 = 3;
+    /// The daemon refused the caller (not root and not in the banger group).
+    pub const PERMISSION: u8 = 4;
+}

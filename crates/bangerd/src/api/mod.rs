@@ -1,0 +1,210 @@
+//! The `/v1` HTTP API. Handlers only parse, call one method on the owning
+//! subsystem, and map the result; all behaviour lives in banger-core.
+//!
+//! Every error is `{code, message, hint}` with the matching status. Every
+//! request passes [`authorize`], which checks the caller's peer credentials
+//! and logs the request with its uid and pid.
+
+pub mod ops;
+pub mod peer;
+pub mod system;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use banger_api::{ApiError, ErrorCode};
+use banger_core::ToApiError;
+use utoipa::OpenApi;
+
+use crate::daemon::Daemon;
+
+pub type AppState = Arc<Daemon>;
+
+/// An error response.
+#[derive(Debug)]
+pub struct AppError(pub ApiError);
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0)).into_response()
+    }
+}
+
+impl<E: ToApiError> From<E> for AppError {
+    fn from(e: E) -> Self {
+        AppError(e.to_api_error())
+    }
+}
+
+pub type ApiResult<T> = Result<T, AppError>;
+
+/// `Json<T>` whose rejection is an API error naming what is wrong with the body.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(AppError(
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("Invalid request body: {}", rejection.body_text()),
+                )
+                .with_hint("See the API document at /v1/openapi.json for the expected fields"),
+            )),
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "banger API",
+        description = "The API of bangerd, served on its Unix socket. The CLI and the web dashboard use only this API.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        system::version,
+        system::capabilities,
+        system::doctor,
+        system::openapi,
+        ops::list,
+        ops::show,
+        ops::events,
+        ops::cancel,
+        ops::debug_start,
+    ),
+    tags(
+        (name = "system", description = "Daemon and host"),
+        (name = "ops", description = "Long-running operations"),
+        (name = "debug", description = "Test-only endpoints, served with debug.test_endpoints = true"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document, as served and as kept in `docs/openapi.json`.
+pub fn openapi_json() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc.to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+pub fn router(daemon: AppState) -> Router {
+    let mut v1 = Router::new()
+        .route("/version", get(system::version))
+        .route("/capabilities", get(system::capabilities))
+        .route("/doctor", get(system::doctor))
+        .route("/openapi.json", get(system::openapi))
+        .route("/ops", get(ops::list))
+        .route("/ops/{id}", get(ops::show))
+        .route("/ops/{id}/events", get(ops::events))
+        .route("/ops/{id}/cancel", post(ops::cancel));
+    if daemon.config.debug.test_endpoints {
+        v1 = v1.route("/debug/ops", post(ops::debug_start));
+    }
+    Router::new()
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            daemon.clone(),
+            authorize,
+        ))
+        .with_state(daemon)
+}
+
+async fn not_found(req: Request) -> AppError {
+    AppError(
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("No endpoint {} {}", req.method(), req.uri().path()),
+        )
+        .with_hint("The endpoints are listed in /v1/openapi.json"),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let mut r = AppError(ApiError::new(
+        ErrorCode::InvalidRequest,
+        format!(
+            "Method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    ))
+    .into_response();
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
+}
+
+/// Checks the caller's credentials and logs the request.
+async fn authorize(
+    State(daemon): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<peer::PeerCred>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = Instant::now();
+    if !peer::is_authorized(&peer, daemon.socket_gid) {
+        tracing::warn!(uid = peer.uid, gid = peer.gid, pid = peer.pid.unwrap_or(0), %method, %path, "request refused: not in the socket group");
+        return AppError(
+            ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "User id {} may not use bangerd: it is neither root nor in group {:?}",
+                    peer.uid, daemon.config.daemon.socket_group
+                ),
+            )
+            .with_hint(format!(
+                "Add the user to the group: sudo usermod -aG {} $USER, then log in again",
+                daemon.config.daemon.socket_group
+            )),
+        )
+        .into_response();
+    }
+    let resp = next.run(req).await;
+    tracing::info!(
+        uid = peer.uid,
+        pid = peer.pid.unwrap_or(0),
+        %method,
+        %path,
+        status = resp.status().as_u16(),
+        ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "request"
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    /// The repo keeps the served OpenAPI document in docs/openapi.json. This
+    /// fails when the API changed and the copy did not; regenerate with
+    /// `cargo run -p bangerd -- --print-openapi > docs/openapi.json`.
+    #[test]
+    fn docs_copy_of_openapi_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+        let kept = std::fs::read_to_string(path).unwrap_or_default();
+        let live = super::openapi_json();
+        assert!(
+            kept.trim() == live.trim(),
+            "docs/openapi.json is out of date; run: cargo run -p bangerd -- --print-openapi > docs/openapi.json"
+        );
+    }
+}

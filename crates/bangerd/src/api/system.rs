@@ -1,0 +1,59 @@
+//! `/v1/version`, `/v1/capabilities`, `/v1/doctor`, `/v1/openapi.json`.
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::Json;
+use banger_api::{ApiError, Capabilities, DoctorReport, ErrorCode, VersionInfo};
+use banger_core::doctor::{self, HostFacts};
+
+use super::{ApiResult, AppError, AppState};
+
+/// The daemon's version and identity.
+#[utoipa::path(get, path = "/v1/version", tag = "system",
+    responses((status = 200, body = VersionInfo)))]
+pub async fn version(State(d): State<AppState>) -> Json<VersionInfo> {
+    Json(VersionInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        api_version: banger_api::API_VERSION.into(),
+        pid: std::process::id(),
+        started_at: d.started_at,
+        state_dir: d.layout.state_dir.display().to_string(),
+    })
+}
+
+async fn probe(d: &AppState) -> ApiResult<HostFacts> {
+    let dir = d.layout.state_dir.clone();
+    tokio::task::spawn_blocking(move || HostFacts::probe(&dir))
+        .await
+        .map_err(|e| {
+            AppError(ApiError::new(
+                ErrorCode::Internal,
+                format!("Host probe failed: {e}"),
+            ))
+        })
+}
+
+/// What the host can do, as data.
+#[utoipa::path(get, path = "/v1/capabilities", tag = "system",
+    responses((status = 200, body = Capabilities)))]
+pub async fn capabilities(State(d): State<AppState>) -> ApiResult<Json<Capabilities>> {
+    Ok(Json(doctor::capabilities(&probe(&d).await?)))
+}
+
+/// Every host requirement with its status and a fix hint. `ok` is false
+/// when a required check failed (the response is still 200).
+#[utoipa::path(get, path = "/v1/doctor", tag = "system",
+    responses((status = 200, body = DoctorReport)))]
+pub async fn doctor(State(d): State<AppState>) -> ApiResult<Json<DoctorReport>> {
+    Ok(Json(doctor::evaluate(&probe(&d).await?)))
+}
+
+/// This API's OpenAPI 3 document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "system",
+    responses((status = 200, description = "OpenAPI document", content_type = "application/json")))]
+pub async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        super::openapi_json(),
+    )
+}

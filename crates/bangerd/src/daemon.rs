@@ -1,0 +1,131 @@
+//! Composition root: builds each subsystem, wires them into the API, and
+//! runs until SIGTERM/SIGINT.
+//!
+//! Shutdown: stop accepting requests, ask running operations to cancel,
+//! wait up to `daemon.shutdown_grace_secs` for them, then exit. VMs are
+//! never stopped by a daemon shutdown; the next daemon adopts them.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use banger_core::config::Config;
+use banger_core::ops::Ops;
+use banger_core::paths::Layout;
+use banger_core::store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::{api, lock, logging, socket};
+
+/// Everything a request handler can reach. Subsystems own their state;
+/// this only holds them.
+pub struct Daemon {
+    pub config: Config,
+    pub layout: Layout,
+    pub store: Arc<Store>,
+    pub ops: Ops,
+    pub socket_gid: u32,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Fired at shutdown; long-lived responses (SSE) end on it.
+    pub shutdown: CancellationToken,
+}
+
+fn create_dir(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("Cannot create {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("Cannot set the mode of {}", path.display()))
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let layout = Layout::new(&config.daemon.state_dir, &config.daemon.runtime_dir);
+    create_dir(&layout.state_dir, 0o700)?;
+    create_dir(&layout.runtime_dir, 0o755)?;
+    let _lock = lock::acquire(&layout.lock_file(), &layout.state_dir)?;
+    let _log_guard = logging::init(&layout.log_dir(), &config.daemon.log_level)?;
+
+    let store = Arc::new(Store::open(&layout.db())?);
+    let ops = Ops::new(store.clone());
+    let interrupted = ops.recover_interrupted(
+        "bangerd stopped while this operation ran (the daemon was killed, crashed, or shut down before it finished)",
+    )?;
+    if !interrupted.is_empty() {
+        tracing::warn!(ops = ?interrupted, "marked operations of the previous daemon as interrupted");
+    }
+
+    let socket_path = config.socket_path();
+    let gid = socket::group_gid(&config.daemon.socket_group).map_err(|e| with_hint(e.hint(), e))?;
+    let listener = socket::bind(&socket_path, gid).map_err(|e| with_hint(e.hint(), e))?;
+
+    let daemon = Arc::new(Daemon {
+        config,
+        layout,
+        store,
+        ops,
+        socket_gid: gid,
+        started_at: chrono::Utc::now(),
+        shutdown: CancellationToken::new(),
+    });
+    tracing::info!(
+        socket = %socket_path.display(),
+        state_dir = %daemon.layout.state_dir.display(),
+        pid = std::process::id(),
+        schema = daemon.store.schema_version()?,
+        "bangerd {} listening",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let app = api::router(daemon.clone());
+    let shutdown = daemon.shutdown.clone();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<api::peer::PeerCred>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await });
+    let server = tokio::spawn(async move { server.await });
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down; VMs keep running");
+    daemon.ops.cancel_all();
+    daemon.shutdown.cancel();
+    let grace = Duration::from_secs(daemon.config.daemon.shutdown_grace_secs);
+    let deadline = Instant::now() + grace;
+    while daemon.ops.running_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if daemon.ops.running_count() > 0 {
+        tracing::warn!(
+            running = daemon.ops.running_count(),
+            "operations still running after the grace period; the next start marks them interrupted"
+        );
+    }
+    // In-flight requests get what is left of the grace period (at least 1 s).
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    if tokio::time::timeout(left, server).await.is_err() {
+        tracing::warn!("connections still open at shutdown; closing them");
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("bangerd stopped");
+    Ok(())
+}
+
+fn with_hint(hint: Option<&str>, e: impl std::error::Error) -> anyhow::Error {
+    let msg = banger_core::error::error_chain(&e);
+    match hint {
+        Some(h) => anyhow::anyhow!("{msg}\nhint: {h}"),
+        None => anyhow::anyhow!("{msg}"),
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
