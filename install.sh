@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# banger installer for a fresh Debian/Ubuntu host:   sudo ./install.sh
+#
+# Installs the system packages, builds and installs `bangerd` and `banger`
+# into /usr/local/bin, creates the `banger` group (and adds you to it),
+# writes /etc/banger/config.toml if absent, starts the daemon (a systemd
+# unit where systemd runs; a background process otherwise), then runs the
+# main job as far as banger has it.
+#
+# Environment:
+#   BANGER_PREFIX   install prefix (default /usr/local)
+set -euo pipefail
+cd "$(dirname "$0")"
+[ "$(id -u)" = 0 ] || { echo "run as root: sudo $0" >&2; exit 1; }
+PREFIX=${BANGER_PREFIX:-/usr/local}
+log() { printf '[install] %s\n' "$*" >&2; }
+
+bash scripts/deps.sh
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+
+log "building (release)"
+if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ] && sudo -u "$SUDO_USER" -i bash -c 'command -v cargo' >/dev/null 2>&1; then
+  # Build with the invoking user's toolchain; the tree stays theirs.
+  sudo -u "$SUDO_USER" -i bash -c "cd '$PWD' && cargo build --release --locked -p bangerd -p banger"
+else
+  cargo build --release --locked -p bangerd -p banger
+fi
+install -D -m 0755 target/release/bangerd "$PREFIX/bin/bangerd"
+install -D -m 0755 target/release/banger "$PREFIX/bin/banger"
+"$PREFIX/bin/banger" completions bash > /etc/bash_completion.d/banger 2>/dev/null || true
+
+getent group banger >/dev/null || { log "creating group banger"; groupadd --system banger; }
+if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ] && ! id -nG "$SUDO_USER" | grep -qw banger; then
+  usermod -aG banger "$SUDO_USER"
+  log "added $SUDO_USER to group banger (log in again to use banger without sudo)"
+fi
+if [ ! -e /etc/banger/config.toml ]; then
+  install -d -m 0755 /etc/banger
+  "$PREFIX/bin/bangerd" --print-default-config > /etc/banger/config.toml
+  log "wrote /etc/banger/config.toml (every key documented)"
+fi
+
+SOCK=$(awk -F'"' '/^socket *=/{print $2}' /etc/banger/config.toml)
+RUNDIR=$(awk -F'"' '/^runtime_dir *=/{print $2}' /etc/banger/config.toml)
+STATE=$(awk -F'"' '/^state_dir *=/{print $2}' /etc/banger/config.toml)
+SOCK=${SOCK:-${RUNDIR:-/run/banger}/bangerd.sock}
+STATE=${STATE:-/var/lib/banger}
+
+if [ -d /run/systemd/system ]; then
+  log "installing the systemd unit"
+  sed "s#@PREFIX@#$PREFIX#g" packaging/bangerd.service > /etc/systemd/system/bangerd.service
+  systemctl daemon-reload
+  systemctl enable bangerd >/dev/null
+  systemctl restart bangerd
+else
+  # No systemd (containers, some VMs): run bangerd in the background.
+  # Stop it with: sudo kill $(cat /var/lib/banger/bangerd.lock)
+  if [ -s "$STATE/bangerd.lock" ] && kill -0 "$(cat "$STATE/bangerd.lock")" 2>/dev/null; then
+    pid=$(cat "$STATE/bangerd.lock")
+    log "stopping the running bangerd (pid $pid)"
+    kill "$pid"
+    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  fi
+  log "systemd is not running here: starting bangerd in the background (log: /var/log/bangerd.log)"
+  setsid -f "$PREFIX/bin/bangerd" >>/var/log/bangerd.log 2>&1 </dev/null
+fi
+
+for _ in $(seq 200); do "$PREFIX/bin/banger" --socket "$SOCK" version >/dev/null 2>&1 && break; sleep 0.05; done
+"$PREFIX/bin/banger" --socket "$SOCK" version
+
+# The main job, as far as banger has it today: check the host.
+log "checking the host"
+"$PREFIX/bin/banger" --socket "$SOCK" doctor
+log "done"
