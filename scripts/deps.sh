@@ -14,7 +14,7 @@ PKGS=(
   openssh-client                 # ssh into guests, host keys
   iproute2 nftables              # bridge/TAP/netns, NAT
   dmsetup                        # device-mapper snapshot clones (where dm exists)
-  ca-certificates curl git
+  ca-certificates curl git xz-utils lz4 zstd
   util-linux                     # setpriv, flock (tests)
   build-essential pkg-config     # cc for bundled SQLite
 )

@@ -8,11 +8,13 @@
 
 pub mod doctor;
 pub mod error;
+pub mod images;
 pub mod ops;
 pub mod system;
 
 pub use doctor::{Capabilities, CheckStatus, DoctorCheck, DoctorReport};
 pub use error::{ApiError, ErrorCode};
+pub use images::{Artifact, Image, ImageBuildRequest, ImageImportRequest, ImageList, ImageRemoved};
 pub use ops::{
     DebugOpRequest, OpEvent, OpEventBody, OpList, OpState, OpStep, Operation, Progress, StepStatus,
 };

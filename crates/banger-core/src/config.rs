@@ -30,6 +30,11 @@ log_level = "info"
 # after they were asked to cancel. VMs keep running either way.
 shutdown_grace_secs = 10
 
+[images]
+# Package mirror for image builds. Empty: the mirror the host's apt uses,
+# or http://deb.debian.org/debian when none is found.
+mirror = ""
+
 [debug]
 # Serve /v1/debug/* endpoints (synthetic operations for testing the
 # operations machinery). Never enable in production.
@@ -40,7 +45,15 @@ test_endpoints = false
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub daemon: DaemonConfig,
+    pub images: ImagesConfig,
     pub debug: DebugConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Empty: the host's apt mirror.
+    pub mirror: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -161,6 +174,13 @@ impl Config {
             return Err(invalid(
                 "daemon.log_level",
                 format!("{:?} is not one of {}", d.log_level, LOG_LEVELS.join(", ")),
+            ));
+        }
+        let m = &self.images.mirror;
+        if !(m.is_empty() || m.starts_with("http://") || m.starts_with("https://")) {
+            return Err(invalid(
+                "images.mirror",
+                format!("{m:?} is not an http(s) URL"),
             ));
         }
         if d.shutdown_grace_secs > 3600 {

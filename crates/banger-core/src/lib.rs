@@ -10,14 +10,23 @@
 //! - [`doctor`]: host checks and capabilities.
 //! - [`tools`]: locating and running external programs.
 //! - [`names`]: validation of user-supplied names.
+//! - [`images`]: building and importing guest images (recipes, kernels, initrds).
+//! - [`guest`]: what runs in the guest (initrd, guest init, config disk).
+//! - [`storage`]: disk clones and work seeds.
+//! - [`shell`], [`units`]: quoting for sh, sizes.
 
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod guest;
+pub mod images;
 pub mod names;
 pub mod ops;
 pub mod paths;
+pub mod shell;
+pub mod storage;
 pub mod store;
 pub mod tools;
+pub mod units;
 
 pub use error::ToApiError;

@@ -5,6 +5,11 @@
 //!   banger.db            SQLite store (+ -wal, -shm)
 //!   bangerd.lock         flock(2) held by the running daemon; holds its pid
 //!   logs/bangerd.log     JSON logs
+//!   images/DIGEST/       rootfs.ext4, vmlinuz, initrd.img, vmlinux, manifest.json
+//!   cache/apt/           downloaded .debs, reused by builds
+//!   cache/kernels/       extracted kernel packages
+//!   seeds/work-SIZE.ext4 pre-formatted work disks, cloned per VM
+//!   tmp/OP_ID/           scratch space of a running operation
 //! RUNTIME_DIR (default /run/banger, mode 0755)
 //!   bangerd.sock         API socket, 0660 root:banger
 //! ```
@@ -43,6 +48,35 @@ impl Layout {
 
     pub fn tmp_dir(&self) -> PathBuf {
         self.state_dir.join("tmp")
+    }
+
+    /// Image artifacts, one directory per digest.
+    pub fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+
+    pub fn image_dir(&self, digest: &str) -> PathBuf {
+        self.images_dir().join(digest)
+    }
+
+    /// Downloaded packages (apt archives), reused between builds.
+    pub fn apt_cache(&self) -> PathBuf {
+        self.state_dir.join("cache/apt")
+    }
+
+    /// Extracted kernel packages.
+    pub fn kernel_cache(&self) -> PathBuf {
+        self.state_dir.join("cache/kernels")
+    }
+
+    /// Pre-formatted work-disk seeds, one per size.
+    pub fn seeds_dir(&self) -> PathBuf {
+        self.state_dir.join("seeds")
+    }
+
+    /// Scratch space of one operation; removed when it ends, and at start.
+    pub fn op_tmp(&self, op_id: &str) -> PathBuf {
+        self.tmp_dir().join(op_id)
     }
 
     pub fn state_dir(&self) -> &Path {

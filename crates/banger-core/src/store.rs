@@ -40,6 +40,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (op_id, seq)
     ) STRICT;
     "#,
+    // 2: images. The manifest is the API's Image minus `used_by`, as JSON.
+    r#"
+    CREATE TABLE images (
+        name       TEXT PRIMARY KEY,
+        digest     TEXT NOT NULL,
+        source     TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        manifest   TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX images_digest ON images(digest);
+    "#,
 ];
 
 #[derive(Debug, Error)]

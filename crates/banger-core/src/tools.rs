@@ -155,6 +155,86 @@ fn command_line(program: &Path, args: &[std::ffi::OsString]) -> String {
     s
 }
 
+/// Kills a whole process group when dropped, unless disarmed: a cancelled
+/// step drops its future, and with it every process the tool started.
+struct GroupGuard {
+    pgid: Option<i32>,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Runs a command in its own process group, calling `on_line` for every
+/// line it prints (stdout and stderr). A non-zero exit is an error carrying
+/// the last lines. Dropping the future kills the whole group.
+pub async fn run_streaming(
+    mut cmd: tokio::process::Command,
+    name: &str,
+    mut on_line: impl FnMut(&str),
+) -> Result<(), ToolError> {
+    use tokio::io::AsyncBufReadExt;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| ToolError::Spawn {
+        program: name.into(),
+        source,
+    })?;
+    let mut guard = GroupGuard {
+        pgid: child.id().and_then(|p| i32::try_from(p).ok()),
+    };
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for stream in [
+        stdout.map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        stderr.map(|s| Box::new(s) as _),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stream).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send(l);
+            }
+        });
+    }
+    drop(tx);
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    while let Some(line) = rx.recv().await {
+        on_line(&line);
+        tail.push_back(line);
+        if tail.len() > 15 {
+            tail.pop_front();
+        }
+    }
+    let status = child.wait().await.map_err(|source| ToolError::Spawn {
+        program: name.into(),
+        source,
+    })?;
+    guard.pgid = None;
+    if !status.success() {
+        return Err(ToolError::Failed {
+            command: name.into(),
+            status: status.to_string(),
+            stderr: tail.into_iter().collect::<Vec<_>>().join("\n"),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,10 +45,81 @@ enum Command {
     /// Long-running operations (image builds, VM creates, ...).
     #[command(subcommand)]
     Ops(OpsCommand),
+    /// Guest images: build, import, list, show, remove.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build an image (Debian stable by default) with mmdebstrap.
+    Build {
+        name: String,
+        /// A recipe file (TOML); the flags below override its fields.
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        /// debian (default) or ubuntu (experimental).
+        #[arg(long)]
+        distro: Option<String>,
+        /// Distribution suite, e.g. bookworm.
+        #[arg(long)]
+        suite: Option<String>,
+        /// Package mirror URL (default: the daemon's).
+        #[arg(long)]
+        mirror: Option<String>,
+        /// Root filesystem size, e.g. 2G.
+        #[arg(long)]
+        size: Option<String>,
+        /// Extra packages, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        packages: Option<Vec<String>>,
+        /// Install build-essential.
+        #[arg(long)]
+        build_essential: bool,
+        /// light (busybox init + sshd, fastest) or systemd.
+        #[arg(long)]
+        init: Option<String>,
+        /// Install a coding agent with npm: opencode, claude-code or codex.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Start the build and print its operation id without following it.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Import a rootfs: an ext4 image, a directory, or a tarball (e.g. `docker export`).
+    Import {
+        name: String,
+        #[arg(long, value_name = "FILE|DIR|TARBALL")]
+        rootfs: PathBuf,
+        /// A bzImage (default: the kernel of the default recipe).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// An initrd for --kernel.
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// An ELF vmlinux, for Firecracker.
+        #[arg(long)]
+        vmlinux: Option<PathBuf>,
+        /// Root filesystem size when packing a directory or tarball.
+        #[arg(long)]
+        size: Option<String>,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// List images.
+    Ls,
+    /// Show an image: artifacts with sha256, packages, recipe.
+    Show { name: String },
+    /// Remove an image (refused while VMs use it, unless --force).
+    Rm {
+        name: String,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -156,6 +227,7 @@ async fn run(client: &Client, json: bool, command: Command) -> Result<u8, Client
             Ok(exit::OK)
         }
         Command::Ops(cmd) => ops(client, json, &style, cmd).await,
+        Command::Image(cmd) => image(client, json, &style, cmd).await,
         Command::Completions { .. } => Ok(exit::OK),
     }
 }
@@ -315,6 +387,211 @@ async fn ops(
                         progress::state_word(style, op.state)
                     } else {
                         "cancel requested".into()
+                    }
+                );
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn absolute(p: &std::path::Path) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// Follows an operation just started (unless `detach`), and reports it.
+async fn run_op(
+    client: &Client,
+    json: bool,
+    op: Operation,
+    detach: bool,
+) -> Result<u8, ClientError> {
+    if detach {
+        if json {
+            output::print_json(&op);
+        } else {
+            println!("{}", op.id);
+        }
+        return Ok(exit::OK);
+    }
+    let done = watch(client, json, op).await?;
+    if !json && done.state == OpState::Succeeded {
+        if let Some(r) = &done.result {
+            println!("{r}");
+        }
+    }
+    Ok(final_code(&done))
+}
+
+async fn image(
+    client: &Client,
+    json: bool,
+    style: &Style,
+    cmd: ImageCommand,
+) -> Result<u8, ClientError> {
+    match cmd {
+        ImageCommand::Build {
+            name,
+            from_file,
+            distro,
+            suite,
+            mirror,
+            size,
+            packages,
+            build_essential,
+            init,
+            agent,
+            detach,
+        } => {
+            let recipe_toml = match &from_file {
+                Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+                    ClientError::Api(banger_api::ApiError::new(
+                        banger_api::ErrorCode::InvalidRequest,
+                        format!("Cannot read recipe {}: {e}", p.display()),
+                    ))
+                })?),
+                None => None,
+            };
+            let req = banger_api::ImageBuildRequest {
+                name,
+                recipe_toml,
+                distro,
+                suite,
+                mirror,
+                size,
+                packages,
+                build_essential: build_essential.then_some(true),
+                init,
+                agent,
+            };
+            let op: Operation = client.post("/v1/images/build", &req).await?;
+            run_op(client, json, op, detach).await
+        }
+        ImageCommand::Import {
+            name,
+            rootfs,
+            kernel,
+            initrd,
+            vmlinux,
+            size,
+            detach,
+        } => {
+            let req = banger_api::ImageImportRequest {
+                name,
+                rootfs: absolute(&rootfs),
+                kernel: kernel.as_deref().map(absolute),
+                initrd: initrd.as_deref().map(absolute),
+                vmlinux: vmlinux.as_deref().map(absolute),
+                size,
+            };
+            let op: Operation = client.post("/v1/images/import", &req).await?;
+            run_op(client, json, op, detach).await
+        }
+        ImageCommand::Ls => {
+            let list: banger_api::ImageList = client.get("/v1/images").await?;
+            if json {
+                output::print_json(&list);
+            } else if list.images.is_empty() {
+                println!("No images. Build one with: banger image build NAME");
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .images
+                    .iter()
+                    .map(|i| {
+                        let rootfs = i
+                            .artifacts
+                            .iter()
+                            .find(|a| a.kind == "rootfs")
+                            .map(|a| a.size)
+                            .unwrap_or(0);
+                        vec![
+                            i.name.clone(),
+                            i.source.clone(),
+                            i.init.clone(),
+                            i.backends.join(","),
+                            output::size(rootfs),
+                            i.digest[..12.min(i.digest.len())].to_string(),
+                            i.created_at
+                                .with_timezone(&chrono::Local)
+                                .format("%Y-%m-%d %H:%M")
+                                .to_string(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    output::table(
+                        &["name", "source", "init", "backends", "size", "digest", "created"],
+                        &rows
+                    )
+                );
+            }
+            Ok(exit::OK)
+        }
+        ImageCommand::Show { name } => {
+            let i: banger_api::Image = client.get(&format!("/v1/images/{name}")).await?;
+            if json {
+                output::print_json(&i);
+            } else {
+                println!("{} ({}, {} init)", style.bold(&i.name), i.source, i.init);
+                println!("digest:   {}", i.digest);
+                println!(
+                    "created:  {}",
+                    i.created_at
+                        .with_timezone(&chrono::Local)
+                        .format("%Y-%m-%d %H:%M:%S")
+                );
+                println!("backends: {}", i.backends.join(", "));
+                if let Some(k) = &i.kernel_version {
+                    println!("kernel:   {k}");
+                }
+                if let Some(a) = &i.agent {
+                    println!("agent:    {a}");
+                }
+                println!(
+                    "used by:  {}",
+                    if i.used_by.is_empty() {
+                        "-".into()
+                    } else {
+                        i.used_by.join(", ")
+                    }
+                );
+                println!("artifacts:");
+                for a in &i.artifacts {
+                    println!(
+                        "  {:<8} {:<12} {:>10}  sha256:{}",
+                        a.kind,
+                        a.file,
+                        output::size(a.size),
+                        a.sha256
+                    );
+                }
+                if let Some(r) = &i.recipe {
+                    println!("recipe:   {r}");
+                }
+                if !i.packages.is_empty() {
+                    println!("packages ({}): {}", i.packages.len(), i.packages.join(" "));
+                }
+            }
+            Ok(exit::OK)
+        }
+        ImageCommand::Rm { name, force } => {
+            let r: banger_api::ImageRemoved = client
+                .delete(&format!("/v1/images/{name}?force={force}"))
+                .await?;
+            if json {
+                output::print_json(&r);
+            } else {
+                println!(
+                    "removed image {}{}",
+                    r.name,
+                    if r.artifacts_deleted {
+                        ""
+                    } else {
+                        " (artifacts kept: another name uses them)"
                     }
                 );
             }

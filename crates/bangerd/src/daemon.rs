@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use banger_core::config::Config;
+use banger_core::images::Images;
 use banger_core::ops::Ops;
 use banger_core::paths::Layout;
 use banger_core::store::Store;
@@ -25,6 +26,7 @@ pub struct Daemon {
     pub layout: Layout,
     pub store: Arc<Store>,
     pub ops: Ops,
+    pub images: Images,
     pub socket_gid: u32,
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// Fired at shutdown; long-lived responses (SSE) end on it.
@@ -53,6 +55,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(ops = ?interrupted, "marked operations of the previous daemon as interrupted");
     }
 
+    // Scratch space of operations that died with the previous daemon.
+    let _ = std::fs::remove_dir_all(layout.tmp_dir());
+    let mirror = if config.images.mirror.is_empty() {
+        banger_core::images::host_mirror().unwrap_or_else(|| "http://deb.debian.org/debian".into())
+    } else {
+        config.images.mirror.clone()
+    };
+    let images = Images::new(layout.clone(), store.clone(), ops.clone(), mirror)?;
+
     let socket_path = config.socket_path();
     let gid = socket::group_gid(&config.daemon.socket_group).map_err(|e| with_hint(e.hint(), e))?;
     let listener = socket::bind(&socket_path, gid).map_err(|e| with_hint(e.hint(), e))?;
@@ -62,6 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         layout,
         store,
         ops,
+        images,
         socket_gid: gid,
         started_at: chrono::Utc::now(),
         shutdown: CancellationToken::new(),

@@ -5,6 +5,7 @@
 //! request passes [`authorize`], which checks the caller's peer credentials
 //! and logs the request with its uid and pid.
 
+pub mod images;
 pub mod ops;
 pub mod peer;
 pub mod system;
@@ -87,10 +88,16 @@ where
         ops::events,
         ops::cancel,
         ops::debug_start,
+        images::list,
+        images::show,
+        images::build,
+        images::import,
+        images::remove,
     ),
     tags(
         (name = "system", description = "Daemon and host"),
         (name = "ops", description = "Long-running operations"),
+        (name = "images", description = "Guest images"),
         (name = "debug", description = "Test-only endpoints, served with debug.test_endpoints = true"),
     )
 )]
@@ -113,7 +120,11 @@ pub fn router(daemon: AppState) -> Router {
         .route("/ops", get(ops::list))
         .route("/ops/{id}", get(ops::show))
         .route("/ops/{id}/events", get(ops::events))
-        .route("/ops/{id}/cancel", post(ops::cancel));
+        .route("/ops/{id}/cancel", post(ops::cancel))
+        .route("/images", get(images::list))
+        .route("/images/build", post(images::build))
+        .route("/images/import", post(images::import))
+        .route("/images/{name}", get(images::show).delete(images::remove));
     if daemon.config.debug.test_endpoints {
         v1 = v1.route("/debug/ops", post(ops::debug_start));
     }
