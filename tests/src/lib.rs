@@ -61,7 +61,8 @@ pub fn banger_gid() -> u32 {
 }
 
 pub struct TestDaemon {
-    pub dir: tempfile::TempDir,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
     pub config: PathBuf,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
@@ -77,39 +78,47 @@ impl TestDaemon {
     /// Starts a daemon; `extra` is appended to its config file.
     pub fn start_with(extra: &str) -> TestDaemon {
         require_root();
-        let dir = tempfile::Builder::new()
+        let tmp = tempfile::Builder::new()
             .prefix("banger-test-")
             .tempdir()
             .expect("tempdir");
+        let mut d = TestDaemon::at(tmp.path(), extra);
+        d._tmp = Some(tmp);
+        d.spawn();
+        d
+    }
+
+    /// A daemon on a fixed directory that outlives the test (not started).
+    pub fn at(dir: &Path, extra: &str) -> TestDaemon {
+        require_root();
+        std::fs::create_dir_all(dir).expect("mkdir");
         // Let unprivileged test users reach the socket's directory.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        let state_dir = dir.path().join("state");
-        let socket = dir.path().join("run/bangerd.sock");
-        let config = dir.path().join("config.toml");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let state_dir = dir.join("state");
+        let socket = dir.join("run/bangerd.sock");
+        let config = dir.join("config.toml");
         std::fs::write(
             &config,
             format!(
                 "[daemon]\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\nshutdown_grace_secs = 5\n[debug]\ntest_endpoints = true\n{extra}",
                 state_dir.display(),
-                dir.path().join("run").display()
+                dir.join("run").display()
             ),
         )
         .expect("write config");
-        let mut d = TestDaemon {
-            dir,
+        TestDaemon {
+            dir: dir.into(),
+            _tmp: None,
             config,
             socket,
             state_dir,
             child: None,
-        };
-        d.spawn();
-        d
+        }
     }
 
     /// Starts (or restarts) the daemon process on the same dirs.
     pub fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("bangerd.stderr")).expect("log file");
+        let log = std::fs::File::create(self.dir.join("bangerd.stderr")).expect("log file");
         let child = Command::new(bin("bangerd"))
             .arg("--config")
             .arg(&self.config)
@@ -146,7 +155,7 @@ impl TestDaemon {
 
     /// The daemon's stderr so far.
     pub fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("bangerd.stderr")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join("bangerd.stderr")).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
@@ -218,6 +227,109 @@ impl TestDaemon {
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Follows an operation to its end with `banger ops watch`; returns it.
+pub fn wait_op(d: &TestDaemon, id: &str) -> banger_api::Operation {
+    // Its exit code follows the op's state, which the caller checks.
+    let _ = d.banger(&["ops", "watch", id]);
+    d.banger_json(&["ops", "show", id])
+}
+
+/// Where tests keep what outlives one run (the built test image).
+pub const TEST_CACHE: &str = "/var/cache/banger-test";
+
+/// The test image's artifacts, built once per machine.
+#[derive(Debug, Clone)]
+pub struct TestImage {
+    pub name: String,
+    pub digest: String,
+    pub rootfs: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub vmlinux: PathBuf,
+}
+
+/// Holds the builder lock: one test at a time uses the builder daemon.
+pub struct BuilderLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+pub fn builder_lock() -> BuilderLock {
+    std::fs::create_dir_all(TEST_CACHE).expect("mkdir test cache");
+    let f = std::fs::File::create(Path::new(TEST_CACHE).join("builder.lock")).expect("lock file");
+    let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock");
+    BuilderLock { _lock: lock }
+}
+
+/// The persistent daemon that builds test images (outside any namespace:
+/// building needs the package mirror). Caller holds the builder lock.
+pub fn builder_daemon() -> TestDaemon {
+    let mut d = TestDaemon::at(&Path::new(TEST_CACHE).join("builder"), "");
+    d.spawn();
+    d
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("hash")
+        .to_string()
+}
+
+/// Builds (first time on this machine) or finds the test image, named by the
+/// hash of `fixtures/test-image.toml`.
+pub fn test_image() -> TestImage {
+    let _lock = builder_lock();
+    let recipe = fixture("test-image.toml");
+    let name = format!("test-{}", &sha256_hex(&recipe)[..12]);
+    let d = builder_daemon();
+    let show = d
+        .banger_cmd()
+        .args(["--json", "image", "show", &name])
+        .output()
+        .expect("banger");
+    if !show.status.success() {
+        let started = Instant::now();
+        let out = d
+            .banger_cmd()
+            .args(["image", "build", &name, "--from-file"])
+            .arg(&recipe)
+            .output()
+            .expect("banger");
+        assert!(
+            out.status.success(),
+            "building the test image failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "built test image {name} in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let image: banger_api::Image = d.banger_json(&["image", "show", &name]);
+    let dir = d.state_dir.join("images").join(&image.digest);
+    TestImage {
+        name,
+        digest: image.digest.clone(),
+        rootfs: dir.join("rootfs.ext4"),
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+        vmlinux: dir.join("vmlinux"),
     }
 }
 
