@@ -23,3 +23,5 @@ echo "[test] cargo build" >&2
 cargo build --workspace --all-targets
 echo "[test] cargo nextest" >&2
 cargo nextest run --workspace --profile ci
+echo "[test] benchmarks (quick mode: checks their JSON, not their speed)" >&2
+bash bench/run.sh --quick

@@ -10,13 +10,20 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+
+use banger_core::guest::configdisk::{self, ConfigDisk};
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary (`bangerd`, `banger`, ...).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/debug/deps/<test> -> target/debug/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // Tests live in target/debug/deps/, benchmarks in target/debug/.
+    let here = exe.parent().expect("exe dir");
+    let dir = if here.ends_with("deps") {
+        here.parent().expect("target dir")
+    } else {
+        here
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),
@@ -330,6 +337,270 @@ pub fn test_image() -> TestImage {
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.img"),
         vmlinux: dir.join("vmlinux"),
+    }
+}
+
+/// A QEMU guest booted straight from image artifacts (no daemon), with a
+/// config disk and a loopback-only SSH forward.
+pub struct DirectGuest {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Drop for DirectGuest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How to boot a [`DirectGuest`].
+#[derive(Debug, Clone)]
+pub struct BootOpts {
+    /// The guest's init (default: banger's).
+    pub init: String,
+    /// Root disk to boot instead of a qcow2 overlay of the image (raw).
+    pub raw_root: Option<PathBuf>,
+    /// Attach the config and work disks.
+    pub config_disk: bool,
+    /// Wait for banger's readiness marker (else only for QEMU to start).
+    pub wait_marker: bool,
+    /// Use this client key (and its .pub) instead of a new one.
+    pub client_key: Option<PathBuf>,
+}
+
+impl Default for BootOpts {
+    fn default() -> Self {
+        BootOpts {
+            init: "/usr/lib/banger/init".into(),
+            raw_root: None,
+            config_disk: true,
+            wait_marker: true,
+            client_key: None,
+        }
+    }
+}
+
+/// Boots the image's artifacts under QEMU TCG with user networking
+/// restricted to a loopback SSH forward. Returns the guest and the time to
+/// the readiness marker (or to spawn, without `wait_marker`).
+pub fn boot_direct(img: &TestImage, opts: BootOpts) -> (DirectGuest, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    if let Some(k) = &opts.client_key {
+        std::fs::copy(k, p("key")).unwrap();
+        std::fs::copy(k.with_extension("pub"), p("key.pub")).unwrap();
+    }
+    for (key, comment) in [("key", "client"), ("hostkey", "host")] {
+        if p(key).exists() {
+            continue;
+        }
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+            .arg(p(key))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let host_pub = std::fs::read_to_string(p("hostkey.pub")).unwrap();
+    let disk = ConfigDisk {
+        hostname: "imgtest".into(),
+        address: Some("10.0.2.15/24".into()),
+        gateway: Some("10.0.2.2".into()),
+        dns: vec![],
+        authorized_keys: vec![std::fs::read_to_string(p("key.pub"))
+            .unwrap()
+            .trim()
+            .to_string()],
+        host_key: Some((
+            std::fs::read_to_string(p("hostkey")).unwrap(),
+            host_pub.clone(),
+        )),
+        env: vec![("BANGER_TEST".into(), "yes".into())],
+        machine_id: Some("0123456789abcdef0123456789abcdef".into()),
+        work_mount: Some("/work".into()),
+    };
+    let mut drives: Vec<String> = Vec::new();
+    match &opts.raw_root {
+        Some(raw) => drives.push(format!(
+            "file={},if=virtio,format=raw,cache=unsafe",
+            raw.display()
+        )),
+        None => {
+            let st = Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(&img.rootfs)
+                .arg(p("root.qcow2"))
+                .status();
+            assert!(st.unwrap().success());
+            drives.push(format!(
+                "file={},if=virtio,format=qcow2,cache=unsafe",
+                p("root.qcow2").display()
+            ));
+        }
+    }
+    if opts.config_disk {
+        configdisk::write(&disk, &p("cfg.ext4"), &p("cfg.d")).unwrap();
+        let st = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "banger-work"])
+            .arg(p("work.ext4"))
+            .arg("64M")
+            .output();
+        assert!(st.unwrap().status.success());
+        drives.push(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            p("cfg.ext4").display()
+        ));
+        drives.push(format!(
+            "file={},if=virtio,format=raw",
+            p("work.ext4").display()
+        ));
+    }
+    let port = free_port();
+    let started = Instant::now();
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-M",
+        "q35",
+        "-cpu",
+        "max",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-monitor",
+        "none",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", p("console.log").display()))
+    .arg("-kernel")
+    .arg(&img.kernel)
+    .arg("-initrd")
+    .arg(&img.initrd)
+    .arg("-append")
+    .arg(format!(
+        "{} root=/dev/vda init={}",
+        banger_core::guest::KERNEL_CMDLINE,
+        opts.init
+    ));
+    for d in &drives {
+        cmd.arg("-drive").arg(d);
+    }
+    let child = cmd
+        .arg("-netdev")
+        .arg(format!(
+            "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"
+        ))
+        .args([
+            "-device",
+            "virtio-net-pci,netdev=n0",
+            "-device",
+            "virtio-rng-pci",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (scripts/deps.sh installs qemu-system-x86)");
+    let mut guest = DirectGuest { child, dir, port };
+    if !opts.wait_marker {
+        return (guest, started.elapsed());
+    }
+    let console = guest.dir.path().join("console.log");
+    let ready = poll(
+        "the guest's readiness marker on the console",
+        Duration::from_secs(120),
+        || {
+            if let Ok(Some(st)) = guest.child.try_wait() {
+                panic!(
+                    "qemu exited ({st}): {}",
+                    std::fs::read_to_string(&console).unwrap_or_default()
+                );
+            }
+            std::fs::read_to_string(&console)
+                .ok()
+                .filter(|c| c.contains(banger_core::guest::READY_MARKER))
+                .map(|_| started.elapsed())
+        },
+    );
+    let kh = guest.dir.path().join("known_hosts");
+    let pub_parts: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+    std::fs::write(&kh, format!("[127.0.0.1]:{port} {}\n", pub_parts.join(" "))).unwrap();
+    (guest, ready)
+}
+
+impl DirectGuest {
+    /// Polls `ssh true` every 50 ms until it succeeds; returns when.
+    pub fn wait_ssh(&self, since: Instant, timeout: Duration) -> Duration {
+        poll("ssh to answer", timeout, || {
+            let out = Command::new("ssh")
+                .args([
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "ConnectTimeout=2",
+                    "-o",
+                    "LogLevel=ERROR",
+                ])
+                .arg("-i")
+                .arg(self.dir.path().join("key"))
+                .arg("-p")
+                .arg(self.port.to_string())
+                .args(["root@127.0.0.1", "true"])
+                .stdin(Stdio::null())
+                .output()
+                .ok()?;
+            if out.status.success() {
+                Some(since.elapsed())
+            } else {
+                std::thread::sleep(Duration::from_millis(30));
+                None
+            }
+        })
+    }
+
+    pub fn ssh(&self, cmd: &str) -> std::process::Output {
+        Command::new("ssh")
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "ConnectTimeout=20",
+            ])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                self.dir.path().join("known_hosts").display()
+            ))
+            .arg("-i")
+            .arg(self.dir.path().join("key"))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("root@127.0.0.1")
+            .arg(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 }
 

@@ -6,12 +6,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use banger_api::{Image, ImageList, OpState, Operation, StepStatus};
-use banger_core::guest::configdisk::{self, ConfigDisk};
-use banger_tests::{builder_daemon, builder_lock, fixture, poll, test_image, wait_op, TestDaemon};
+use banger_tests::{
+    boot_direct, builder_daemon, builder_lock, fixture, poll, test_image, wait_op, BootOpts,
+    TestDaemon,
+};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -65,186 +67,6 @@ fn image_dirs(d: &TestDaemon) -> Vec<String> {
     v
 }
 
-/// A QEMU guest booted straight from image artifacts (no daemon), with a
-/// config disk and a loopback-only SSH forward.
-struct DirectGuest {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for DirectGuest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn boot_direct(img: &banger_tests::TestImage) -> (DirectGuest, Duration) {
-    let dir = tempfile::tempdir().unwrap();
-    let p = |n: &str| dir.path().join(n);
-    for (key, comment) in [("key", "client"), ("hostkey", "host")] {
-        let st = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-            .arg(p(key))
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    let host_pub = std::fs::read_to_string(p("hostkey.pub")).unwrap();
-    let disk = ConfigDisk {
-        hostname: "imgtest".into(),
-        address: Some("10.0.2.15/24".into()),
-        gateway: Some("10.0.2.2".into()),
-        dns: vec![],
-        authorized_keys: vec![std::fs::read_to_string(p("key.pub"))
-            .unwrap()
-            .trim()
-            .to_string()],
-        host_key: Some((
-            std::fs::read_to_string(p("hostkey")).unwrap(),
-            host_pub.clone(),
-        )),
-        env: vec![("BANGER_TEST".into(), "yes".into())],
-        machine_id: Some("0123456789abcdef0123456789abcdef".into()),
-        work_mount: Some("/work".into()),
-    };
-    configdisk::write(&disk, &p("cfg.ext4"), &p("cfg.d")).unwrap();
-    assert!(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "banger-work"])
-        .arg(p("work.ext4"))
-        .arg("64M")
-        .status()
-        .unwrap()
-        .success());
-    assert!(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&img.rootfs)
-        .arg(p("root.qcow2"))
-        .status()
-        .unwrap()
-        .success());
-    let port = free_port();
-    let started = Instant::now();
-    let child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-M",
-            "q35",
-            "-cpu",
-            "max",
-            "-m",
-            "1024",
-            "-smp",
-            "2",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-monitor",
-            "none",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", p("console.log").display()))
-        .arg("-kernel")
-        .arg(&img.kernel)
-        .arg("-initrd")
-        .arg(&img.initrd)
-        .arg("-append")
-        .arg(format!(
-            "{} root=/dev/vda init=/usr/lib/banger/init",
-            banger_core::guest::KERNEL_CMDLINE
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "file={},if=virtio,format=qcow2,cache=unsafe",
-            p("root.qcow2").display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "file={},if=virtio,format=raw,readonly=on",
-            p("cfg.ext4").display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "file={},if=virtio,format=raw",
-            p("work.ext4").display()
-        ))
-        .arg("-netdev")
-        .arg(format!(
-            "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"
-        ))
-        .args([
-            "-device",
-            "virtio-net-pci,netdev=n0",
-            "-device",
-            "virtio-rng-pci",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 (scripts/deps.sh installs qemu-system-x86)");
-    let mut guest = DirectGuest { child, dir, port };
-    let console = guest.dir.path().join("console.log");
-    let ready = poll(
-        "the guest's readiness marker on the console",
-        Duration::from_secs(120),
-        || {
-            if let Ok(Some(st)) = guest.child.try_wait() {
-                panic!(
-                    "qemu exited ({st}): {}",
-                    std::fs::read_to_string(&console).unwrap_or_default()
-                );
-            }
-            std::fs::read_to_string(&console)
-                .ok()
-                .filter(|c| c.contains(banger_core::guest::READY_MARKER))
-                .map(|_| started.elapsed())
-        },
-    );
-    let kh = guest.dir.path().join("known_hosts");
-    let pub_parts: Vec<&str> = host_pub.split_whitespace().take(2).collect();
-    std::fs::write(&kh, format!("[127.0.0.1]:{port} {}\n", pub_parts.join(" "))).unwrap();
-    (guest, ready)
-}
-
-impl DirectGuest {
-    fn ssh(&self, cmd: &str) -> std::process::Output {
-        Command::new("ssh")
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "ConnectTimeout=20",
-            ])
-            .arg("-o")
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                self.dir.path().join("known_hosts").display()
-            ))
-            .arg("-i")
-            .arg(self.dir.path().join("key"))
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("root@127.0.0.1")
-            .arg(cmd)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-}
-
 #[test]
 fn guest_built_image_is_valid_and_boots_to_ssh_with_its_config_disk() {
     let img = test_image();
@@ -283,7 +105,7 @@ fn guest_built_image_is_valid_and_boots_to_ssh_with_its_config_disk() {
     }
     assert!(std::fs::metadata(&img.initrd).unwrap().len() > 100_000);
 
-    let (guest, ready) = boot_direct(&img);
+    let (guest, ready) = boot_direct(&img, BootOpts::default());
     eprintln!(
         "test image ready (sshd listening) {:.2}s after qemu started",
         ready.as_secs_f64()

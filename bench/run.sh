@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every benchmark and checks that its JSON has the expected fields (not
+# its speed). `--quick` (what CI runs) uses the smallest N. Results go to
+# target/bench/NAME.json. Needs root, like the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-}
+out=target/bench
+mkdir -p "$out"
+cargo build --workspace --bins -q
+
+check() { # FILE KEY...
+  python3 - "$@" <<'PY'
+import json, sys
+path, keys = sys.argv[1], sys.argv[2:]
+doc = json.load(open(path))
+missing = [k for k in keys if k not in doc]
+if missing:
+    sys.exit(f"{path}: missing fields {missing}")
+if not isinstance(doc.get("machine"), dict) or "cores" not in doc["machine"]:
+    sys.exit(f"{path}: no machine description")
+print(f"bench ok: {path}")
+PY
+}
+
+./target/debug/boot $mode > "$out/boot.json"
+check "$out/boot.json" bench runs banger_default_image baseline_light_init ratio target_ratio_max machine
+./target/debug/image_build $mode > "$out/image_build.json"
+check "$out/image_build.json" bench cold_s warm_s ratio_warm_over_cold machine

@@ -1,0 +1,71 @@
+//! Shared bits of the benchmarks: machine description, statistics, flags.
+//!
+//! Every benchmark prints one JSON object with its figures, the baseline it
+//! measured in the same run, the ratio, and the machine it ran on. `--quick`
+//! (used by CI so the benchmarks cannot rot) runs the smallest N.
+
+#![allow(clippy::unwrap_used)]
+
+use serde_json::{json, Value};
+
+/// `--quick` on the command line, or BANGER_BENCH_QUICK=1.
+pub fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick")
+        || std::env::var("BANGER_BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+/// `--runs N` (default `default`).
+pub fn runs(default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let kvm_module = ["kvm_pvm", "kvm_intel", "kvm_amd"]
+        .into_iter()
+        .find(|m| std::path::Path::new("/sys/module").join(m).exists());
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "mem_gib": (mem_kb as f64 / (1u64 << 20) as f64 * 10.0).round() / 10.0,
+        "kernel": kernel,
+        "kvm_module": kvm_module,
+    })
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[s.len() / 2]
+}
+
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
