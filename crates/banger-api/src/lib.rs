@@ -11,6 +11,7 @@ pub mod error;
 pub mod images;
 pub mod ops;
 pub mod system;
+pub mod vms;
 
 pub use doctor::{Capabilities, CheckStatus, DoctorCheck, DoctorReport};
 pub use error::{ApiError, ErrorCode};
@@ -19,6 +20,7 @@ pub use ops::{
     DebugOpRequest, OpEvent, OpEventBody, OpList, OpState, OpStep, Operation, Progress, StepStatus,
 };
 pub use system::VersionInfo;
+pub use vms::{Vm, VmCreateRequest, VmList, VmSshInfo, VmState, VmStopRequest};
 
 /// The API version segment every path starts with.
 pub const API_VERSION: &str = "v1";

@@ -35,6 +35,26 @@ shutdown_grace_secs = 10
 # or http://deb.debian.org/debian when none is found.
 mirror = ""
 
+[network]
+# Network namespace for the bridge, TAPs and VMM processes. Empty: the host's
+# own namespace. When set, bangerd creates it if missing and enters it at
+# start, so the host's namespace is never touched (the API socket still
+# works from the host). Also settable with BANGER_NETNS.
+netns = ""
+# The bridge VMs are attached to (created when the first VM starts).
+bridge = "banger0"
+# VM addresses; the first host address is the bridge's (the guests' gateway).
+subnet = "172.30.0.0/24"
+
+[vm]
+# Defaults for `banger vm create`.
+default_image = "default"
+cpus = 2
+memory = "1G"
+work_disk_size = "1G"
+# QEMU acceleration: auto (KVM where it works, else TCG), kvm or tcg.
+accel = "auto"
+
 [debug]
 # Serve /v1/debug/* endpoints (synthetic operations for testing the
 # operations machinery). Never enable in production.
@@ -46,7 +66,56 @@ test_endpoints = false
 pub struct Config {
     pub daemon: DaemonConfig,
     pub images: ImagesConfig,
+    pub network: NetworkConfig,
+    pub vm: VmConfig,
     pub debug: DebugConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    pub netns: String,
+    pub bridge: String,
+    pub subnet: String,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            netns: String::new(),
+            bridge: "banger0".into(),
+            subnet: "172.30.0.0/24".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmConfig {
+    pub default_image: String,
+    pub cpus: u32,
+    pub memory: String,
+    pub work_disk_size: String,
+    pub accel: String,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            default_image: "default".into(),
+            cpus: 2,
+            memory: "1G".into(),
+            work_disk_size: "1G".into(),
+            accel: "auto".into(),
+        }
+    }
+}
+
+fn is_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
@@ -181,6 +250,52 @@ impl Config {
             return Err(invalid(
                 "images.mirror",
                 format!("{m:?} is not an http(s) URL"),
+            ));
+        }
+        let n = &self.network;
+        if !n.netns.is_empty() && !is_ifname(&n.netns) {
+            return Err(invalid(
+                "network.netns",
+                format!(
+                    "{:?} is not a valid namespace name (a-z, 0-9, '-', '_', at most 15)",
+                    n.netns
+                ),
+            ));
+        }
+        if !is_ifname(&n.bridge) {
+            return Err(invalid(
+                "network.bridge",
+                format!(
+                    "{:?} is not a valid interface name (at most 15 characters)",
+                    n.bridge
+                ),
+            ));
+        }
+        if let Err(e) = crate::network::Subnet::parse(&n.subnet) {
+            return Err(invalid("network.subnet", e.to_string()));
+        }
+        let v = &self.vm;
+        if crate::names::validate_name("image", &v.default_image).is_err() {
+            return Err(invalid(
+                "vm.default_image",
+                format!("{:?} is not a valid image name", v.default_image),
+            ));
+        }
+        if !(1..=32).contains(&v.cpus) {
+            return Err(invalid("vm.cpus", format!("{} is not in 1..=32", v.cpus)));
+        }
+        for (key, val) in [
+            ("vm.memory", &v.memory),
+            ("vm.work_disk_size", &v.work_disk_size),
+        ] {
+            if let Err(e) = crate::units::parse_size(val) {
+                return Err(invalid(key, e.to_string()));
+            }
+        }
+        if !["auto", "kvm", "tcg"].contains(&v.accel.as_str()) {
+            return Err(invalid(
+                "vm.accel",
+                format!("{:?} is not auto, kvm or tcg", v.accel),
             ));
         }
         if d.shutdown_grace_secs > 3600 {

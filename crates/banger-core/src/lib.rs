@@ -21,6 +21,7 @@ pub mod error;
 pub mod guest;
 pub mod images;
 pub mod names;
+pub mod network;
 pub mod ops;
 pub mod paths;
 pub mod shell;
@@ -28,5 +29,6 @@ pub mod storage;
 pub mod store;
 pub mod tools;
 pub mod units;
+pub mod vms;
 
 pub use error::ToApiError;

@@ -51,6 +51,30 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX images_digest ON images(digest);
     "#,
+    // 3: VMs. `state` is the crash-recovery record: `creating` rows are
+    // rolled back at start, `running` ones adopted or marked stopped.
+    r#"
+    CREATE TABLE vms (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL UNIQUE,
+        image        TEXT NOT NULL,
+        image_digest TEXT NOT NULL,
+        backend      TEXT NOT NULL,
+        accel        TEXT NOT NULL,
+        cpus         INTEGER NOT NULL,
+        memory_mib   INTEGER NOT NULL,
+        work_bytes   INTEGER NOT NULL,
+        ip           TEXT NOT NULL UNIQUE,
+        mac          TEXT NOT NULL,
+        tap          TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        pid          INTEGER,
+        created_at   TEXT NOT NULL,
+        started_at   TEXT,
+        stop_reason  TEXT,
+        host_key     TEXT NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 #[derive(Debug, Error)]

@@ -172,6 +172,19 @@ impl Client {
         Self::read_json(self.send(Method::DELETE, path, None).await?).await
     }
 
+    /// Raw DELETE returning the status and body text.
+    pub async fn delete_raw(&self, path: &str) -> Result<(StatusCode, String), ClientError> {
+        let resp = self.send(Method::DELETE, path, None).await?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("reading body: {e}")))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
     /// Raw GET returning the status and body text (for non-JSON endpoints).
     pub async fn get_text(&self, path: &str) -> Result<(StatusCode, String), ClientError> {
         let resp = self.send(Method::GET, path, None).await?;
@@ -183,6 +196,60 @@ impl Client {
             .map_err(|e| ClientError::Protocol(format!("reading body: {e}")))?
             .to_bytes();
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Opens a raw byte stream through an HTTP upgrade (`GET path` with
+    /// `Upgrade: tcp`), e.g. the VM proxy.
+    pub async fn upgrade(
+        &self,
+        path: &str,
+    ) -> Result<TokioIo<hyper::upgrade::Upgraded>, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::PermissionDenied {
+                    ClientError::SocketPermission {
+                        socket: self.socket.clone(),
+                    }
+                } else {
+                    ClientError::Unreachable {
+                        socket: self.socket.clone(),
+                        source,
+                    }
+                }
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| ClientError::Protocol(format!("handshake: {e}")))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(hyper::header::HOST, "bangerd")
+            .header(hyper::header::CONNECTION, "upgrade")
+            .header(hyper::header::UPGRADE, "tcp")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Protocol(format!("request: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("{path}: {e}")))?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Self::read_json::<serde_json::Value>(resp)
+                .await
+                .and_then(|_| {
+                    Err(ClientError::Protocol(
+                        "the daemon did not switch protocols".into(),
+                    ))
+                });
+        }
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("upgrade: {e}")))?;
+        Ok(TokioIo::new(upgraded))
     }
 
     /// Follows an operation's events (SSE) after `after`, calling `on_event`

@@ -48,11 +48,81 @@ enum Command {
     /// Guest images: build, import, list, show, remove.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// VMs: create, list, start, stop, ssh, remove.
+    #[command(subcommand)]
+    Vm(VmCommand),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCommand {
+    /// Create a VM and boot it (waits until SSH is ready).
+    Create {
+        name: String,
+        /// Image name (default: the daemon's vm.default_image).
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// e.g. 1G, 512M.
+        #[arg(long)]
+        memory: Option<String>,
+        /// Size of the persistent work disk mounted at /work, e.g. 4G.
+        #[arg(long)]
+        work_disk_size: Option<String>,
+        /// auto, qemu or firecracker.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Create the disks but do not boot.
+        #[arg(long)]
+        no_start: bool,
+        /// ssh: wait until the guest can take a command (default); none: return the operation id at once.
+        #[arg(long, default_value = "ssh", value_parser = ["ssh", "none"])]
+        wait: String,
+    },
+    /// List VMs.
+    Ls,
+    /// Show a VM.
+    Show { name: String },
+    /// Boot a stopped VM.
+    Start {
+        name: String,
+        #[arg(long, default_value = "ssh", value_parser = ["ssh", "none"])]
+        wait: String,
+    },
+    /// Stop a VM: power off gracefully, kill after --timeout seconds.
+    Stop {
+        name: String,
+        /// Kill at once.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Stop then start.
+    Restart { name: String },
+    /// Kill the VMM at once (same as stop --force).
+    Kill { name: String },
+    /// Remove a VM and its disks (--force: even while it runs).
+    Rm {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the serial console log.
+    Logs { name: String },
+    /// SSH into the VM (through the daemon; pinned host key). Extra arguments run as a command.
+    Ssh {
+        name: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Splice stdin/stdout to a TCP port of the VM (for ssh's ProxyCommand).
+    Proxy { name: String, port: u16 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,6 +298,7 @@ async fn run(client: &Client, json: bool, command: Command) -> Result<u8, Client
         }
         Command::Ops(cmd) => ops(client, json, &style, cmd).await,
         Command::Image(cmd) => image(client, json, &style, cmd).await,
+        Command::Vm(cmd) => vm(client, json, &style, cmd).await,
         Command::Completions { .. } => Ok(exit::OK),
     }
 }
@@ -598,6 +669,257 @@ async fn image(
             Ok(exit::OK)
         }
     }
+}
+
+fn vm_row(style: &Style, v: &banger_api::Vm) -> Vec<String> {
+    let state = match v.state {
+        banger_api::VmState::Running => style.green("running"),
+        banger_api::VmState::Stopped => style.dim("stopped"),
+        s => style.yellow(s.as_str()),
+    };
+    let uptime = match (v.state, v.started_at) {
+        (banger_api::VmState::Running, Some(t)) => output::duration(chrono::Utc::now() - t),
+        _ => "-".into(),
+    };
+    vec![
+        v.name.clone(),
+        state,
+        format!("{}/{}", v.backend, v.accel),
+        v.ip.clone(),
+        v.cpus.to_string(),
+        output::size(u64::from(v.memory_mib) << 20),
+        v.image.clone(),
+        uptime,
+    ]
+}
+
+async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Result<u8, ClientError> {
+    match cmd {
+        VmCommand::Create {
+            name,
+            image,
+            cpus,
+            memory,
+            work_disk_size,
+            backend,
+            no_start,
+            wait,
+        } => {
+            let req = banger_api::VmCreateRequest {
+                name,
+                image,
+                cpus,
+                memory,
+                work_disk_size,
+                backend,
+                no_start,
+            };
+            let op: Operation = client.post("/v1/vms", &req).await?;
+            run_op(client, json, op, wait == "none").await
+        }
+        VmCommand::Ls => {
+            let list: banger_api::VmList = client.get("/v1/vms").await?;
+            if json {
+                output::print_json(&list);
+            } else if list.vms.is_empty() {
+                println!("No VMs. Create one with: banger vm create NAME");
+            } else {
+                let rows: Vec<Vec<String>> = list.vms.iter().map(|v| vm_row(style, v)).collect();
+                print!(
+                    "{}",
+                    output::table(
+                        &["name", "state", "backend", "ip", "cpus", "memory", "image", "uptime"],
+                        &rows
+                    )
+                );
+            }
+            Ok(exit::OK)
+        }
+        VmCommand::Show { name } => {
+            let v: banger_api::Vm = client.get(&format!("/v1/vms/{name}")).await?;
+            if json {
+                output::print_json(&v);
+            } else {
+                let row = vm_row(style, &v);
+                println!("{} ({})", style.bold(&v.name), row[1]);
+                println!("id:        {}", v.id);
+                println!("backend:   {}", row[2]);
+                println!("image:     {}", v.image);
+                println!("address:   {} ({})", v.ip, v.mac);
+                println!(
+                    "resources: {} cpus, {}, work disk {}",
+                    v.cpus,
+                    row[5],
+                    output::size(v.work_disk_bytes)
+                );
+                if let Some(pid) = v.pid {
+                    println!("pid:       {pid}");
+                }
+                println!("uptime:    {}", row[7]);
+                if let Some(r) = &v.stop_reason {
+                    println!("stopped:   {r}");
+                }
+            }
+            Ok(exit::OK)
+        }
+        VmCommand::Start { name, wait } => {
+            let op: Operation = client.post_empty(&format!("/v1/vms/{name}/start")).await?;
+            run_op(client, json, op, wait == "none").await
+        }
+        VmCommand::Stop {
+            name,
+            force,
+            timeout,
+        } => {
+            let v: banger_api::Vm = client
+                .post(
+                    &format!("/v1/vms/{name}/stop"),
+                    &banger_api::VmStopRequest {
+                        force,
+                        timeout_secs: Some(timeout),
+                    },
+                )
+                .await?;
+            if json {
+                output::print_json(&v);
+            } else {
+                println!(
+                    "{}: {}",
+                    v.name,
+                    v.stop_reason.as_deref().unwrap_or("stopped")
+                );
+            }
+            Ok(exit::OK)
+        }
+        VmCommand::Kill { name } => {
+            let v: banger_api::Vm = client
+                .post(
+                    &format!("/v1/vms/{name}/stop"),
+                    &banger_api::VmStopRequest {
+                        force: true,
+                        timeout_secs: None,
+                    },
+                )
+                .await?;
+            if json {
+                output::print_json(&v);
+            } else {
+                println!("{}: killed", v.name);
+            }
+            Ok(exit::OK)
+        }
+        VmCommand::Restart { name } => {
+            let _: banger_api::Vm = client
+                .post(
+                    &format!("/v1/vms/{name}/stop"),
+                    &banger_api::VmStopRequest::default(),
+                )
+                .await?;
+            let op: Operation = client.post_empty(&format!("/v1/vms/{name}/start")).await?;
+            run_op(client, json, op, false).await
+        }
+        VmCommand::Rm { name, force } => {
+            let (status, body) = client
+                .delete_raw(&format!("/v1/vms/{name}?force={force}"))
+                .await?;
+            if !status.is_success() {
+                return Err(match serde_json::from_str::<banger_api::ApiError>(&body) {
+                    Ok(e) => ClientError::Api(e),
+                    Err(_) => ClientError::Protocol(format!("HTTP {status}: {body}")),
+                });
+            }
+            if !json {
+                println!("removed {name}");
+            }
+            Ok(exit::OK)
+        }
+        VmCommand::Logs { name } => {
+            let (status, body) = client.get_text(&format!("/v1/vms/{name}/logs")).await?;
+            if !status.is_success() {
+                return Err(serde_json::from_str::<banger_api::ApiError>(&body)
+                    .map(ClientError::Api)
+                    .unwrap_or_else(|_| ClientError::Protocol(body)));
+            }
+            print!("{body}");
+            Ok(exit::OK)
+        }
+        VmCommand::Ssh { name, command } => ssh(client, &name, &command).await,
+        VmCommand::Proxy { name, port } => {
+            let mut io = client
+                .upgrade(&format!("/v1/vms/{name}/proxy/{port}"))
+                .await?;
+            let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+            let _ = tokio::io::copy_bidirectional(&mut io, &mut stdio).await;
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// Runs the system ssh with the VM's key and pinned host key, through
+/// `banger vm proxy` (so it works from any network namespace).
+async fn ssh(client: &Client, name: &str, command: &[String]) -> Result<u8, ClientError> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let info: banger_api::VmSshInfo = client.get(&format!("/v1/vms/{name}/ssh")).await?;
+    let local = |what: &str, e: std::io::Error| {
+        ClientError::Api(banger_api::ApiError::new(
+            banger_api::ErrorCode::Internal,
+            format!("Cannot write the {what}: {e}"),
+        ))
+    };
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("banger");
+    std::fs::create_dir_all(&base).map_err(|e| local("key directory", e))?;
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| local("key directory", e))?;
+    let key = base.join(format!("{name}.key"));
+    let _ = std::fs::remove_file(&key);
+    std::fs::write(&key, &info.private_key).map_err(|e| local("key", e))?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| local("key", e))?;
+    let known = base.join(format!("{name}.known_hosts"));
+    let parts: Vec<&str> = info.host_key.split_whitespace().take(2).collect();
+    std::fs::write(&known, format!("{} {}\n", info.host_alias, parts.join(" ")))
+        .map_err(|e| local("known_hosts", e))?;
+    let me = std::env::current_exe().map_err(|e| local("path of banger", e))?;
+    let proxy = format!(
+        "{} --socket {} vm proxy {} 22",
+        me.display(),
+        client.socket().display(),
+        name
+    );
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.arg("-i")
+        .arg(&key)
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known.display()))
+        .arg("-o")
+        .arg(format!("HostKeyAlias={}", info.host_alias))
+        .arg("-o")
+        .arg(format!("ProxyCommand={proxy}"))
+        .arg(format!("{}@{}", info.user, info.host_alias));
+    if !command.is_empty() {
+        cmd.arg("--").args(command);
+    }
+    let err = cmd.exec();
+    Err(ClientError::Api(
+        banger_api::ApiError::new(
+            banger_api::ErrorCode::Unavailable,
+            format!("Cannot run ssh: {err}"),
+        )
+        .with_hint("Install it with: sudo apt-get install openssh-client"),
+    ))
 }
 
 /// Follows `op` to its end, rendering progress; returns the final snapshot.

@@ -15,6 +15,7 @@ use banger_core::images::Images;
 use banger_core::ops::Ops;
 use banger_core::paths::Layout;
 use banger_core::store::Store;
+use banger_core::vms::{Vms, VmsConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::{api, lock, logging, socket};
@@ -27,6 +28,7 @@ pub struct Daemon {
     pub store: Arc<Store>,
     pub ops: Ops,
     pub images: Images,
+    pub vms: Vms,
     pub socket_gid: u32,
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// Fired at shutdown; long-lived responses (SSE) end on it.
@@ -63,6 +65,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.images.mirror.clone()
     };
     let images = Images::new(layout.clone(), store.clone(), ops.clone(), mirror)?;
+    let size = |s: &str| banger_core::units::parse_size(s).map_err(|e| anyhow::anyhow!("{e}"));
+    let vms_config = VmsConfig {
+        bridge: config.network.bridge.clone(),
+        subnet: banger_core::network::Subnet::parse(&config.network.subnet)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        default_image: config.vm.default_image.clone(),
+        cpus: config.vm.cpus,
+        memory_mib: u32::try_from(size(&config.vm.memory)? >> 20).unwrap_or(1024),
+        work_disk_bytes: size(&config.vm.work_disk_size)?,
+        accel: config.vm.accel.clone(),
+    };
+    let vms = Vms::new(
+        layout.clone(),
+        store.clone(),
+        ops.clone(),
+        images.clone(),
+        vms_config,
+    );
+    vms.reconcile()?;
 
     let socket_path = config.socket_path();
     let gid = socket::group_gid(&config.daemon.socket_group).map_err(|e| with_hint(e.hint(), e))?;
@@ -74,6 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store,
         ops,
         images,
+        vms,
         socket_gid: gid,
         started_at: chrono::Utc::now(),
         shutdown: CancellationToken::new(),

@@ -35,6 +35,9 @@ struct Args {
     /// API socket [default: <runtime-dir>/bangerd.sock]
     #[arg(long, env = "BANGER_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Network namespace for bridge, TAPs and VMMs (overrides network.netns).
+    #[arg(long, env = "BANGER_NETNS", value_name = "NAME")]
+    netns: Option<String>,
     /// Print the default configuration, every key documented, and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -77,12 +80,20 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(s) = args.socket {
         config.daemon.socket = s;
     }
+    if let Some(n) = args.netns {
+        config.network.netns = n;
+    }
     config.validate(std::path::Path::new("command-line flags"))?;
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!(
             "bangerd must run as root: it manages network devices, disks and VMM processes. \
              Start it with sudo, or through the installed service (see README)"
         );
+    }
+    if !config.network.netns.is_empty() {
+        // Before any other thread exists: every thread and child inherits it.
+        banger_core::network::enter_netns(&config.network.netns)
+            .map_err(|e| anyhow::anyhow!("{}", banger_core::error::error_chain(&e)))?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -26,7 +26,9 @@ pub async fn list(State(d): State<AppState>) -> ApiResult<Json<ImageList>> {
 #[utoipa::path(get, path = "/v1/images/{name}", tag = "images", params(("name" = String, Path, description = "Image name")),
     responses((status = 200, body = Image), (status = 404, body = ApiError)))]
 pub async fn show(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Image>> {
-    Ok(Json(d.images.get(&name)?))
+    let mut image = d.images.get(&name)?;
+    image.used_by = d.vms.users_of_image(&name)?;
+    Ok(Json(image))
 }
 
 fn invalid(msg: String) -> AppError {
@@ -131,5 +133,6 @@ pub async fn remove(
     Path(name): Path<String>,
     Query(q): Query<RemoveQuery>,
 ) -> ApiResult<Json<ImageRemoved>> {
-    Ok(Json(d.images.remove(&name, q.force, Vec::new())?))
+    let users = d.vms.users_of_image(&name)?;
+    Ok(Json(d.images.remove(&name, q.force, users)?))
 }

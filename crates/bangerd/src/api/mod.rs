@@ -9,6 +9,7 @@ pub mod images;
 pub mod ops;
 pub mod peer;
 pub mod system;
+pub mod vms;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -93,11 +94,21 @@ where
         images::build,
         images::import,
         images::remove,
+        vms::list,
+        vms::show,
+        vms::create,
+        vms::start,
+        vms::stop,
+        vms::remove,
+        vms::logs,
+        vms::ssh,
+        vms::proxy,
     ),
     tags(
         (name = "system", description = "Daemon and host"),
         (name = "ops", description = "Long-running operations"),
         (name = "images", description = "Guest images"),
+        (name = "vms", description = "VM lifecycle and access"),
         (name = "debug", description = "Test-only endpoints, served with debug.test_endpoints = true"),
     )
 )]
@@ -124,7 +135,14 @@ pub fn router(daemon: AppState) -> Router {
         .route("/images", get(images::list))
         .route("/images/build", post(images::build))
         .route("/images/import", post(images::import))
-        .route("/images/{name}", get(images::show).delete(images::remove));
+        .route("/images/{name}", get(images::show).delete(images::remove))
+        .route("/vms", get(vms::list).post(vms::create))
+        .route("/vms/{name}", get(vms::show).delete(vms::remove))
+        .route("/vms/{name}/start", post(vms::start))
+        .route("/vms/{name}/stop", post(vms::stop))
+        .route("/vms/{name}/logs", get(vms::logs))
+        .route("/vms/{name}/ssh", get(vms::ssh))
+        .route("/vms/{name}/proxy/{port}", get(vms::proxy));
     if daemon.config.debug.test_endpoints {
         v1 = v1.route("/debug/ops", post(ops::debug_start));
     }

@@ -1,0 +1,1125 @@
+//! VMs: create, start, stop, kill, remove, list; readiness; crash reconcile.
+//!
+//! State machine (the `vms.state` column is also the crash-recovery record):
+//! ```text
+//! creating --(disks, config, network, spawn, boot)--> running
+//!     \--(failure, cancel, daemon death)--> rolled back (row and files gone)
+//! running --stop--> stopping --> stopped --start--> starting --> running
+//! running --(VMM exits)--> stopped (stop_reason says why)
+//! ```
+//! Operations on one VM are serialized by a per-VM lock; different VMs
+//! proceed in parallel. On daemon start, [`Vms::reconcile`] rolls back
+//! `creating` rows, adopts VMM processes that still run (pid + cmdline
+//! verified), and marks the rest stopped, removing their TAPs.
+
+pub mod qemu;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use banger_api::{ApiError, ErrorCode, Operation, Vm, VmCreateRequest, VmSshInfo, VmState};
+use rusqlite::{params, OptionalExtension, Row};
+use thiserror::Error;
+
+use crate::guest::configdisk::{self, ConfigDisk};
+use crate::guest::READY_MARKER;
+use crate::images::{ImageError, Images};
+use crate::names::{validate_name, NameError};
+use crate::network::{self, NetworkError, Subnet};
+use crate::ops::{OpHandle, Ops, StepSpec};
+use crate::paths::Layout;
+use crate::storage::{StorageError, WorkSeeds};
+use crate::store::{Store, StoreError};
+use crate::tools::{self, ToolError};
+use crate::units::parse_size;
+use crate::ToApiError;
+
+use qemu::{Accel, QemuSpec};
+
+/// How long a boot may take before create/start fails.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Readiness and exit polling interval (fixed, never backed off).
+const POLL: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("A VM named {0:?} already exists")]
+    Exists(String),
+    #[error("No VM named {0:?}")]
+    NotFound(String),
+    #[error("VM {name:?} is {state}; {what}")]
+    WrongState {
+        name: String,
+        state: &'static str,
+        what: &'static str,
+    },
+    #[error("Invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    #[error("Backend {backend:?} is not usable here: {reason}")]
+    Backend { backend: String, reason: String },
+    #[error(transparent)]
+    Image(Box<ImageError>),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ops(#[from] crate::ops::OpsError),
+    #[error("VM file I/O failed on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot reach port {port} of VM {name:?}")]
+    Connect {
+        name: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<ImageError> for VmError {
+    fn from(e: ImageError) -> Self {
+        VmError::Image(Box::new(e))
+    }
+}
+
+impl From<rusqlite::Error> for VmError {
+    fn from(e: rusqlite::Error) -> Self {
+        VmError::Store(StoreError::Sqlite(e))
+    }
+}
+
+impl ToApiError for VmError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            VmError::Name(_) | VmError::Invalid { .. } => ErrorCode::InvalidRequest,
+            VmError::Exists(_) | VmError::WrongState { .. } => ErrorCode::Conflict,
+            VmError::NotFound(_) => ErrorCode::NotFound,
+            VmError::Backend { .. } => ErrorCode::Unavailable,
+            VmError::Image(e) => e.code(),
+            VmError::Network(e) => e.code(),
+            VmError::Tool(e) => e.code(),
+            _ => ErrorCode::Internal,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            VmError::Name(e) => e.hint(),
+            VmError::Exists(_) => {
+                Some("Pick another name, or remove the VM first (banger vm rm NAME)".into())
+            }
+            VmError::NotFound(_) => Some("List VMs with `banger vm ls`".into()),
+            VmError::Backend { .. } => {
+                Some("See `banger doctor` (checks qemu and firecracker)".into())
+            }
+            VmError::Image(e) => e.hint(),
+            VmError::Network(e) => e.hint(),
+            VmError::Tool(e) => e.hint(),
+            VmError::Connect { .. } => {
+                Some("Is the VM running and listening on that port? (banger vm ls)".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+fn api<E: ToApiError>(e: E) -> ApiError {
+    e.to_api_error()
+}
+
+/// Defaults and network settings the VMs subsystem needs.
+#[derive(Debug, Clone)]
+pub struct VmsConfig {
+    pub bridge: String,
+    pub subnet: Subnet,
+    pub default_image: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub work_disk_bytes: u64,
+    /// `auto`, `kvm` or `tcg`.
+    pub accel: String,
+}
+
+struct VmsInner {
+    layout: Layout,
+    store: Arc<Store>,
+    ops: Ops,
+    images: Images,
+    seeds: WorkSeeds,
+    config: VmsConfig,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The VMs subsystem. Cheap to clone.
+#[derive(Clone)]
+pub struct Vms {
+    inner: Arc<VmsInner>,
+}
+
+/// A VM's files.
+struct VmPaths {
+    dir: PathBuf,
+    run: PathBuf,
+}
+
+impl VmPaths {
+    fn root(&self) -> PathBuf {
+        self.dir.join("root.qcow2")
+    }
+    fn work(&self) -> PathBuf {
+        self.dir.join("work.ext4")
+    }
+    fn config(&self) -> PathBuf {
+        self.dir.join("config.ext4")
+    }
+    fn console(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    fn qmp(&self) -> PathBuf {
+        self.run.join("qmp.sock")
+    }
+    fn pid_file(&self) -> PathBuf {
+        self.run.join("qemu.pid")
+    }
+}
+
+impl Vms {
+    pub fn new(
+        layout: Layout,
+        store: Arc<Store>,
+        ops: Ops,
+        images: Images,
+        config: VmsConfig,
+    ) -> Vms {
+        let seeds = WorkSeeds::new(layout.seeds_dir());
+        Vms {
+            inner: Arc::new(VmsInner {
+                layout,
+                store,
+                ops,
+                images,
+                seeds,
+                config,
+                locks: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn paths(&self, id: &str) -> VmPaths {
+        VmPaths {
+            dir: self.inner.layout.state_dir.join("vms").join(id),
+            run: self.inner.layout.runtime_dir.join("vms").join(id),
+        }
+    }
+
+    fn lock_for(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(name.to_string()).or_default().clone()
+    }
+
+    /// The daemon's SSH client key, made on first use.
+    fn client_key(&self) -> Result<PathBuf, VmError> {
+        let dir = self.inner.layout.state_dir.join("ssh");
+        let key = dir.join("id_ed25519");
+        if !key.exists() {
+            std::fs::create_dir_all(&dir).map_err(|source| VmError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let kg = tools::require("ssh-keygen")?;
+            tools::run(
+                &kg,
+                [
+                    "-q".as_ref(),
+                    "-t".as_ref(),
+                    "ed25519".as_ref(),
+                    "-N".as_ref(),
+                    "".as_ref(),
+                    "-C".as_ref(),
+                    "bangerd".as_ref(),
+                    "-f".as_ref(),
+                    key.as_os_str(),
+                ],
+            )?;
+        }
+        Ok(key)
+    }
+
+    pub fn list(&self) -> Result<Vec<Vm>, VmError> {
+        self.inner.store.read(|c| -> Result<Vec<Vm>, VmError> {
+            let mut stmt = c.prepare(&format!("SELECT {VM_COLUMNS} FROM vms ORDER BY name"))?;
+            let rows = stmt.query_map([], vm_from_row)?;
+            let mut v = Vec::new();
+            for r in rows {
+                v.push(r??);
+            }
+            Ok(v)
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Result<Vm, VmError> {
+        validate_name("VM", name)?;
+        self.inner
+            .store
+            .read(|c| {
+                c.query_row(
+                    &format!("SELECT {VM_COLUMNS} FROM vms WHERE name = ?1"),
+                    [name],
+                    vm_from_row,
+                )
+                .optional()
+            })?
+            .transpose()?
+            .ok_or_else(|| VmError::NotFound(name.into()))
+    }
+
+    /// Names of VMs using `image` (for `image rm`).
+    pub fn users_of_image(&self, image: &str) -> Result<Vec<String>, VmError> {
+        self.inner.store.read(|c| -> Result<Vec<String>, VmError> {
+            let mut stmt = c.prepare("SELECT name FROM vms WHERE image = ?1 ORDER BY name")?;
+            let rows = stmt.query_map([image], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn set_state(
+        &self,
+        id: &str,
+        state: VmState,
+        pid: Option<u32>,
+        reason: Option<&str>,
+    ) -> Result<(), VmError> {
+        let started = (state == VmState::Running).then(|| chrono::Utc::now().to_rfc3339());
+        self.inner.store.write(|tx| -> Result<(), VmError> {
+            tx.execute(
+                "UPDATE vms SET state = ?2, pid = ?3, stop_reason = ?4, started_at = COALESCE(?5, CASE WHEN ?2 = 'running' THEN started_at ELSE NULL END) WHERE id = ?1",
+                params![id, state.as_str(), pid, reason, started],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn accel(&self) -> Accel {
+        match self.inner.config.accel.as_str() {
+            "kvm" => Accel::Kvm,
+            "tcg" => Accel::Tcg,
+            // auto: KVM on a plain KVM host; on a nested PVM host (kvm_pvm)
+            // stock kernels hang under KVM, so TCG.
+            _ => {
+                if std::path::Path::new("/dev/kvm").exists()
+                    && !std::path::Path::new("/sys/module/kvm_pvm").exists()
+                {
+                    Accel::Kvm
+                } else {
+                    Accel::Tcg
+                }
+            }
+        }
+    }
+
+    /// Preflight (nothing changes if it fails), then the `vm.create` operation.
+    pub fn start_create(&self, req: VmCreateRequest) -> Result<Operation, VmError> {
+        validate_name("VM", &req.name)?;
+        let cfg = &self.inner.config;
+        let image_name = req
+            .image
+            .clone()
+            .unwrap_or_else(|| cfg.default_image.clone());
+        let image = self.inner.images.get(&image_name)?;
+        let backend = req.backend.clone().unwrap_or_else(|| "auto".into());
+        match backend.as_str() {
+            "auto" | "qemu" => {}
+            "firecracker" => return Err(VmError::Backend {
+                backend,
+                reason:
+                    "the Firecracker backend is not available in this build yet; use --backend qemu"
+                        .into(),
+            }),
+            other => {
+                return Err(VmError::Invalid {
+                    what: "backend",
+                    reason: format!("{other:?} is not auto, qemu or firecracker"),
+                })
+            }
+        }
+        if tools::find("qemu-system-x86_64").is_none() {
+            return Err(VmError::Backend {
+                backend: "qemu".into(),
+                reason: tools::install_hint("qemu-system-x86_64"),
+            });
+        }
+        if !image.backends.iter().any(|b| b == "qemu") {
+            return Err(VmError::Backend {
+                backend: "qemu".into(),
+                reason: format!("image {image_name:?} has no kernel QEMU can boot"),
+            });
+        }
+        for a in &image.artifacts {
+            let p = self.inner.layout.image_dir(&image.digest).join(&a.file);
+            let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(u64::MAX);
+            if size != a.size {
+                return Err(VmError::Invalid {
+                    what: "image",
+                    reason: format!(
+                        "artifact {} of {image_name:?} is missing or changed",
+                        a.file
+                    ),
+                });
+            }
+        }
+        let cpus = req.cpus.unwrap_or(cfg.cpus);
+        if !(1..=32).contains(&cpus) {
+            return Err(VmError::Invalid {
+                what: "cpus",
+                reason: format!("{cpus} is not in 1..=32"),
+            });
+        }
+        let memory_mib = match &req.memory {
+            Some(m) => {
+                parse_size(m).map_err(|e| VmError::Invalid {
+                    what: "memory",
+                    reason: e.to_string(),
+                })? >> 20
+            }
+            None => u64::from(cfg.memory_mib),
+        };
+        if !(128..=65536).contains(&memory_mib) {
+            return Err(VmError::Invalid {
+                what: "memory",
+                reason: format!("{memory_mib} MiB is not in 128 MiB..=64 GiB"),
+            });
+        }
+        let work_bytes = match &req.work_disk_size {
+            Some(s) => parse_size(s).map_err(|e| VmError::Invalid {
+                what: "work disk size",
+                reason: e.to_string(),
+            })?,
+            None => cfg.work_disk_bytes,
+        };
+        if !((64 << 20)..=(16 << 40)).contains(&work_bytes) {
+            return Err(VmError::Invalid {
+                what: "work disk size",
+                reason: "it must be between 64 MiB and 16 TiB".into(),
+            });
+        }
+        let free = nix::sys::statvfs::statvfs(&self.inner.layout.state_dir)
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+            .unwrap_or(u64::MAX);
+        if free < (512 << 20) {
+            return Err(VmError::Invalid {
+                what: "disk space",
+                reason: format!(
+                    "only {} free in the state dir",
+                    crate::units::format_size(free)
+                ),
+            });
+        }
+        let client_key = self.client_key()?;
+        // Reserve name and address in one transaction: the `creating` row is
+        // what a restarted daemon rolls back.
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let subnet = cfg.subnet;
+        let name = req.name.clone();
+        let accel = self.accel();
+        let vm = self.inner.store.write(|tx| -> Result<Vm, VmError> {
+            if tx.query_row("SELECT 1 FROM vms WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_some() {
+                return Err(VmError::Exists(name.clone()));
+            }
+            let mut stmt = tx.prepare("SELECT ip FROM vms")?;
+            let used: Vec<Ipv4Addr> = stmt.query_map([], |r| r.get::<_, String>(0))?.filter_map(|r| r.ok()?.parse().ok()).collect();
+            drop(stmt);
+            let ip = subnet.allocate(&used)?;
+            let now = chrono::Utc::now();
+            tx.execute(
+                &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'creating', NULL, ?13, NULL, NULL, '')"),
+                params![id, name, image_name, image.digest, "qemu", accel.as_str(), cpus, memory_mib, work_bytes as i64, ip.to_string(), network::mac_for(&id), network::tap_name(&id), now.to_rfc3339()],
+            )?;
+            tx.query_row(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"), [&id], vm_from_row)?
+        })?;
+        let steps = vec![
+            StepSpec::new("disks", "Clone root disk and work disk"),
+            StepSpec::new("config", "Write the config disk (host key, network, keys)"),
+            StepSpec::new("network", "Set up bridge and TAP"),
+            StepSpec::new("spawn", "Start the VMM"),
+            StepSpec::new("boot", "Wait for the guest (sshd ready)"),
+        ];
+        let this = self.clone();
+        let no_start = req.no_start;
+        Ok(self.inner.ops.spawn("vm.create", &vm.name.clone(), steps, move |h| async move {
+            let lock = this.lock_for(&vm.name);
+            let _held = lock.lock().await;
+            let r = this.create(&h, &vm, &image, &client_key, no_start).await;
+            if let Err(e) = &r {
+                tracing::warn!(vm = %vm.name, error = %e.message, "create failed; rolling back");
+                this.rollback(&vm.id, &vm.name);
+            }
+            r
+        })?)
+    }
+
+    async fn create(
+        &self,
+        h: &OpHandle,
+        vm: &Vm,
+        image: &banger_api::Image,
+        client_key: &std::path::Path,
+        no_start: bool,
+    ) -> Result<serde_json::Value, ApiError> {
+        let p = self.paths(&vm.id);
+        let (dir, run) = (p.dir.clone(), p.run.clone());
+        let base = self
+            .inner
+            .images
+            .artifact_path(image, "rootfs")
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "image has no rootfs"))?;
+        let seeds = self.inner.seeds.clone();
+        let work_bytes = vm.work_disk_bytes;
+        h.step(
+            "disks",
+            blocking(move || {
+                for d in [&dir, &run] {
+                    std::fs::create_dir_all(d).map_err(|source| {
+                        api(VmError::Io {
+                            path: d.clone(),
+                            source,
+                        })
+                    })?;
+                }
+                let qemu_img = tools::require("qemu-img").map_err(api)?;
+                let root = dir.join("root.qcow2");
+                tools::run(
+                    &qemu_img,
+                    [
+                        "create".as_ref(),
+                        "-q".as_ref(),
+                        "-f".as_ref(),
+                        "qcow2".as_ref(),
+                        "-F".as_ref(),
+                        "raw".as_ref(),
+                        "-b".as_ref(),
+                        base.as_os_str(),
+                        root.as_os_str(),
+                    ],
+                )
+                .map_err(api)?;
+                seeds
+                    .clone_to(work_bytes, &dir.join("work.ext4"))
+                    .map_err(api)?;
+                Ok(())
+            }),
+        )
+        .await?;
+
+        let (vm2, dir, key) = (vm.clone(), p.dir.clone(), client_key.to_path_buf());
+        let gateway = self.inner.config.subnet.gateway().to_string();
+        let prefix = self.inner.config.subnet.prefix;
+        let host_pub = h
+            .step(
+                "config",
+                blocking(move || {
+                    let kg = tools::require("ssh-keygen").map_err(api)?;
+                    let hk = dir.join("ssh_host_ed25519_key");
+                    let _ = std::fs::remove_file(&hk);
+                    let _ = std::fs::remove_file(hk.with_extension("pub"));
+                    let comment = format!("{}.vm", vm2.name);
+                    tools::run(
+                        &kg,
+                        [
+                            "-q".as_ref(),
+                            "-t".as_ref(),
+                            "ed25519".as_ref(),
+                            "-N".as_ref(),
+                            "".as_ref(),
+                            "-C".as_ref(),
+                            comment.as_ref(),
+                            "-f".as_ref(),
+                            hk.as_os_str(),
+                        ],
+                    )
+                    .map_err(api)?;
+                    let read = |p: PathBuf| {
+                        std::fs::read_to_string(&p)
+                            .map_err(|source| api(VmError::Io { path: p, source }))
+                    };
+                    let host_pub = read(dir.join("ssh_host_ed25519_key.pub"))?;
+                    let disk = ConfigDisk {
+                        hostname: vm2.name.clone(),
+                        address: Some(format!("{}/{}", vm2.ip, prefix)),
+                        gateway: Some(gateway.clone()),
+                        dns: vec![gateway],
+                        authorized_keys: vec![read(key.with_extension("pub"))?.trim().to_string()],
+                        host_key: Some((read(hk)?, host_pub.clone())),
+                        env: vec![("BANGER_VM".into(), vm2.name.clone())],
+                        machine_id: Some(vm2.id.clone()),
+                        work_mount: Some("/work".into()),
+                    };
+                    configdisk::write(&disk, &dir.join("config.ext4"), &dir.join("config.d"))
+                        .map_err(api)?;
+                    Ok(host_pub.trim().to_string())
+                }),
+            )
+            .await?;
+        let id = vm.id.clone();
+        self.inner
+            .store
+            .write(|tx| {
+                tx.execute(
+                    "UPDATE vms SET host_key = ?2 WHERE id = ?1",
+                    params![id, host_pub],
+                )
+                .map(|_| ())
+            })
+            .map_err(|e| api(VmError::from(e)))?;
+
+        if no_start {
+            for s in ["network", "spawn", "boot"] {
+                h.skip(s);
+            }
+            self.set_state(
+                &vm.id,
+                VmState::Stopped,
+                None,
+                Some("created with --no-start"),
+            )
+            .map_err(api)?;
+            return Ok(serde_json::json!({ "vm": vm.name, "ip": vm.ip, "state": "stopped" }));
+        }
+        let t = self.boot(h, vm).await?;
+        Ok(serde_json::json!({ "vm": vm.name, "ip": vm.ip, "state": "running", "boot_seconds": t }))
+    }
+
+    /// network -> spawn -> boot; leaves the VM running or returns an error
+    /// (the caller rolls back or marks it stopped).
+    async fn boot(&self, h: &OpHandle, vm: &Vm) -> Result<f64, ApiError> {
+        let (bridge, subnet, tap) = (
+            self.inner.config.bridge.clone(),
+            self.inner.config.subnet,
+            network::tap_name(&vm.id),
+        );
+        h.step(
+            "network",
+            blocking(move || {
+                network::ensure_bridge(&bridge, &subnet).map_err(api)?;
+                network::create_tap(&tap, &bridge).map_err(api)?;
+                Ok(())
+            }),
+        )
+        .await?;
+        let p = self.paths(&vm.id);
+        let image = self.inner.images.get(&vm.image).map_err(api)?;
+        let kernel = self
+            .inner
+            .images
+            .artifact_path(&image, "kernel")
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "image has no kernel"))?;
+        let spec = QemuSpec {
+            vm_id: vm.id.clone(),
+            name: vm.name.clone(),
+            accel: if vm.accel == "kvm" {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            },
+            cpus: vm.cpus,
+            memory_mib: vm.memory_mib,
+            kernel,
+            initrd: self.inner.images.artifact_path(&image, "initrd"),
+            root_disk: p.root(),
+            root_format: "qcow2",
+            config_disk: p.config(),
+            work_disk: p.work(),
+            tap: network::tap_name(&vm.id),
+            mac: vm.mac.clone(),
+            console_log: p.console(),
+            qmp_socket: p.qmp(),
+            pid_file: p.pid_file(),
+        };
+        let started = Instant::now();
+        let pid = h
+            .step("spawn", async {
+                std::fs::create_dir_all(&p.run).map_err(|source| {
+                    api(VmError::Io {
+                        path: p.run.clone(),
+                        source,
+                    })
+                })?;
+                let _ = std::fs::remove_file(p.console());
+                let qemu = tools::require("qemu-system-x86_64").map_err(api)?;
+                let log = std::fs::File::create(p.dir.join("qemu.stderr")).map_err(|source| {
+                    api(VmError::Io {
+                        path: p.dir.clone(),
+                        source,
+                    })
+                })?;
+                let child = std::process::Command::new(qemu)
+                    .args(qemu::qemu_args(&spec))
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(log)
+                    .process_group(0)
+                    .spawn()
+                    .map_err(|source| {
+                        api(ToolError::Spawn {
+                            program: "qemu-system-x86_64".into(),
+                            source,
+                        })
+                    })?;
+                let pid = child.id();
+                self.set_state(&vm.id, VmState::Starting, Some(pid), None)
+                    .map_err(api)?;
+                self.watch_child(vm.id.clone(), child);
+                h.message(
+                    "spawn",
+                    format!("qemu pid {pid} ({} accel)", spec.accel.as_str()),
+                );
+                Ok(pid)
+            })
+            .await?;
+        let console = p.console();
+        let stderr_path = p.dir.join("qemu.stderr");
+        h.step("boot", async {
+            let deadline = Instant::now() + BOOT_TIMEOUT;
+            loop {
+                if let Ok(text) = std::fs::read_to_string(&console) {
+                    if text
+                        .lines()
+                        .any(|l| l.trim_start().starts_with(READY_MARKER) && !l.contains("timeout"))
+                    {
+                        return Ok(());
+                    }
+                }
+                if !pid_alive(pid) {
+                    let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                    let text = std::fs::read_to_string(&console).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+                    return Err(ApiError::new(
+                        ErrorCode::Internal,
+                        format!("The VMM exited during boot: {} {tail}", err.trim()),
+                    ));
+                }
+                if Instant::now() > deadline {
+                    return Err(ApiError::new(
+                        ErrorCode::Internal,
+                        format!(
+                            "The guest did not report ready within {}s",
+                            BOOT_TIMEOUT.as_secs()
+                        ),
+                    )
+                    .with_hint("See its console with `banger vm logs NAME`"));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        })
+        .await?;
+        let secs = started.elapsed().as_secs_f64();
+        self.set_state(&vm.id, VmState::Running, Some(pid), None)
+            .map_err(api)?;
+        Ok(secs)
+    }
+
+    /// Reaps our VMM child and records an unexpected exit.
+    fn watch_child(&self, id: String, mut child: std::process::Child) {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let status = child.wait();
+            this.on_exit(
+                &id,
+                child.id(),
+                status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string()),
+            );
+        });
+    }
+
+    /// Polls an adopted VMM (not our child) until it exits.
+    fn watch_adopted(&self, id: String, pid: u32) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            while pid_alive(pid) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            this.on_exit(&id, pid, "exited".into());
+        });
+    }
+
+    fn on_exit(&self, id: &str, pid: u32, status: String) {
+        let row: Option<(String, Option<i64>, String)> = self
+            .inner
+            .store
+            .read(|c| {
+                c.query_row("SELECT state, pid, tap FROM vms WHERE id = ?1", [id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+            })
+            .ok()
+            .flatten();
+        let Some((state, cur_pid, tap)) = row else {
+            return;
+        };
+        if cur_pid != Some(i64::from(pid)) {
+            return;
+        }
+        let reason = if state == "stopping" {
+            "stopped by user".to_string()
+        } else {
+            format!("VMM exited ({status})")
+        };
+        if state != "creating" {
+            let _ = self.set_state(id, VmState::Stopped, None, Some(&reason));
+        }
+        network::delete_tap(&tap);
+        let _ = std::fs::remove_file(self.paths(id).qmp());
+        tracing::info!(vm = id, pid, reason, "VMM exited");
+    }
+
+    /// Removes everything a failed create left.
+    fn rollback(&self, id: &str, name: &str) {
+        if let Ok(Some(pid)) = self
+            .inner
+            .store
+            .read(|c| {
+                c.query_row("SELECT pid FROM vms WHERE id = ?1", [id], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })
+                .optional()
+            })
+            .map(|o| o.flatten())
+        {
+            if let Ok(pid) = u32::try_from(pid) {
+                kill_pid(pid);
+            }
+        }
+        network::delete_tap(&network::tap_name(id));
+        let p = self.paths(id);
+        let _ = std::fs::remove_dir_all(&p.dir);
+        let _ = std::fs::remove_dir_all(&p.run);
+        let _ = self.inner.store.write(|tx| {
+            tx.execute("DELETE FROM vms WHERE id = ?1", [id])
+                .map(|_| ())
+        });
+        tracing::info!(vm = name, "rolled back");
+    }
+
+    /// `vm.start` of a stopped VM.
+    pub fn start_start(&self, name: &str) -> Result<Operation, VmError> {
+        let vm = self.get(name)?;
+        if vm.state != VmState::Stopped {
+            return Err(VmError::WrongState {
+                name: name.into(),
+                state: vm.state.as_str(),
+                what: "only a stopped VM can be started",
+            });
+        }
+        let steps = vec![
+            StepSpec::new("network", "Set up bridge and TAP"),
+            StepSpec::new("spawn", "Start the VMM"),
+            StepSpec::new("boot", "Wait for the guest (sshd ready)"),
+        ];
+        let this = self.clone();
+        Ok(self
+            .inner
+            .ops
+            .spawn("vm.start", name, steps, move |h| async move {
+                let lock = this.lock_for(&vm.name);
+                let _held = lock.lock().await;
+                let cur = this.get(&vm.name).map_err(api)?;
+                if cur.state != VmState::Stopped {
+                    return Err(api(VmError::WrongState {
+                        name: vm.name.clone(),
+                        state: cur.state.as_str(),
+                        what: "only a stopped VM can be started",
+                    }));
+                }
+                match this.boot(&h, &cur).await {
+                    Ok(t) => Ok(
+                        serde_json::json!({ "vm": vm.name, "state": "running", "boot_seconds": t }),
+                    ),
+                    Err(e) => {
+                        if let Ok(Some(pid)) = this.get(&vm.name).map(|v| v.pid) {
+                            kill_pid(pid);
+                        }
+                        network::delete_tap(&network::tap_name(&vm.id));
+                        let _ = this.set_state(
+                            &vm.id,
+                            VmState::Stopped,
+                            None,
+                            Some(&format!("start failed: {}", e.message)),
+                        );
+                        Err(e)
+                    }
+                }
+            })?)
+    }
+
+    /// Stops a running VM: guest power-off (Ctrl-Alt-Del over QMP), then a
+    /// kill after `timeout`; at once with `force`.
+    pub async fn stop(&self, name: &str, force: bool, timeout: Duration) -> Result<Vm, VmError> {
+        let lock = self.lock_for(name);
+        let _held = lock.lock().await;
+        let vm = self.get(name)?;
+        let pid = match (vm.state, vm.pid) {
+            (VmState::Running | VmState::Starting, Some(pid)) => pid,
+            _ => {
+                return Err(VmError::WrongState {
+                    name: name.into(),
+                    state: vm.state.as_str(),
+                    what: "only a running VM can be stopped",
+                })
+            }
+        };
+        self.set_state(&vm.id, VmState::Stopping, Some(pid), None)?;
+        let qmp = self.paths(&vm.id).qmp();
+        if !force {
+            let q = qmp.clone();
+            let asked = tokio::task::spawn_blocking(move || qemu::request_poweroff(&q)).await;
+            if !matches!(asked, Ok(Ok(()))) {
+                tracing::warn!(vm = name, "graceful power-off request failed; killing");
+            }
+            let deadline = Instant::now() + timeout;
+            while pid_alive(pid) && Instant::now() < deadline {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        if pid_alive(pid) {
+            kill_pid(pid);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pid_alive(pid) && Instant::now() < deadline {
+            tokio::time::sleep(POLL).await;
+        }
+        self.set_state(
+            &vm.id,
+            VmState::Stopped,
+            None,
+            Some(if force {
+                "killed by user"
+            } else {
+                "stopped by user"
+            }),
+        )?;
+        network::delete_tap(&network::tap_name(&vm.id));
+        let _ = std::fs::remove_file(qmp);
+        self.get(name)
+    }
+
+    /// Removes a VM and everything it has (refused while running unless `force`).
+    pub async fn remove(&self, name: &str, force: bool) -> Result<(), VmError> {
+        let vm = self.get(name)?;
+        if matches!(
+            vm.state,
+            VmState::Running | VmState::Starting | VmState::Stopping
+        ) {
+            if !force {
+                return Err(VmError::WrongState {
+                    name: name.into(),
+                    state: vm.state.as_str(),
+                    what: "stop it first, or pass --force",
+                });
+            }
+            self.stop(name, true, Duration::ZERO).await?;
+        }
+        let lock = self.lock_for(name);
+        let _held = lock.lock().await;
+        network::delete_tap(&network::tap_name(&vm.id));
+        let p = self.paths(&vm.id);
+        for d in [&p.dir, &p.run] {
+            if d.exists() {
+                std::fs::remove_dir_all(d).map_err(|source| VmError::Io {
+                    path: d.clone(),
+                    source,
+                })?;
+            }
+        }
+        self.inner.store.write(|tx| {
+            tx.execute("DELETE FROM vms WHERE id = ?1", [&vm.id])
+                .map(|_| ())
+        })?;
+        tracing::info!(vm = name, "removed");
+        Ok(())
+    }
+
+    /// The serial console log.
+    pub fn console_log(&self, name: &str) -> Result<String, VmError> {
+        let vm = self.get(name)?;
+        let p = self.paths(&vm.id).console();
+        Ok(std::fs::read_to_string(&p).unwrap_or_default())
+    }
+
+    /// What `banger vm ssh` needs.
+    pub fn ssh_info(&self, name: &str) -> Result<VmSshInfo, VmError> {
+        let vm = self.get(name)?;
+        let key = self.client_key()?;
+        let private_key = std::fs::read_to_string(&key).map_err(|source| VmError::Io {
+            path: key.clone(),
+            source,
+        })?;
+        let host_key: String = self.inner.store.read(|c| {
+            c.query_row("SELECT host_key FROM vms WHERE id = ?1", [&vm.id], |r| {
+                r.get(0)
+            })
+        })?;
+        Ok(VmSshInfo {
+            name: vm.name.clone(),
+            user: "root".into(),
+            host_alias: format!("{}.vm", vm.name),
+            host_key,
+            private_key,
+            ip: vm.ip,
+        })
+    }
+
+    /// Opens a TCP connection to a port of a running VM (from the daemon's
+    /// network namespace).
+    pub async fn connect(&self, name: &str, port: u16) -> Result<tokio::net::TcpStream, VmError> {
+        let vm = self.get(name)?;
+        if vm.state != VmState::Running {
+            return Err(VmError::WrongState {
+                name: name.into(),
+                state: vm.state.as_str(),
+                what: "only a running VM can be reached",
+            });
+        }
+        let addr = format!("{}:{port}", vm.ip);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect(&addr),
+        )
+        .await
+        .map_err(|_| VmError::Connect {
+            name: name.into(),
+            port,
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+        })?
+        .map_err(|source| VmError::Connect {
+            name: name.into(),
+            port,
+            source,
+        })
+    }
+
+    /// Converges stored state with reality after a daemon (re)start.
+    pub fn reconcile(&self) -> Result<(), VmError> {
+        for vm in self.list()? {
+            match vm.state {
+                VmState::Creating => {
+                    tracing::warn!(vm = %vm.name, "rolling back a create the previous daemon did not finish");
+                    self.rollback(&vm.id, &vm.name);
+                }
+                VmState::Running | VmState::Starting | VmState::Stopping => match vm.pid {
+                    Some(pid) if is_our_vmm(pid, &vm.id) => {
+                        tracing::info!(vm = %vm.name, pid, "adopted running VM");
+                        if vm.state != VmState::Running {
+                            self.set_state(&vm.id, VmState::Running, Some(pid), None)?;
+                        }
+                        self.watch_adopted(vm.id.clone(), pid);
+                    }
+                    _ => {
+                        tracing::warn!(vm = %vm.name, "VMM is gone; marking stopped");
+                        self.set_state(
+                            &vm.id,
+                            VmState::Stopped,
+                            None,
+                            Some("VMM exited while bangerd was not running"),
+                        )?;
+                        network::delete_tap(&network::tap_name(&vm.id));
+                    }
+                },
+                VmState::Stopped => network::delete_tap(&network::tap_name(&vm.id)),
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("VM task failed: {e}")))?
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|st| st != "Z" && st != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Whether `pid` is the VMM of VM `id` (its cmdline names it).
+pub fn is_our_vmm(pid: u32, id: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(&format!("process=banger-vm-{id}")))
+        .unwrap_or(false)
+        && pid_alive(pid)
+}
+
+fn kill_pid(pid: u32) {
+    if let Ok(p) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+const VM_COLUMNS: &str = "id, name, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, ip, mac, tap, state, pid, created_at, started_at, stop_reason, host_key";
+
+fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Vm, VmError>> {
+    let state: String = r.get(12)?;
+    let created: String = r.get(14)?;
+    let started: Option<String> = r.get(15)?;
+    let pid: Option<i64> = r.get(13)?;
+    let work: i64 = r.get(8)?;
+    let corrupt =
+        |what: &'static str, d: String| VmError::Store(StoreError::Corrupt { what, detail: d });
+    let time =
+        |s: &str| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&chrono::Utc));
+    let mut vm = Vm {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        image: r.get(2)?,
+        backend: r.get(4)?,
+        accel: r.get(5)?,
+        cpus: r.get(6)?,
+        memory_mib: r.get(7)?,
+        work_disk_bytes: u64::try_from(work).unwrap_or(0),
+        ip: r.get(9)?,
+        mac: r.get(10)?,
+        state: VmState::Stopped,
+        pid: pid.and_then(|p| u32::try_from(p).ok()),
+        created_at: chrono::Utc::now(),
+        started_at: None,
+        stop_reason: r.get(16)?,
+    };
+    Ok((|| {
+        vm.state = VmState::parse(&state).ok_or_else(|| corrupt("VM state", state.clone()))?;
+        vm.created_at = time(&created).map_err(|e| corrupt("timestamp", e.to_string()))?;
+        vm.started_at = started
+            .as_deref()
+            .map(time)
+            .transpose()
+            .map_err(|e| corrupt("timestamp", e.to_string()))?;
+        Ok(vm)
+    })())
+}

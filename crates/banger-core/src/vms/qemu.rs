@@ -1,0 +1,250 @@
+//! The QEMU backend: the command line (pure, unit-tested) and a minimal QMP
+//! client for graceful stop.
+//!
+//! Machine: q35 with `-cpu max` under TCG (`-M microvm` hangs under TCG),
+//! `-cpu host` under KVM; virtio disks and net; serial console to a file the
+//! daemon reads for the readiness marker; QMP on a Unix socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::guest::{GUEST_INIT, KERNEL_CMDLINE};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Everything needed to start one VM under QEMU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuSpec {
+    pub vm_id: String,
+    pub name: String,
+    pub accel: Accel,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub root_disk: PathBuf,
+    pub root_format: &'static str,
+    pub config_disk: PathBuf,
+    pub work_disk: PathBuf,
+    pub tap: String,
+    pub mac: String,
+    pub console_log: PathBuf,
+    pub qmp_socket: PathBuf,
+    pub pid_file: PathBuf,
+}
+
+/// The argv after the program name. Pure.
+pub fn qemu_args(s: &QemuSpec) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |x: &str| a.push(x.to_string());
+    push("-name");
+    push(&format!("banger-{},process=banger-vm-{}", s.name, s.vm_id));
+    push("-accel");
+    push(s.accel.as_str());
+    push("-M");
+    push("q35");
+    push("-cpu");
+    push(match s.accel {
+        Accel::Kvm => "host",
+        Accel::Tcg => "max",
+    });
+    push("-m");
+    push(&s.memory_mib.to_string());
+    push("-smp");
+    push(&s.cpus.to_string());
+    for x in [
+        "-display",
+        "none",
+        "-no-reboot",
+        "-nodefaults",
+        "-no-user-config",
+    ] {
+        push(x);
+    }
+    push("-serial");
+    push(&format!("file:{}", s.console_log.display()));
+    push("-qmp");
+    push(&format!(
+        "unix:{},server=on,wait=off",
+        s.qmp_socket.display()
+    ));
+    push("-pidfile");
+    push(&s.pid_file.display().to_string());
+    push("-kernel");
+    push(&s.kernel.display().to_string());
+    if let Some(i) = &s.initrd {
+        push("-initrd");
+        push(&i.display().to_string());
+    }
+    push("-append");
+    push(&format!("{KERNEL_CMDLINE} root=/dev/vda init={GUEST_INIT}"));
+    push("-drive");
+    push(&format!(
+        "file={},if=virtio,format={},cache=unsafe,discard=unmap",
+        s.root_disk.display(),
+        s.root_format
+    ));
+    push("-drive");
+    push(&format!(
+        "file={},if=virtio,format=raw,readonly=on",
+        s.config_disk.display()
+    ));
+    push("-drive");
+    push(&format!(
+        "file={},if=virtio,format=raw,cache=unsafe,discard=unmap",
+        s.work_disk.display()
+    ));
+    push("-netdev");
+    push(&format!(
+        "tap,id=n0,ifname={},script=no,downscript=no",
+        s.tap
+    ));
+    push("-device");
+    push(&format!("virtio-net-pci,netdev=n0,mac={}", s.mac));
+    push("-device");
+    push("virtio-rng-pci");
+    a
+}
+
+#[derive(Debug, Error)]
+pub enum QmpError {
+    #[error("Cannot talk to QMP at {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QMP answered with an error: {0}")]
+    Command(String),
+}
+
+/// Runs one QMP command (after the capabilities handshake).
+pub fn qmp(
+    socket: &Path,
+    command: &str,
+    arguments: serde_json::Value,
+) -> Result<serde_json::Value, QmpError> {
+    let io = |source| QmpError::Io {
+        path: socket.into(),
+        source,
+    };
+    let stream = UnixStream::connect(socket).map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
+    let mut writer = stream.try_clone().map_err(io)?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(io)?; // greeting
+    let mut call = |cmd: serde_json::Value| -> Result<serde_json::Value, QmpError> {
+        writeln!(writer, "{cmd}").map_err(io)?;
+        loop {
+            let mut l = String::new();
+            if reader.read_line(&mut l).map_err(io)? == 0 {
+                return Err(QmpError::Command("connection closed".into()));
+            }
+            let v: serde_json::Value = serde_json::from_str(&l)
+                .map_err(|e| QmpError::Command(format!("bad reply {l:?}: {e}")))?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(QmpError::Command(e.to_string()));
+            }
+            // An event: keep reading.
+        }
+    };
+    call(serde_json::json!({"execute": "qmp_capabilities"}))?;
+    call(serde_json::json!({"execute": command, "arguments": arguments}))
+}
+
+/// Asks the guest to power off: Ctrl-Alt-Del (banger's guest init powers off
+/// on it), plus an ACPI power-button press for systemd guests.
+pub fn request_poweroff(socket: &Path) -> Result<(), QmpError> {
+    let keys = serde_json::json!({"keys": [
+        {"type": "qcode", "data": "ctrl"}, {"type": "qcode", "data": "alt"}, {"type": "qcode", "data": "delete"}
+    ]});
+    qmp(socket, "send-key", keys)?;
+    let _ = qmp(socket, "system_powerdown", serde_json::json!({}));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> QemuSpec {
+        QemuSpec {
+            vm_id: "abc123".into(),
+            name: "dev".into(),
+            accel: Accel::Tcg,
+            cpus: 2,
+            memory_mib: 1024,
+            kernel: "/i/vmlinuz".into(),
+            initrd: Some("/i/initrd.img".into()),
+            root_disk: "/v/root.qcow2".into(),
+            root_format: "qcow2",
+            config_disk: "/v/config.ext4".into(),
+            work_disk: "/v/work.ext4".into(),
+            tap: "bg-abc123".into(),
+            mac: "52:54:00:00:00:01".into(),
+            console_log: "/v/console.log".into(),
+            qmp_socket: "/r/qmp.sock".into(),
+            pid_file: "/r/qemu.pid".into(),
+        }
+    }
+
+    fn after<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
+        a.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn tcg_command_line() {
+        let a = qemu_args(&spec());
+        assert_eq!(after(&a, "-accel"), ["tcg"]);
+        assert_eq!(after(&a, "-cpu"), ["max"]);
+        assert_eq!(after(&a, "-M"), ["q35"]);
+        assert_eq!(after(&a, "-name"), ["banger-dev,process=banger-vm-abc123"]);
+        let drives = after(&a, "-drive");
+        assert_eq!(drives.len(), 3);
+        assert!(drives[0].starts_with("file=/v/root.qcow2,if=virtio,format=qcow2"));
+        assert!(drives[1].contains("readonly=on"));
+        assert_eq!(
+            after(&a, "-netdev"),
+            ["tap,id=n0,ifname=bg-abc123,script=no,downscript=no"]
+        );
+        assert!(after(&a, "-append")[0].contains("init=/usr/lib/banger/init"));
+        assert_eq!(after(&a, "-serial"), ["file:/v/console.log"]);
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu() {
+        let a = qemu_args(&QemuSpec {
+            accel: Accel::Kvm,
+            initrd: None,
+            ..spec()
+        });
+        assert_eq!(after(&a, "-cpu"), ["host"]);
+        assert!(!a.iter().any(|x| x == "-initrd"));
+    }
+}

@@ -1,0 +1,136 @@
+//! `/v1/vms`: VM lifecycle, console log, SSH details and the TCP proxy.
+
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use banger_api::{ApiError, Operation, Vm, VmCreateRequest, VmList, VmSshInfo, VmStopRequest};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::{ApiJson, ApiResult, AppState};
+
+/// All VMs, by name.
+#[utoipa::path(get, path = "/v1/vms", tag = "vms", responses((status = 200, body = VmList)))]
+pub async fn list(State(d): State<AppState>) -> ApiResult<Json<VmList>> {
+    Ok(Json(VmList { vms: d.vms.list()? }))
+}
+
+/// One VM.
+#[utoipa::path(get, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 200, body = Vm), (status = 404, body = ApiError)))]
+pub async fn show(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Vm>> {
+    Ok(Json(d.vms.get(&name)?))
+}
+
+/// Creates (and by default boots) a VM: an operation (`vm.create`) with the
+/// steps disks, config, network, spawn, boot. Preflight errors (bad name,
+/// unknown image, unusable backend, bad sizes) come back at once and change
+/// nothing.
+#[utoipa::path(post, path = "/v1/vms", tag = "vms", request_body = VmCreateRequest,
+    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn create(
+    State(d): State<AppState>,
+    ApiJson(req): ApiJson<VmCreateRequest>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    Ok((StatusCode::ACCEPTED, Json(d.vms.start_create(req)?)))
+}
+
+/// Boots a stopped VM (an operation, `vm.start`).
+#[utoipa::path(post, path = "/v1/vms/{name}/start", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 202, body = Operation), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn start(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    Ok((StatusCode::ACCEPTED, Json(d.vms.start_start(&name)?)))
+}
+
+/// Stops a running VM: the guest is asked to power off (Ctrl-Alt-Del), and
+/// killed after `timeout_secs` (default 30); at once with `force`.
+#[utoipa::path(post, path = "/v1/vms/{name}/stop", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    request_body = VmStopRequest,
+    responses((status = 200, body = Vm), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn stop(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<VmStopRequest>,
+) -> ApiResult<Json<Vm>> {
+    let timeout = Duration::from_secs(req.timeout_secs.unwrap_or(30).min(3600));
+    Ok(Json(d.vms.stop(&name, req.force, timeout).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveQuery {
+    /// Kill it first if it runs.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Removes a VM with its disks, address and TAP.
+#[utoipa::path(delete, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path, description = "VM name"), RemoveQuery),
+    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn remove(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult<StatusCode> {
+    d.vms.remove(&name, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The serial console log (text).
+#[utoipa::path(get, path = "/v1/vms/{name}/logs", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 200, description = "console log", content_type = "text/plain"), (status = 404, body = ApiError)))]
+pub async fn logs(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+    let text = d.vms.console_log(&name)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// The key, user and pinned host key for `ssh` to the VM through the proxy.
+/// Holds a private key: only root and the socket group can ask.
+#[utoipa::path(get, path = "/v1/vms/{name}/ssh", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 200, body = VmSshInfo), (status = 404, body = ApiError)))]
+pub async fn ssh(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<VmSshInfo>> {
+    Ok(Json(d.vms.ssh_info(&name)?))
+}
+
+/// A raw TCP connection to a port of the VM, spliced onto this HTTP
+/// connection after `101 Switching Protocols` (send `Connection: Upgrade`,
+/// `Upgrade: tcp`). The daemon connects from the VM network, so this works
+/// from any namespace. `banger vm proxy NAME PORT` is an ssh ProxyCommand.
+#[utoipa::path(get, path = "/v1/vms/{name}/proxy/{port}", tag = "vms",
+    params(("name" = String, Path, description = "VM name"), ("port" = u16, Path, description = "Guest TCP port")),
+    responses((status = 101, description = "Switching to a raw TCP stream"), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn proxy(
+    State(d): State<AppState>,
+    Path((name, port)): Path<(String, u16)>,
+    mut req: Request,
+) -> ApiResult<Response> {
+    let mut tcp = d.vms.connect(&name, port).await?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let mut io = TokioIo::new(upgraded);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut tcp).await {
+                    tracing::debug!(vm = %name, port, error = %e, "proxy connection ended");
+                }
+            }
+            Err(e) => tracing::warn!(vm = %name, error = %e, "proxy upgrade failed"),
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "tcp")
+        .body(axum::body::Body::empty())
+        .unwrap_or_default())
+}
