@@ -604,6 +604,123 @@ impl DirectGuest {
     }
 }
 
+/// A network namespace made for one test, deleted (with every process
+/// still in it) when dropped. Daemons given its name run inside it, so
+/// bridges, TAPs and guest addresses never touch the host's namespace.
+pub struct TestNetns {
+    pub name: String,
+}
+
+impl TestNetns {
+    pub fn new() -> TestNetns {
+        require_root();
+        let name = format!("bgt-{}", &uuid_like()[..8]);
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
+        assert!(st.success(), "ip netns add {name} failed");
+        TestNetns { name }
+    }
+
+    /// The namespace's inode, to check a process is in it.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(Path::new("/run/netns").join(&self.name))
+            .expect("netns file")
+            .ino()
+    }
+
+    /// Runs `ip ARGS` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .expect("ip")
+    }
+
+    /// Interface names in the namespace.
+    pub fn links(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.ip(&["-br", "link"]).stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
+impl Default for TestNetns {
+    fn default() -> Self {
+        TestNetns::new()
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn uuid_like() -> String {
+    let out = std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("uuid");
+    out.trim().replace('-', "")
+}
+
+impl TestDaemon {
+    /// Starts a daemon inside `ns`, and checks that it really is there.
+    pub fn start_in(ns: &TestNetns) -> TestDaemon {
+        let d = TestDaemon::start_with(&format!("[network]\nnetns = \"{}\"\n", ns.name));
+        d.assert_in(ns);
+        d
+    }
+
+    /// Panics unless the daemon's network namespace is `ns`.
+    pub fn assert_in(&self, ns: &TestNetns) {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(format!("/proc/{}/ns/net", self.pid()))
+            .expect("ns of daemon")
+            .ino();
+        assert_eq!(
+            ino,
+            ns.inode(),
+            "bangerd is not in the test's network namespace"
+        );
+    }
+
+    /// Imports the test image under `name`.
+    pub fn import_test_image(&self, img: &TestImage, name: &str) {
+        let out = self
+            .banger_cmd()
+            .args(["image", "import", name, "--rootfs"])
+            .arg(&img.rootfs)
+            .arg("--kernel")
+            .arg(&img.kernel)
+            .arg("--initrd")
+            .arg(&img.initrd)
+            .arg("--vmlinux")
+            .arg(&img.vmlinux)
+            .output()
+            .expect("banger");
+        assert!(
+            out.status.success(),
+            "import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// Runs a future to completion on a fresh runtime.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()

@@ -678,8 +678,20 @@ impl Vms {
                         })
                     })?;
                 let pid = child.id();
-                self.set_state(&vm.id, VmState::Starting, Some(pid), None)
-                    .map_err(api)?;
+                if vm.state == VmState::Creating {
+                    // Stays `creating` (rolled back after a crash) until booted.
+                    let id = vm.id.clone();
+                    self.inner
+                        .store
+                        .write(|tx| {
+                            tx.execute("UPDATE vms SET pid = ?2 WHERE id = ?1", params![id, pid])
+                                .map(|_| ())
+                        })
+                        .map_err(|e| api(VmError::from(e)))?;
+                } else {
+                    self.set_state(&vm.id, VmState::Starting, Some(pid), None)
+                        .map_err(api)?;
+                }
                 self.watch_child(vm.id.clone(), child);
                 h.message(
                     "spawn",
