@@ -9,6 +9,8 @@
 #
 # Environment:
 #   BANGER_PREFIX   install prefix (default /usr/local)
+#   BANGER_NETNS    put the VM network (bridge, TAPs, VMMs) in this network
+#                   namespace instead of the host's (network.netns)
 set -euo pipefail
 cd "$(dirname "$0")"
 [ "$(id -u)" = 0 ] || { echo "run as root: sudo $0" >&2; exit 1; }
@@ -40,6 +42,18 @@ if [ ! -e /etc/banger/config.toml ]; then
   log "wrote /etc/banger/config.toml (every key documented)"
 fi
 
+if [ -n "${BANGER_NETNS:-}" ]; then
+  cfg=/etc/banger/config.toml
+  if grep -q '^netns *=' "$cfg"; then
+    sed -i "s/^netns *=.*/netns = \"$BANGER_NETNS\"/" "$cfg"
+  elif grep -q '^\[network\]' "$cfg"; then
+    sed -i "s/^\[network\]/[network]\nnetns = \"$BANGER_NETNS\"/" "$cfg"
+  else
+    printf '\n[network]\nnetns = "%s"\n' "$BANGER_NETNS" >> "$cfg"
+  fi
+  log "VM networking goes into network namespace $BANGER_NETNS"
+fi
+
 SOCK=$(awk -F'"' '/^socket *=/{print $2}' /etc/banger/config.toml)
 RUNDIR=$(awk -F'"' '/^runtime_dir *=/{print $2}' /etc/banger/config.toml)
 STATE=$(awk -F'"' '/^state_dir *=/{print $2}' /etc/banger/config.toml)
@@ -68,7 +82,20 @@ fi
 for _ in $(seq 200); do "$PREFIX/bin/banger" --socket "$SOCK" version >/dev/null 2>&1 && break; sleep 0.05; done
 "$PREFIX/bin/banger" --socket "$SOCK" version
 
-# The main job, as far as banger has it today: check the host.
+# The main job: a VM up, and a command run in it over SSH.
+B=("$PREFIX/bin/banger" --socket "$SOCK")
 log "checking the host"
-"$PREFIX/bin/banger" --socket "$SOCK" doctor
-log "done"
+"${B[@]}" doctor
+if ! "${B[@]}" image show default >/dev/null 2>&1; then
+  log "building the default image (Debian stable; cached by recipe)"
+  "${B[@]}" image build default
+fi
+state=$("${B[@]}" --json vm show dev 2>/dev/null | awk -F'"' '/"state"/{print $4; exit}') || state=""
+case "$state" in
+  "") log "creating VM dev"; "${B[@]}" vm create dev ;;
+  stopped) log "starting VM dev"; "${B[@]}" vm start dev ;;
+  *) log "VM dev is $state" ;;
+esac
+log "running a command in dev over SSH"
+"${B[@]}" vm ssh dev -- 'echo "hello from $(hostname)"; uname -sr; df -h /work | tail -1'
+log "done: try \`banger vm ssh dev\`"

@@ -27,3 +27,5 @@ PY
 check "$out/boot.json" bench runs banger_default_image baseline_light_init ratio target_ratio_max machine
 ./target/debug/image_build $mode > "$out/image_build.json"
 check "$out/image_build.json" bench cold_s warm_s ratio_warm_over_cold machine
+./target/debug/vm_create $mode > "$out/vm_create.json"
+check "$out/vm_create.json" bench runs banger_create_to_ssh hand_run_qemu_to_ssh ratio target_ratio_max root_disk_clone machine

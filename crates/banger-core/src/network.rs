@@ -156,10 +156,38 @@ pub fn link_exists(name: &str) -> bool {
     })
 }
 
+static HOST_NETNS: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+
+/// A command for `program` that runs in the host's network namespace: the
+/// one bangerd started in, before [`enter_netns`]. Image builds use it to
+/// reach the package mirror when VMs are fenced off in a namespace.
+pub fn host_net_command(program: &std::path::Path) -> std::process::Command {
+    use std::os::fd::AsRawFd;
+    match (HOST_NETNS.get(), tools::find("nsenter")) {
+        (Some(f), Some(nsenter)) => {
+            let mut c = std::process::Command::new(nsenter);
+            c.arg(format!(
+                "--net=/proc/{}/fd/{}",
+                std::process::id(),
+                f.as_raw_fd()
+            ))
+            .arg("--")
+            .arg(program);
+            c
+        }
+        _ => std::process::Command::new(program),
+    }
+}
+
 /// Enters the named network namespace (creating it if missing) on the
 /// calling thread. Call before starting any other thread: threads and
 /// processes created afterwards inherit it.
 pub fn enter_netns(name: &str) -> Result<(), NetworkError> {
+    // Keep the host's namespace at hand for work that needs the outside
+    // world (package downloads for image builds).
+    if let Ok(f) = std::fs::File::open("/proc/thread-self/ns/net") {
+        let _ = HOST_NETNS.set(f);
+    }
     let path = std::path::Path::new("/run/netns").join(name);
     if !path.exists() {
         ip(&["netns", "add", name])?;

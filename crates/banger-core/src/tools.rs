@@ -29,6 +29,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("cp", "coreutils"),
     ("git", "git"),
+    ("nsenter", "util-linux"),
 ];
 
 /// Directories searched after `$PATH` (root's tools live in sbin, which a

@@ -244,7 +244,7 @@ impl Images {
             .map_err(io_err(&cache))
             .map_err(api)?;
         let mmdebstrap = tools::require("mmdebstrap").map_err(api)?;
-        let mut cmd = tokio::process::Command::new(mmdebstrap);
+        let mut cmd = tokio::process::Command::from(crate::network::host_net_command(&mmdebstrap));
         cmd.arg("--mode=unshare")
             .arg("--variant=minbase")
             .arg(format!("--include={}", recipe.all_packages().join(",")))

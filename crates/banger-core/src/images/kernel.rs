@@ -124,7 +124,7 @@ pub fn fetch(package: &str, cache: &Path) -> Result<ExtractedKernel, KernelError
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let apt_get = tools::require("apt-get")?;
-        let out = Command::new(&apt_get)
+        let out = crate::network::host_net_command(&apt_get)
             .arg("download")
             .arg(&versioned)
             .current_dir(&dir)
