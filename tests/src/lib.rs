@@ -303,7 +303,13 @@ fn sha256_hex(path: &Path) -> String {
 pub fn test_image() -> TestImage {
     let _lock = builder_lock();
     let recipe = fixture("test-image.toml");
-    let name = format!("test-{}", &sha256_hex(&recipe)[..12]);
+    // Named by the fixture's hash and the builder version: a change to
+    // either builds a new test image.
+    let name = format!(
+        "test-{}-v{}",
+        &sha256_hex(&recipe)[..10],
+        banger_core::images::recipe::BUILDER_VERSION
+    );
     let d = builder_daemon();
     let show = d
         .banger_cmd()

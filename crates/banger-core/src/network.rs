@@ -135,6 +135,12 @@ pub fn create_tap(tap: &str, bridge: &str) -> Result<(), NetworkError> {
     Ok(())
 }
 
+/// Forgets the neighbor (ARP) entry of an address, so a VM reusing the
+/// address of a removed one (with another MAC) is reachable at once.
+pub fn flush_neighbor(ip_addr: &str, bridge: &str) {
+    let _ = ip(&["neigh", "flush", "to", ip_addr, "dev", bridge]);
+}
+
 /// Removes a TAP; a missing one is fine.
 pub fn delete_tap(tap: &str) {
     if link_exists(tap) {

@@ -116,6 +116,8 @@ if [ -f $C/network ]; then
   . $C/network
   $B ip link set eth0 up
   [ -n "$ADDRESS" ] && $B ip addr add "$ADDRESS" dev eth0
+  # Announce our MAC: the address may have belonged to another VM before.
+  [ -n "$ADDRESS" ] && $B arping -q -U -c 1 -I eth0 "${{ADDRESS%/*}}" >/dev/null 2>&1 &
   [ -n "$GATEWAY" ] && $B ip route add default via "$GATEWAY"
   $B rm -f /etc/resolv.conf
   for d in $DNS; do echo "nameserver $d" >> /etc/resolv.conf; done

@@ -604,6 +604,7 @@ impl Vms {
     /// network -> spawn -> boot; leaves the VM running or returns an error
     /// (the caller rolls back or marks it stopped).
     async fn boot(&self, h: &OpHandle, vm: &Vm) -> Result<f64, ApiError> {
+        let vm_ip = vm.ip.clone();
         let (bridge, subnet, tap) = (
             self.inner.config.bridge.clone(),
             self.inner.config.subnet,
@@ -613,6 +614,7 @@ impl Vms {
             "network",
             blocking(move || {
                 network::ensure_bridge(&bridge, &subnet).map_err(api)?;
+                network::flush_neighbor(&vm_ip, &bridge);
                 network::create_tap(&tap, &bridge).map_err(api)?;
                 Ok(())
             }),
