@@ -74,6 +74,8 @@ pub struct TestDaemon {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub child: Option<Child>,
+    /// Extra environment of the daemon process.
+    pub env: Vec<(String, String)>,
 }
 
 impl TestDaemon {
@@ -120,6 +122,7 @@ impl TestDaemon {
             socket,
             state_dir,
             child: None,
+            env: Vec::new(),
         }
     }
 
@@ -129,6 +132,7 @@ impl TestDaemon {
         let child = Command::new(bin("bangerd"))
             .arg("--config")
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -687,7 +691,26 @@ fn uuid_like() -> String {
 impl TestDaemon {
     /// Starts a daemon inside `ns`, and checks that it really is there.
     pub fn start_in(ns: &TestNetns) -> TestDaemon {
-        let d = TestDaemon::start_with(&format!("[network]\nnetns = \"{}\"\n", ns.name));
+        TestDaemon::start_in_with(ns, "", &[])
+    }
+
+    /// Like [`TestDaemon::start_in`], with more config and environment.
+    pub fn start_in_with(ns: &TestNetns, extra: &str, env: &[(&str, &str)]) -> TestDaemon {
+        require_root();
+        let tmp = tempfile::Builder::new()
+            .prefix("banger-test-")
+            .tempdir()
+            .expect("tempdir");
+        let mut d = TestDaemon::at(
+            tmp.path(),
+            &format!("[network]\nnetns = \"{}\"\n{extra}", ns.name),
+        );
+        d._tmp = Some(tmp);
+        d.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        d.spawn();
         d.assert_in(ns);
         d
     }

@@ -55,6 +55,12 @@ work_disk_size = "1G"
 # QEMU acceleration: auto (KVM where it works, else TCG), kvm or tcg.
 accel = "auto"
 
+[firecracker]
+# The firecracker binary: a name on PATH or a path. `vm create --backend
+# firecracker` needs it and /dev/kvm; `auto` picks Firecracker when both are
+# usable (not on a nested kvm_pvm host) and the image has a vmlinux.
+binary = "firecracker"
+
 [debug]
 # Serve /v1/debug/* endpoints (synthetic operations for testing the
 # operations machinery). Never enable in production.
@@ -68,7 +74,22 @@ pub struct Config {
     pub images: ImagesConfig,
     pub network: NetworkConfig,
     pub vm: VmConfig,
+    pub firecracker: FirecrackerConfig,
     pub debug: DebugConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirecrackerConfig {
+    pub binary: String,
+}
+
+impl Default for FirecrackerConfig {
+    fn default() -> Self {
+        FirecrackerConfig {
+            binary: "firecracker".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -297,6 +318,9 @@ impl Config {
                 "vm.accel",
                 format!("{:?} is not auto, kvm or tcg", v.accel),
             ));
+        }
+        if self.firecracker.binary.is_empty() {
+            return Err(invalid("firecracker.binary", "it is empty".into()));
         }
         if d.shutdown_grace_secs > 3600 {
             return Err(invalid(

@@ -43,7 +43,7 @@ pub struct HostFacts {
 
 impl HostFacts {
     /// Probes the host. Runs external programs; call from a blocking context.
-    pub fn probe(state_dir: &Path) -> HostFacts {
+    pub fn probe(state_dir: &Path, firecracker_binary: &str) -> HostFacts {
         let kvm_module = ["kvm_pvm", "kvm_intel", "kvm_amd"]
             .into_iter()
             .find(|m| Path::new("/sys/module").join(m).exists())
@@ -53,7 +53,7 @@ impl HostFacts {
             kvm_module,
             qemu: tool_version("qemu-system-x86_64", parse_qemu_version),
             qemu_img: tools::find("qemu-img"),
-            firecracker: tool_version("firecracker", parse_firecracker_version),
+            firecracker: tool_version(firecracker_binary, parse_firecracker_version),
             tun: Path::new("/dev/net/tun").exists(),
             nft: tools::find("nft"),
             ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")

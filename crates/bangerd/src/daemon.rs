@@ -75,6 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         memory_mib: u32::try_from(size(&config.vm.memory)? >> 20).unwrap_or(1024),
         work_disk_bytes: size(&config.vm.work_disk_size)?,
         accel: config.vm.accel.clone(),
+        firecracker_binary: config.firecracker.binary.clone(),
     };
     let vms = Vms::new(
         layout.clone(),

@@ -13,10 +13,10 @@
 //! verified), and marks the rest stopped, removing their TAPs.
 
 pub mod qemu;
+pub mod vmm;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ use crate::tools::{self, ToolError};
 use crate::units::parse_size;
 use crate::ToApiError;
 
-use qemu::{Accel, QemuSpec};
+use qemu::Accel;
 
 /// How long a boot may take before create/start fails.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -151,6 +151,8 @@ pub struct VmsConfig {
     pub work_disk_bytes: u64,
     /// `auto`, `kvm` or `tcg`.
     pub accel: String,
+    /// The firecracker binary (name on PATH or path).
+    pub firecracker_binary: String,
 }
 
 struct VmsInner {
@@ -176,8 +178,12 @@ struct VmPaths {
 }
 
 impl VmPaths {
-    fn root(&self) -> PathBuf {
-        self.dir.join("root.qcow2")
+    fn root(&self, backend: &str) -> PathBuf {
+        self.dir.join(if backend == "firecracker" {
+            "root.raw"
+        } else {
+            "root.qcow2"
+        })
     }
     fn work(&self) -> PathBuf {
         self.dir.join("work.ext4")
@@ -188,11 +194,11 @@ impl VmPaths {
     fn console(&self) -> PathBuf {
         self.dir.join("console.log")
     }
-    fn qmp(&self) -> PathBuf {
-        self.run.join("qmp.sock")
-    }
-    fn pid_file(&self) -> PathBuf {
-        self.run.join("qemu.pid")
+    /// Removes the VMM's control sockets (after it exited).
+    fn remove_sockets(&self) {
+        for f in ["qmp.sock", "firecracker.sock"] {
+            let _ = std::fs::remove_file(self.run.join(f));
+        }
     }
 }
 
@@ -339,34 +345,7 @@ impl Vms {
             .clone()
             .unwrap_or_else(|| cfg.default_image.clone());
         let image = self.inner.images.get(&image_name)?;
-        let backend = req.backend.clone().unwrap_or_else(|| "auto".into());
-        match backend.as_str() {
-            "auto" | "qemu" => {}
-            "firecracker" => return Err(VmError::Backend {
-                backend,
-                reason:
-                    "the Firecracker backend is not available in this build yet; use --backend qemu"
-                        .into(),
-            }),
-            other => {
-                return Err(VmError::Invalid {
-                    what: "backend",
-                    reason: format!("{other:?} is not auto, qemu or firecracker"),
-                })
-            }
-        }
-        if tools::find("qemu-system-x86_64").is_none() {
-            return Err(VmError::Backend {
-                backend: "qemu".into(),
-                reason: tools::install_hint("qemu-system-x86_64"),
-            });
-        }
-        if !image.backends.iter().any(|b| b == "qemu") {
-            return Err(VmError::Backend {
-                backend: "qemu".into(),
-                reason: format!("image {image_name:?} has no kernel QEMU can boot"),
-            });
-        }
+        let backend = self.resolve_backend(req.backend.as_deref().unwrap_or("auto"), &image)?;
         for a in &image.artifacts {
             let p = self.inner.layout.image_dir(&image.digest).join(&a.file);
             let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(u64::MAX);
@@ -445,7 +424,7 @@ impl Vms {
             let now = chrono::Utc::now();
             tx.execute(
                 &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'creating', NULL, ?13, NULL, NULL, '')"),
-                params![id, name, image_name, image.digest, "qemu", accel.as_str(), cpus, memory_mib, work_bytes as i64, ip.to_string(), network::mac_for(&id), network::tap_name(&id), now.to_rfc3339()],
+                params![id, name, image_name, image.digest, backend, if backend == "firecracker" { "kvm" } else { accel.as_str() }, cpus, memory_mib, work_bytes as i64, ip.to_string(), network::mac_for(&id), network::tap_name(&id), now.to_rfc3339()],
             )?;
             tx.query_row(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"), [&id], vm_from_row)?
         })?;
@@ -487,6 +466,7 @@ impl Vms {
             .ok_or_else(|| ApiError::new(ErrorCode::Internal, "image has no rootfs"))?;
         let seeds = self.inner.seeds.clone();
         let work_bytes = vm.work_disk_bytes;
+        let backend = vm.backend.clone();
         h.step(
             "disks",
             blocking(move || {
@@ -498,23 +478,28 @@ impl Vms {
                         })
                     })?;
                 }
-                let qemu_img = tools::require("qemu-img").map_err(api)?;
-                let root = dir.join("root.qcow2");
-                tools::run(
-                    &qemu_img,
-                    [
-                        "create".as_ref(),
-                        "-q".as_ref(),
-                        "-f".as_ref(),
-                        "qcow2".as_ref(),
-                        "-F".as_ref(),
-                        "raw".as_ref(),
-                        "-b".as_ref(),
-                        base.as_os_str(),
-                        root.as_os_str(),
-                    ],
-                )
-                .map_err(api)?;
+                if backend == "firecracker" {
+                    // Firecracker boots raw disks: a reflink or sparse copy.
+                    crate::storage::clone_file(&base, &dir.join("root.raw")).map_err(api)?;
+                } else {
+                    let qemu_img = tools::require("qemu-img").map_err(api)?;
+                    let root = dir.join("root.qcow2");
+                    tools::run(
+                        &qemu_img,
+                        [
+                            "create".as_ref(),
+                            "-q".as_ref(),
+                            "-f".as_ref(),
+                            "qcow2".as_ref(),
+                            "-F".as_ref(),
+                            "raw".as_ref(),
+                            "-b".as_ref(),
+                            base.as_os_str(),
+                            root.as_os_str(),
+                        ],
+                    )
+                    .map_err(api)?;
+                }
                 seeds
                     .clone_to(work_bytes, &dir.join("work.ext4"))
                     .map_err(api)?;
@@ -621,64 +606,13 @@ impl Vms {
         )
         .await?;
         let p = self.paths(&vm.id);
-        let image = self.inner.images.get(&vm.image).map_err(api)?;
-        let kernel = self
-            .inner
-            .images
-            .artifact_path(&image, "kernel")
-            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "image has no kernel"))?;
-        let spec = QemuSpec {
-            vm_id: vm.id.clone(),
-            name: vm.name.clone(),
-            accel: if vm.accel == "kvm" {
-                Accel::Kvm
-            } else {
-                Accel::Tcg
-            },
-            cpus: vm.cpus,
-            memory_mib: vm.memory_mib,
-            kernel,
-            initrd: self.inner.images.artifact_path(&image, "initrd"),
-            root_disk: p.root(),
-            root_format: "qcow2",
-            config_disk: p.config(),
-            work_disk: p.work(),
-            tap: network::tap_name(&vm.id),
-            mac: vm.mac.clone(),
-            console_log: p.console(),
-            qmp_socket: p.qmp(),
-            pid_file: p.pid_file(),
-        };
+        let spec = self.launch_spec(vm).map_err(api)?;
+        let vmm = self.vmm(&vm.backend);
         let started = Instant::now();
         let pid = h
             .step("spawn", async {
-                std::fs::create_dir_all(&p.run).map_err(|source| {
-                    api(VmError::Io {
-                        path: p.run.clone(),
-                        source,
-                    })
-                })?;
-                let _ = std::fs::remove_file(p.console());
-                let qemu = tools::require("qemu-system-x86_64").map_err(api)?;
-                let log = std::fs::File::create(p.dir.join("qemu.stderr")).map_err(|source| {
-                    api(VmError::Io {
-                        path: p.dir.clone(),
-                        source,
-                    })
-                })?;
-                let child = std::process::Command::new(qemu)
-                    .args(qemu::qemu_args(&spec))
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(log)
-                    .process_group(0)
-                    .spawn()
-                    .map_err(|source| {
-                        api(ToolError::Spawn {
-                            program: "qemu-system-x86_64".into(),
-                            source,
-                        })
-                    })?;
+                let spec2 = spec.clone();
+                let child = blocking(move || vmm.launch(&spec2).map_err(api)).await?;
                 let pid = child.id();
                 if vm.state == VmState::Creating {
                     // Stays `creating` (rolled back after a crash) until booted.
@@ -697,13 +631,13 @@ impl Vms {
                 self.watch_child(vm.id.clone(), child);
                 h.message(
                     "spawn",
-                    format!("qemu pid {pid} ({} accel)", spec.accel.as_str()),
+                    format!("{} pid {pid} ({} accel)", vm.backend, vm.accel),
                 );
                 Ok(pid)
             })
             .await?;
         let console = p.console();
-        let stderr_path = p.dir.join("qemu.stderr");
+        let stderr_path = spec.stderr_log.clone();
         h.step("boot", async {
             let deadline = Instant::now() + BOOT_TIMEOUT;
             loop {
@@ -798,7 +732,7 @@ impl Vms {
             let _ = self.set_state(id, VmState::Stopped, None, Some(&reason));
         }
         network::delete_tap(&tap);
-        let _ = std::fs::remove_file(self.paths(id).qmp());
+        self.paths(id).remove_sockets();
         tracing::info!(vm = id, pid, reason, "VMM exited");
     }
 
@@ -828,6 +762,132 @@ impl Vms {
                 .map(|_| ())
         });
         tracing::info!(vm = name, "rolled back");
+    }
+
+    /// Picks the backend for a create request, or says why it cannot run.
+    fn resolve_backend(
+        &self,
+        requested: &str,
+        image: &banger_api::Image,
+    ) -> Result<String, VmError> {
+        let kvm = std::path::Path::new("/dev/kvm").exists();
+        let nested_pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+        let fc = tools::find(&self.inner.config.firecracker_binary);
+        let image_ok = |b: &str| image.backends.iter().any(|x| x == b);
+        let unavailable = |backend: &str, reason: String| {
+            Err(VmError::Backend {
+                backend: backend.into(),
+                reason,
+            })
+        };
+        match requested {
+            "firecracker" => {
+                if fc.is_none() {
+                    return unavailable(
+                        "firecracker",
+                        format!(
+                            "the binary {:?} is not installed (doctor check `firecracker`)",
+                            self.inner.config.firecracker_binary
+                        ),
+                    );
+                }
+                if !kvm {
+                    return unavailable(
+                        "firecracker",
+                        "/dev/kvm is missing (doctor check `kvm`)".into(),
+                    );
+                }
+                if !image_ok("firecracker") {
+                    return unavailable(
+                        "firecracker",
+                        format!("image {:?} has no vmlinux with virtio-mmio", image.name),
+                    );
+                }
+                Ok("firecracker".into())
+            }
+            "qemu" | "auto" => {
+                if requested == "auto"
+                    && fc.is_some()
+                    && kvm
+                    && !nested_pvm
+                    && image_ok("firecracker")
+                {
+                    return Ok("firecracker".into());
+                }
+                if tools::find("qemu-system-x86_64").is_none() {
+                    return unavailable(
+                        "qemu",
+                        format!(
+                            "qemu-system-x86_64 is not installed (doctor check `qemu`). {}",
+                            tools::install_hint("qemu-system-x86_64")
+                        ),
+                    );
+                }
+                if !image_ok("qemu") {
+                    return unavailable(
+                        "qemu",
+                        format!("image {:?} has no kernel QEMU can boot", image.name),
+                    );
+                }
+                Ok("qemu".into())
+            }
+            other => Err(VmError::Invalid {
+                what: "backend",
+                reason: format!("{other:?} is not auto, qemu or firecracker"),
+            }),
+        }
+    }
+
+    fn vmm(&self, backend: &str) -> Box<dyn vmm::Vmm> {
+        if backend == "firecracker" {
+            let binary = tools::find(&self.inner.config.firecracker_binary)
+                .unwrap_or_else(|| PathBuf::from(&self.inner.config.firecracker_binary));
+            Box::new(vmm::FirecrackerVmm { binary })
+        } else {
+            Box::new(vmm::QemuVmm {
+                binary: tools::find("qemu-system-x86_64")
+                    .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64")),
+            })
+        }
+    }
+
+    fn launch_spec(&self, vm: &Vm) -> Result<vmm::LaunchSpec, VmError> {
+        let p = self.paths(&vm.id);
+        let image = self.inner.images.get(&vm.image)?;
+        let kernel_kind = if vm.backend == "firecracker" {
+            "vmlinux"
+        } else {
+            "kernel"
+        };
+        let kernel = self
+            .inner
+            .images
+            .artifact_path(&image, kernel_kind)
+            .ok_or_else(|| VmError::Invalid {
+                what: "image",
+                reason: format!("image {:?} has no {kernel_kind}", image.name),
+            })?;
+        Ok(vmm::LaunchSpec {
+            vm_id: vm.id.clone(),
+            name: vm.name.clone(),
+            cpus: vm.cpus,
+            memory_mib: vm.memory_mib,
+            accel: if vm.accel == "kvm" {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            },
+            kernel,
+            initrd: self.inner.images.artifact_path(&image, "initrd"),
+            root_disk: p.root(&vm.backend),
+            config_disk: p.config(),
+            work_disk: p.work(),
+            tap: network::tap_name(&vm.id),
+            mac: vm.mac.clone(),
+            console_log: p.console(),
+            stderr_log: p.dir.join("vmm.stderr"),
+            run_dir: p.run.clone(),
+        })
     }
 
     /// `vm.start` of a stopped VM.
@@ -898,10 +958,10 @@ impl Vms {
             }
         };
         self.set_state(&vm.id, VmState::Stopping, Some(pid), None)?;
-        let qmp = self.paths(&vm.id).qmp();
+        let spec = self.launch_spec(&vm)?;
+        let vmm = self.vmm(&vm.backend);
         if !force {
-            let q = qmp.clone();
-            let asked = tokio::task::spawn_blocking(move || qemu::request_poweroff(&q)).await;
+            let asked = tokio::task::spawn_blocking(move || vmm.request_poweroff(&spec)).await;
             if !matches!(asked, Ok(Ok(()))) {
                 tracing::warn!(vm = name, "graceful power-off request failed; killing");
             }
@@ -928,7 +988,7 @@ impl Vms {
             }),
         )?;
         network::delete_tap(&network::tap_name(&vm.id));
-        let _ = std::fs::remove_file(qmp);
+        self.paths(&vm.id).remove_sockets();
         self.get(name)
     }
 
@@ -1083,7 +1143,7 @@ pub fn pid_alive(pid: u32) -> bool {
 /// Whether `pid` is the VMM of VM `id` (its cmdline names it).
 pub fn is_our_vmm(pid: u32, id: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(&format!("process=banger-vm-{id}")))
+        .map(|c| String::from_utf8_lossy(&c).contains(&format!("banger-vm-{id}")))
         .unwrap_or(false)
         && pid_alive(pid)
 }

@@ -23,7 +23,8 @@ pub async fn version(State(d): State<AppState>) -> Json<VersionInfo> {
 
 async fn probe(d: &AppState) -> ApiResult<HostFacts> {
     let dir = d.layout.state_dir.clone();
-    tokio::task::spawn_blocking(move || HostFacts::probe(&dir))
+    let fc = d.config.firecracker.binary.clone();
+    tokio::task::spawn_blocking(move || HostFacts::probe(&dir, &fc))
         .await
         .map_err(|e| {
             AppError(ApiError::new(

@@ -1,0 +1,422 @@
+//! The VMM trait and its two backends.
+//!
+//! A backend starts one VMM process for a VM, configures it until the guest
+//! boots, and asks the guest to power off. Everything else (disks, network,
+//! readiness, state) is the same for both and lives in `vms`.
+//!
+//! - [`QemuVmm`]: everything on the command line; QMP for power-off.
+//! - [`FirecrackerVmm`]: `firecracker --api-sock S --id banger-vm-ID`, then the
+//!   configure sequence over the API (logger, metrics, machine-config,
+//!   boot-source, drives, network-interfaces, InstanceStart); power-off with
+//!   SendCtrlAltDel. Its serial console is its stdout, sent to the console log.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use firecracker_api::model::{
+    ActionType, BootSource, Drive, Logger, MachineConfiguration, Metrics, NetworkInterface,
+};
+use thiserror::Error;
+
+use super::qemu::{self, Accel, QemuSpec};
+use crate::guest::{GUEST_INIT, KERNEL_CMDLINE};
+
+#[derive(Debug, Error)]
+pub enum VmmError {
+    #[error("Cannot start {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} exited during start-up: {stderr}")]
+    EarlyExit { program: String, stderr: String },
+    #[error("Firecracker did not open its API socket {0} within 5 s")]
+    NoSocket(PathBuf),
+    #[error("Configuring Firecracker failed")]
+    Api(#[from] firecracker_api::ClientError),
+    #[error("QEMU control failed")]
+    Qmp(#[from] qemu::QmpError),
+    #[error("VM file I/O failed on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl crate::ToApiError for VmmError {}
+
+/// What a backend needs to start a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSpec {
+    pub vm_id: String,
+    pub name: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub accel: Accel,
+    /// bzImage (QEMU) or ELF vmlinux (Firecracker).
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub root_disk: PathBuf,
+    pub config_disk: PathBuf,
+    pub work_disk: PathBuf,
+    pub tap: String,
+    pub mac: String,
+    pub console_log: PathBuf,
+    pub stderr_log: PathBuf,
+    /// Per-VM runtime dir (sockets, pid file).
+    pub run_dir: PathBuf,
+}
+
+impl LaunchSpec {
+    pub fn boot_args(&self) -> String {
+        format!("{KERNEL_CMDLINE} root=/dev/vda init={GUEST_INIT}")
+    }
+}
+
+/// One VMM backend.
+pub trait Vmm: Send + Sync {
+    /// `qemu` or `firecracker`.
+    fn name(&self) -> &'static str;
+    /// Starts the VMM and configures it until the guest is booting. Blocking.
+    /// On error nothing of the process is left running.
+    fn launch(&self, spec: &LaunchSpec) -> Result<Child, VmmError>;
+    /// Asks the guest to power off. Blocking.
+    fn request_poweroff(&self, spec: &LaunchSpec) -> Result<(), VmmError>;
+}
+
+fn spawn(
+    program: &PathBuf,
+    args: &[String],
+    spec: &LaunchSpec,
+    stdout_to_console: bool,
+) -> Result<Child, VmmError> {
+    let io = |path: &PathBuf| {
+        let p = path.clone();
+        move |source| VmmError::Io { path: p, source }
+    };
+    std::fs::create_dir_all(&spec.run_dir).map_err(io(&spec.run_dir))?;
+    let _ = std::fs::remove_file(&spec.console_log);
+    let stderr = std::fs::File::create(&spec.stderr_log).map_err(io(&spec.stderr_log))?;
+    let stdout = if stdout_to_console {
+        Stdio::from(std::fs::File::create(&spec.console_log).map_err(io(&spec.console_log))?)
+    } else {
+        Stdio::null()
+    };
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        // Its own process group: signals to bangerd do not reach it, and it
+        // outlives the daemon.
+        .process_group(0)
+        .spawn()
+        .map_err(|source| VmmError::Spawn {
+            program: program.display().to_string(),
+            source,
+        })
+}
+
+pub struct QemuVmm {
+    pub binary: PathBuf,
+}
+
+impl QemuVmm {
+    fn qmp(spec: &LaunchSpec) -> PathBuf {
+        spec.run_dir.join("qmp.sock")
+    }
+}
+
+impl Vmm for QemuVmm {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<Child, VmmError> {
+        let q = QemuSpec {
+            vm_id: spec.vm_id.clone(),
+            name: spec.name.clone(),
+            accel: spec.accel,
+            cpus: spec.cpus,
+            memory_mib: spec.memory_mib,
+            kernel: spec.kernel.clone(),
+            initrd: spec.initrd.clone(),
+            root_disk: spec.root_disk.clone(),
+            root_format: "qcow2",
+            config_disk: spec.config_disk.clone(),
+            work_disk: spec.work_disk.clone(),
+            tap: spec.tap.clone(),
+            mac: spec.mac.clone(),
+            console_log: spec.console_log.clone(),
+            qmp_socket: QemuVmm::qmp(spec),
+            pid_file: spec.run_dir.join("qemu.pid"),
+        };
+        spawn(&self.binary, &qemu::qemu_args(&q), spec, false)
+    }
+
+    fn request_poweroff(&self, spec: &LaunchSpec) -> Result<(), VmmError> {
+        Ok(qemu::request_poweroff(&QemuVmm::qmp(spec))?)
+    }
+}
+
+pub struct FirecrackerVmm {
+    pub binary: PathBuf,
+}
+
+impl FirecrackerVmm {
+    pub fn api_socket(spec: &LaunchSpec) -> PathBuf {
+        spec.run_dir.join("firecracker.sock")
+    }
+
+    /// The process arguments. Pure.
+    pub fn args(spec: &LaunchSpec) -> Vec<String> {
+        vec![
+            "--api-sock".into(),
+            FirecrackerVmm::api_socket(spec).display().to_string(),
+            "--id".into(),
+            format!("banger-vm-{}", spec.vm_id),
+        ]
+    }
+
+    /// The configure sequence, in order (method, path, body). Pure; the
+    /// tests check it against the spec and the fake's request log.
+    pub fn configure_sequence(spec: &LaunchSpec) -> Vec<(&'static str, String, serde_json::Value)> {
+        let j = |v: serde_json::Result<serde_json::Value>| v.unwrap_or_default();
+        let drive = |id: &str, path: &PathBuf, root: bool, ro: bool| Drive {
+            drive_id: id.into(),
+            is_root_device: root,
+            path_on_host: path.display().to_string(),
+            is_read_only: ro,
+            cache_type: Some("Unsafe".into()),
+        };
+        let mut seq = vec![
+            (
+                "PUT",
+                "/logger".to_string(),
+                j(serde_json::to_value(Logger {
+                    log_path: spec.run_dir.join("firecracker.log").display().to_string(),
+                    level: Some("Info".into()),
+                    show_level: Some(true),
+                })),
+            ),
+            (
+                "PUT",
+                "/metrics".to_string(),
+                j(serde_json::to_value(Metrics {
+                    metrics_path: spec
+                        .run_dir
+                        .join("firecracker.metrics")
+                        .display()
+                        .to_string(),
+                })),
+            ),
+            (
+                "PUT",
+                "/machine-config".to_string(),
+                j(serde_json::to_value(MachineConfiguration {
+                    vcpu_count: spec.cpus,
+                    mem_size_mib: spec.memory_mib,
+                    smt: Some(false),
+                    track_dirty_pages: None,
+                })),
+            ),
+            (
+                "PUT",
+                "/boot-source".to_string(),
+                j(serde_json::to_value(BootSource {
+                    kernel_image_path: spec.kernel.display().to_string(),
+                    initrd_path: spec.initrd.as_ref().map(|p| p.display().to_string()),
+                    boot_args: Some(spec.boot_args()),
+                })),
+            ),
+        ];
+        for d in [
+            drive("rootfs", &spec.root_disk, true, false),
+            drive("config", &spec.config_disk, false, true),
+            drive("work", &spec.work_disk, false, false),
+        ] {
+            seq.push((
+                "PUT",
+                format!("/drives/{}", d.drive_id),
+                j(serde_json::to_value(d)),
+            ));
+        }
+        seq.push((
+            "PUT",
+            "/network-interfaces/eth0".to_string(),
+            j(serde_json::to_value(NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: spec.tap.clone(),
+                guest_mac: Some(spec.mac.clone()),
+            })),
+        ));
+        seq.push((
+            "PUT",
+            "/actions".to_string(),
+            serde_json::json!({ "action_type": "InstanceStart" }),
+        ));
+        seq
+    }
+}
+
+impl Vmm for FirecrackerVmm {
+    fn name(&self) -> &'static str {
+        "firecracker"
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<Child, VmmError> {
+        let sock = FirecrackerVmm::api_socket(spec);
+        let _ = std::fs::remove_file(&sock);
+        for f in ["firecracker.log", "firecracker.metrics"] {
+            let p = spec.run_dir.join(f);
+            std::fs::create_dir_all(&spec.run_dir).map_err(|source| VmmError::Io {
+                path: spec.run_dir.clone(),
+                source,
+            })?;
+            std::fs::File::create(&p).map_err(|source| VmmError::Io {
+                path: p.clone(),
+                source,
+            })?;
+        }
+        let mut child = spawn(&self.binary, &FirecrackerVmm::args(spec), spec, true)?;
+        let result = (|| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !sock.exists() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return Err(VmmError::EarlyExit {
+                        program: "firecracker".into(),
+                        stderr: std::fs::read_to_string(&spec.stderr_log)
+                            .unwrap_or_default()
+                            .trim()
+                            .to_string(),
+                    });
+                }
+                if Instant::now() > deadline {
+                    return Err(VmmError::NoSocket(sock.clone()));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let client = firecracker_api::Client::new(&sock);
+            for (method, path, body) in FirecrackerVmm::configure_sequence(spec) {
+                let (status, text) = client.request(method, &path, Some(&body)).map_err(|e| {
+                    // A dying VMM closes the connection before its exit is
+                    // visible: give it a bounded moment to be reaped.
+                    let deadline = Instant::now() + Duration::from_millis(500);
+                    let mut exited = false;
+                    while Instant::now() < deadline {
+                        if let Ok(Some(_)) = child.try_wait() {
+                            exited = true;
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    if exited {
+                        VmmError::EarlyExit {
+                            program: "firecracker".into(),
+                            stderr: format!(
+                                "while handling {method} {path}: {}",
+                                std::fs::read_to_string(&spec.stderr_log)
+                                    .unwrap_or_default()
+                                    .trim()
+                            ),
+                        }
+                    } else {
+                        VmmError::Api(e)
+                    }
+                })?;
+                if !(200..300).contains(&status) {
+                    let fault = serde_json::from_str::<firecracker_api::model::ApiFault>(&text)
+                        .map(|f| f.fault_message)
+                        .unwrap_or(text);
+                    return Err(VmmError::Api(firecracker_api::ClientError::Fault {
+                        method: method.into(),
+                        path,
+                        status,
+                        fault,
+                    }));
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(child),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
+    fn request_poweroff(&self, spec: &LaunchSpec) -> Result<(), VmmError> {
+        Ok(
+            firecracker_api::Client::new(FirecrackerVmm::api_socket(spec))
+                .action(ActionType::SendCtrlAltDel)?,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            vm_id: "0123abcd".into(),
+            name: "dev".into(),
+            cpus: 2,
+            memory_mib: 1024,
+            accel: Accel::Kvm,
+            kernel: "/i/vmlinux".into(),
+            initrd: Some("/i/initrd.img".into()),
+            root_disk: "/v/root.raw".into(),
+            config_disk: "/v/config.ext4".into(),
+            work_disk: "/v/work.ext4".into(),
+            tap: "bg-0123abcd".into(),
+            mac: "52:54:00:00:00:01".into(),
+            console_log: "/v/console.log".into(),
+            stderr_log: "/v/vmm.stderr".into(),
+            run_dir: "/r".into(),
+        }
+    }
+
+    #[test]
+    fn firecracker_configure_sequence_is_valid_against_the_spec_and_ordered() {
+        let s = firecracker_api::Spec::load().expect("spec");
+        let seq = FirecrackerVmm::configure_sequence(&spec());
+        for (m, p, b) in &seq {
+            s.validate_request(m, p, Some(b))
+                .unwrap_or_else(|e| panic!("{m} {p}: {e}"));
+        }
+        let paths: Vec<&str> = seq.iter().map(|(_, p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/logger",
+                "/metrics",
+                "/machine-config",
+                "/boot-source",
+                "/drives/rootfs",
+                "/drives/config",
+                "/drives/work",
+                "/network-interfaces/eth0",
+                "/actions"
+            ]
+        );
+        assert_eq!(seq[4].2["is_root_device"], true);
+        assert_eq!(seq[5].2["is_read_only"], true);
+        assert_eq!(
+            FirecrackerVmm::args(&spec()),
+            [
+                "--api-sock",
+                "/r/firecracker.sock",
+                "--id",
+                "banger-vm-0123abcd"
+            ]
+        );
+    }
+}

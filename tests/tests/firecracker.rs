@@ -1,0 +1,272 @@
+//! The Firecracker backend, end to end against `fake-firecracker` (no
+//! Firecracker binary can run here): the daemon spawns the fake as its
+//! `firecracker.binary`, and the fake validates every request against the
+//! vendored spec and logs it. Each test runs the daemon in its own network
+//! namespace (the backend still creates a bridge and a TAP). Needs root.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use banger_api::{OpState, Operation, Vm, VmList, VmState};
+use banger_tests::{bin, poll, test_image, TestDaemon, TestNetns};
+use serde_json::Value;
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn requests(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn calls(reqs: &[Value]) -> Vec<String> {
+    reqs.iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["method"].as_str().unwrap(),
+                r["path"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn daemon(ns: &TestNetns, log: &Path, extra_env: &[(&str, &str)]) -> TestDaemon {
+    let fake = bin("fake-firecracker");
+    let mut env = vec![("FAKE_FC_REQUEST_LOG", log.to_str().unwrap())];
+    env.extend_from_slice(extra_env);
+    TestDaemon::start_in_with(
+        ns,
+        &format!("[firecracker]\nbinary = \"{}\"\n", fake.display()),
+        &env,
+    )
+}
+
+const CONFIGURE: [&str; 9] = [
+    "PUT /logger",
+    "PUT /metrics",
+    "PUT /machine-config",
+    "PUT /boot-source",
+    "PUT /drives/rootfs",
+    "PUT /drives/config",
+    "PUT /drives/work",
+    "PUT /network-interfaces/eth0",
+    "PUT /actions",
+];
+
+fn fc_pids(id: &str) -> Vec<String> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &format!("banger-vm-{id}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn firecracker_backend_lifecycle_sends_the_exact_configure_sequence() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "the Firecracker backend (even against the fake) needs /dev/kvm present"
+    );
+    let img = test_image();
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let d = daemon(&ns, &log, &[]);
+    d.import_test_image(&img, "default");
+
+    let out = d.banger(&[
+        "vm",
+        "create",
+        "fc1",
+        "--backend",
+        "firecracker",
+        "--cpus",
+        "2",
+        "--memory",
+        "512M",
+    ]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let vm: Vm = d.banger_json(&["vm", "show", "fc1"]);
+    assert_eq!(
+        (vm.state, vm.backend.as_str()),
+        (VmState::Running, "firecracker")
+    );
+    let reqs = requests(&log);
+    assert_eq!(calls(&reqs), CONFIGURE, "the configure sequence");
+    let body = |i: usize| &reqs[i]["body"];
+    assert_eq!(body(2)["vcpu_count"], 2);
+    assert_eq!(body(2)["mem_size_mib"], 512);
+    assert!(body(3)["kernel_image_path"]
+        .as_str()
+        .unwrap()
+        .ends_with("/vmlinux"));
+    assert!(body(3)["boot_args"]
+        .as_str()
+        .unwrap()
+        .contains("init=/usr/lib/banger/init"));
+    assert_eq!(
+        (
+            body(4)["is_root_device"].as_bool(),
+            body(4)["is_read_only"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
+    assert!(
+        body(4)["path_on_host"]
+            .as_str()
+            .unwrap()
+            .ends_with("/root.raw"),
+        "Firecracker boots a raw root disk"
+    );
+    assert_eq!(
+        body(5)["is_read_only"],
+        true,
+        "the config disk is read-only"
+    );
+    assert_eq!(
+        body(7)["host_dev_name"].as_str().unwrap(),
+        format!("bg-{}", &vm.id[..12])
+    );
+    assert_eq!(body(7)["guest_mac"].as_str().unwrap(), vm.mac);
+    assert_eq!(body(8)["action_type"], "InstanceStart");
+    assert!(ns.links().contains(&format!("bg-{}", &vm.id[..12])));
+
+    // Graceful stop: SendCtrlAltDel, and the process goes away.
+    let stopped: Vm = d.banger_json(&["vm", "stop", "fc1"]);
+    assert_eq!(stopped.state, VmState::Stopped);
+    let reqs = requests(&log);
+    assert_eq!(
+        reqs.last().unwrap()["body"]["action_type"],
+        "SendCtrlAltDel"
+    );
+    assert!(fc_pids(&vm.id).is_empty(), "firecracker still running");
+    assert!(!ns.links().iter().any(|l| l.starts_with("bg-")));
+
+    // Start again: a fresh process, the same sequence.
+    let before = requests(&log).len();
+    assert!(d.banger(&["vm", "start", "fc1"]).status.success());
+    assert_eq!(calls(&requests(&log)[before..]), CONFIGURE);
+    assert!(d.banger(&["vm", "rm", "--force", "fc1"]).status.success());
+    let list: VmList = d.banger_json(&["vm", "ls"]);
+    assert!(list.vms.is_empty());
+    assert!(fc_pids(&vm.id).is_empty());
+    assert!(!d.state_dir.join("vms").join(&vm.id).exists());
+}
+
+#[test]
+fn firecracker_backend_rolls_back_when_a_call_fails_or_the_vmm_dies() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "the Firecracker backend (even against the fake) needs /dev/kvm present"
+    );
+    let img = test_image();
+    for (knob, value, expect) in [
+        (
+            "FAKE_FC_FAIL",
+            "PUT /drives/work",
+            "Injected failure of PUT /drives/work",
+        ),
+        (
+            "FAKE_FC_DIE_ON",
+            "PUT /network-interfaces/eth0",
+            "exited during start-up",
+        ),
+    ] {
+        let ns = TestNetns::new();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests.jsonl");
+        let d = daemon(&ns, &log, &[(knob, value)]);
+        d.import_test_image(&img, "default");
+        let out = d
+            .banger_cmd()
+            .args([
+                "--json",
+                "vm",
+                "create",
+                "bad",
+                "--backend",
+                "firecracker",
+                "--wait",
+                "none",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let op: Operation = serde_json::from_slice(&out.stdout).unwrap();
+        let op = banger_tests::wait_op(&d, &op.id);
+        assert_eq!(op.state, OpState::Failed, "{knob}: {op:?}");
+        let msg = &op.error.as_ref().unwrap().message;
+        assert!(msg.contains(expect), "{knob}: {msg}");
+        assert!(
+            calls(&requests(&log)).contains(&value.to_string()),
+            "{knob}: the fake never saw {value}"
+        );
+        // Rolled back: no VM, no files, no TAP, no process.
+        let out = d.banger(&["vm", "show", "bad"]);
+        assert_eq!(out.status.code(), Some(1), "{knob}: VM left behind");
+        poll("no firecracker left", Duration::from_secs(10), || {
+            let out = std::process::Command::new("pgrep")
+                .args(["-f", "fake-firecracker"])
+                .output()
+                .unwrap();
+            // Other tests may run a fake too; only ours live in this namespace.
+            let ours = std::process::Command::new("ip")
+                .args(["netns", "pids", &ns.name])
+                .output()
+                .unwrap();
+            let ours: Vec<String> = String::from_utf8_lossy(&ours.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            let fakes: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            (!fakes.iter().any(|p| ours.contains(p))).then_some(())
+        });
+        assert!(
+            !ns.links().iter().any(|l| l.starts_with("bg-")),
+            "{knob}: TAP left: {:?}",
+            ns.links()
+        );
+        let vms_dir = d.state_dir.join("vms");
+        assert_eq!(
+            std::fs::read_dir(&vms_dir).map(|r| r.count()).unwrap_or(0),
+            0,
+            "{knob}: files left"
+        );
+    }
+}
+
+#[test]
+fn firecracker_backend_unavailable_is_a_clear_error() {
+    let img = test_image();
+    let ns = TestNetns::new();
+    let d = TestDaemon::start_in_with(
+        &ns,
+        "[firecracker]\nbinary = \"/nonexistent/firecracker\"\n",
+        &[],
+    );
+    d.import_test_image(&img, "default");
+    let out = d.banger(&["vm", "create", "x", "--backend", "firecracker"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = stderr(&out);
+    assert!(
+        e.contains("not usable here")
+            && e.contains("doctor check `firecracker`")
+            && e.contains("banger doctor"),
+        "{e}"
+    );
+    let list: VmList = d.banger_json(&["vm", "ls"]);
+    assert!(list.vms.is_empty());
+}
