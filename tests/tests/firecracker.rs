@@ -270,3 +270,55 @@ fn firecracker_backend_unavailable_is_a_clear_error() {
     let list: VmList = d.banger_json(&["vm", "ls"]);
     assert!(list.vms.is_empty());
 }
+
+#[test]
+fn four_concurrent_creates_get_distinct_addresses_and_taps() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "the Firecracker backend (even against the fake) needs /dev/kvm present"
+    );
+    let img = test_image();
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(&ns, &dir.path().join("requests.jsonl"), &[]);
+    d.import_test_image(&img, "default");
+    let started = std::time::Instant::now();
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            d.banger_cmd()
+                .args([
+                    "vm",
+                    "create",
+                    &format!("par{i}"),
+                    "--backend",
+                    "firecracker",
+                ])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    eprintln!(
+        "4 concurrent creates took {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    let list: VmList = d.banger_json(&["vm", "ls"]);
+    assert_eq!(list.vms.len(), 4);
+    assert!(list.vms.iter().all(|v| v.state == VmState::Running));
+    let mut ips: Vec<&str> = list.vms.iter().map(|v| v.ip.as_str()).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 4, "addresses must be distinct: {ips:?}");
+    let taps = ns
+        .links()
+        .into_iter()
+        .filter(|l| l.starts_with("bg-"))
+        .count();
+    assert_eq!(taps, 4);
+    for v in &list.vms {
+        assert!(d.banger(&["vm", "rm", "--force", &v.name]).status.success());
+    }
+    assert!(!ns.links().iter().any(|l| l.starts_with("bg-")));
+}

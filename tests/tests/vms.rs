@@ -75,18 +75,82 @@ fn guest_vm_lifecycle_create_ssh_stop_start_rm_leaves_nothing() {
     assert_eq!(lines[1], vm.id, "machine-id is the VM id");
     assert!(lines[2].contains("172.30.0.2/24"), "{text}");
 
+    // Figures from the host and from inside the guest.
+    let stats: banger_api::VmStats = d.banger_json(&["vm", "stats", "dev"]);
+    assert_eq!(stats.host.pid, vm.pid);
+    assert!(stats.host.rss_bytes.unwrap_or(0) > 50 << 20, "{stats:?}");
+    assert!(stats.host.cpu_percent.is_some());
+    let g = stats
+        .guest
+        .as_ref()
+        .unwrap_or_else(|| panic!("no guest stats: {:?}", stats.guest_error));
+    assert!(
+        g.mem_total_bytes > 512 << 20 && g.mem_available_bytes > 0,
+        "{g:?}"
+    );
+    assert!(g.work_total_bytes.unwrap_or(0) > 900 << 20, "{g:?}");
+    let logs = d.banger(&["vm", "logs", "dev"]);
+    assert!(
+        stdout(&logs).contains("banger-ready"),
+        "console log: {}",
+        stdout(&logs)
+    );
+    // Resources change only while stopped.
+    let out = d.banger(&["vm", "set", "dev", "--cpus", "1"]);
+    assert!(
+        stderr(&out).contains("only while it is stopped"),
+        "{}",
+        stderr(&out)
+    );
+
     let stopped: Vm = d.banger_json(&["vm", "stop", "dev"]);
     assert_eq!(stopped.state, VmState::Stopped);
     assert_eq!(stopped.stop_reason.as_deref(), Some("stopped by user"));
     assert!(vm_pids(&vm.id).is_empty(), "VMM still running after stop");
     assert!(!ns.links().contains(&tap), "TAP left after stop");
 
+    let out = d.banger(&["vm", "set", "dev", "--work-disk-size", "512M"]);
+    assert!(stderr(&out).contains("disks only grow"), "{}", stderr(&out));
+    let set: Vm = d.banger_json(&[
+        "vm",
+        "set",
+        "dev",
+        "--cpus",
+        "1",
+        "--memory",
+        "768M",
+        "--disk-size",
+        "2G",
+        "--work-disk-size",
+        "2G",
+    ]);
+    assert_eq!(
+        (set.cpus, set.memory_mib, set.work_disk_bytes),
+        (1, 768, 2 << 30)
+    );
     let out = d.banger(&["vm", "start", "dev"]);
     assert!(out.status.success(), "start: {}", stderr(&out));
     assert_eq!(
         ssh(&d, "dev", "cat /work/file").trim(),
         "persisted",
         "the work disk keeps its files across stop/start"
+    );
+    assert_eq!(ssh(&d, "dev", "nproc").trim(), "1");
+    let work_kb: u64 = ssh(&d, "dev", "df -Pk /work | tail -1 | awk '{print $2}'")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(work_kb > 1900 * 1024, "work disk not grown: {work_kb} KiB");
+    poll(
+        "the guest to grow its root filesystem",
+        Duration::from_secs(60),
+        || {
+            let kb: u64 = ssh(&d, "dev", "df -Pk / | tail -1 | awk '{print $2}'")
+                .trim()
+                .parse()
+                .ok()?;
+            (kb > 1800 * 1024).then_some(())
+        },
     );
 
     let out = d.banger(&["vm", "rm", "dev"]);

@@ -20,7 +20,10 @@ pub use ops::{
     DebugOpRequest, OpEvent, OpEventBody, OpList, OpState, OpStep, Operation, Progress, StepStatus,
 };
 pub use system::VersionInfo;
-pub use vms::{Vm, VmCreateRequest, VmList, VmSshInfo, VmState, VmStopRequest};
+pub use vms::{
+    GuestStats, HostStats, Vm, VmCreateRequest, VmList, VmSetRequest, VmSshInfo, VmState, VmStats,
+    VmStopRequest,
+};
 
 /// The API version segment every path starts with.
 pub const API_VERSION: &str = "v1";

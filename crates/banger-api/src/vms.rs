@@ -121,3 +121,66 @@ pub struct VmSshInfo {
     pub private_key: String,
     pub ip: String,
 }
+
+/// `GET /v1/vms/{name}/stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmStats {
+    pub name: String,
+    pub state: VmState,
+    pub host: HostStats,
+    /// Measured inside the guest over SSH (running VMs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestStats>,
+    /// Why guest figures are missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostStats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// VMM CPU use over a 200 ms sample, percent of one core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    /// VMM resident memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    /// Space the VM's disks take on the host (allocated blocks).
+    pub disk_allocated_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuestStats {
+    /// 1, 5 and 15 minute load averages.
+    pub load: [f64; 3],
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+    pub root_used_bytes: u64,
+    pub root_total_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_total_bytes: Option<u64>,
+}
+
+/// `POST /v1/vms/{name}/set`: change resources. Only while the VM is
+/// stopped. Disks only grow.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmSetRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// e.g. `2G`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// New root disk size (grow only), e.g. `8G`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size: Option<String>,
+    /// New work disk size (grow only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_disk_size: Option<String>,
+}

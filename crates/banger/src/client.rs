@@ -185,6 +185,28 @@ impl Client {
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     }
 
+    /// Raw GET returning the status, one header's value and the body text.
+    pub async fn get_text_header(
+        &self,
+        path: &str,
+        header: &str,
+    ) -> Result<(StatusCode, Option<String>, String), ClientError> {
+        let resp = self.send(Method::GET, path, None).await?;
+        let status = resp.status();
+        let value = resp
+            .headers()
+            .get(header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("reading body: {e}")))?
+            .to_bytes();
+        Ok((status, value, String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
     /// Raw GET returning the status and body text (for non-JSON endpoints).
     pub async fn get_text(&self, path: &str) -> Result<(StatusCode, String), ClientError> {
         let resp = self.send(Method::GET, path, None).await?;

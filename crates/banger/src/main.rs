@@ -113,8 +113,29 @@ enum VmCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Print the serial console log.
-    Logs { name: String },
+    /// Print the serial console log (-f: keep following it).
+    Logs {
+        name: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Host and guest figures: VMM CPU and RSS, disk use; guest load, memory, disks.
+    Stats { name: String },
+    /// Change cpus or memory, or grow the root or work disk (VM stopped).
+    Set {
+        name: String,
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// e.g. 2G.
+        #[arg(long)]
+        memory: Option<String>,
+        /// New root disk size (grow only), e.g. 8G.
+        #[arg(long)]
+        disk_size: Option<String>,
+        /// New work disk size (grow only).
+        #[arg(long)]
+        work_disk_size: Option<String>,
+    },
     /// SSH into the VM (through the daemon; pinned host key). Extra arguments run as a command.
     Ssh {
         name: String,
@@ -833,14 +854,107 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
             }
             Ok(exit::OK)
         }
-        VmCommand::Logs { name } => {
-            let (status, body) = client.get_text(&format!("/v1/vms/{name}/logs")).await?;
-            if !status.is_success() {
-                return Err(serde_json::from_str::<banger_api::ApiError>(&body)
-                    .map(ClientError::Api)
-                    .unwrap_or_else(|_| ClientError::Protocol(body)));
+        VmCommand::Logs { name, follow } => {
+            use std::io::Write;
+            let mut offset = 0u64;
+            loop {
+                let (status, next, body) = client
+                    .get_text_header(
+                        &format!("/v1/vms/{name}/logs?offset={offset}"),
+                        "x-log-offset",
+                    )
+                    .await?;
+                if !status.is_success() {
+                    return Err(serde_json::from_str::<banger_api::ApiError>(&body)
+                        .map(ClientError::Api)
+                        .unwrap_or_else(|_| ClientError::Protocol(body)));
+                }
+                print!("{body}");
+                let _ = std::io::stdout().flush();
+                offset = next
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(offset + body.len() as u64);
+                if !follow {
+                    return Ok(exit::OK);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
-            print!("{body}");
+        }
+        VmCommand::Stats { name } => {
+            let s: banger_api::VmStats = client.get(&format!("/v1/vms/{name}/stats")).await?;
+            if json {
+                output::print_json(&s);
+                return Ok(exit::OK);
+            }
+            println!("{} ({})", style.bold(&s.name), s.state.as_str());
+            let h = &s.host;
+            println!(
+                "host:  pid {}  cpu {}  rss {}  disks {}",
+                h.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                h.cpu_percent
+                    .map(|c| format!("{c:.1}%"))
+                    .unwrap_or_else(|| "-".into()),
+                h.rss_bytes.map(output::size).unwrap_or_else(|| "-".into()),
+                output::size(h.disk_allocated_bytes)
+            );
+            match (&s.guest, &s.guest_error) {
+                (Some(g), _) => {
+                    println!(
+                        "guest: load {:.2} {:.2} {:.2}",
+                        g.load[0], g.load[1], g.load[2]
+                    );
+                    println!(
+                        "       memory {} available of {}",
+                        output::size(g.mem_available_bytes),
+                        output::size(g.mem_total_bytes)
+                    );
+                    println!(
+                        "       / {} used of {}",
+                        output::size(g.root_used_bytes),
+                        output::size(g.root_total_bytes)
+                    );
+                    if let (Some(u), Some(t)) = (g.work_used_bytes, g.work_total_bytes) {
+                        println!(
+                            "       /work {} used of {}",
+                            output::size(u),
+                            output::size(t)
+                        );
+                    }
+                }
+                (None, Some(e)) => println!("guest: unavailable ({e})"),
+                (None, None) => println!("guest: unavailable"),
+            }
+            Ok(exit::OK)
+        }
+        VmCommand::Set {
+            name,
+            cpus,
+            memory,
+            disk_size,
+            work_disk_size,
+        } => {
+            let v: banger_api::Vm = client
+                .post(
+                    &format!("/v1/vms/{name}/set"),
+                    &banger_api::VmSetRequest {
+                        cpus,
+                        memory,
+                        disk_size,
+                        work_disk_size,
+                    },
+                )
+                .await?;
+            if json {
+                output::print_json(&v);
+            } else {
+                println!(
+                    "{}: {} cpus, {}, work disk {}",
+                    v.name,
+                    v.cpus,
+                    output::size(u64::from(v.memory_mib) << 20),
+                    output::size(v.work_disk_bytes)
+                );
+            }
             Ok(exit::OK)
         }
         VmCommand::Ssh { name, command } => ssh(client, &name, &command).await,

@@ -34,6 +34,8 @@ pub struct ConfigDisk {
     pub env: Vec<(String, String)>,
     pub machine_id: Option<String>,
     pub work_mount: Option<String>,
+    /// Ask the guest to grow its root filesystem to the disk (after `vm set --disk-size`).
+    pub grow_root: bool,
 }
 
 #[derive(Debug, Error)]
@@ -158,6 +160,9 @@ impl ConfigDisk {
             plain("work disk mount point", w, "/-_.")?;
             files.push(("work".into(), format!("{w}\n").into_bytes(), 0o644));
         }
+        if self.grow_root {
+            files.push(("grow-root".into(), b"1\n".to_vec(), 0o644));
+        }
         Ok(files)
     }
 }
@@ -218,6 +223,7 @@ mod tests {
             env: vec![("FOO".into(), "bar baz".into())],
             machine_id: Some("0123456789abcdef0123456789abcdef".into()),
             work_mount: Some("/work".into()),
+            grow_root: false,
         }
     }
 

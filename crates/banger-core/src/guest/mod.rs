@@ -145,6 +145,9 @@ if [ -f $C/work ]; then
     $B mount -t ext4 -o noatime "$wdev" "$wm" || echo "banger-init: cannot mount the work disk at $wm" > /dev/console
   fi
 fi
+if [ -f $C/grow-root ] && command -v resize2fs >/dev/null 2>&1; then
+  resize2fs /dev/vda >/dev/null 2>&1 &
+fi
 $B mkdir -p /run/sshd /tmp /var/lib/banger
 $B chmod 1777 /tmp
 if [ "$mode" = systemd ]; then

@@ -13,6 +13,7 @@
 //! verified), and marks the rest stopped, removing their TAPs.
 
 pub mod qemu;
+pub mod stats;
 pub mod vmm;
 
 use std::collections::HashMap;
@@ -508,9 +509,8 @@ impl Vms {
         )
         .await?;
 
-        let (vm2, dir, key) = (vm.clone(), p.dir.clone(), client_key.to_path_buf());
-        let gateway = self.inner.config.subnet.gateway().to_string();
-        let prefix = self.inner.config.subnet.prefix;
+        let (this, vm2, dir) = (self.clone(), vm.clone(), p.dir.clone());
+        let _ = client_key;
         let host_pub = h
             .step(
                 "config",
@@ -535,25 +535,7 @@ impl Vms {
                         ],
                     )
                     .map_err(api)?;
-                    let read = |p: PathBuf| {
-                        std::fs::read_to_string(&p)
-                            .map_err(|source| api(VmError::Io { path: p, source }))
-                    };
-                    let host_pub = read(dir.join("ssh_host_ed25519_key.pub"))?;
-                    let disk = ConfigDisk {
-                        hostname: vm2.name.clone(),
-                        address: Some(format!("{}/{}", vm2.ip, prefix)),
-                        gateway: Some(gateway.clone()),
-                        dns: vec![gateway],
-                        authorized_keys: vec![read(key.with_extension("pub"))?.trim().to_string()],
-                        host_key: Some((read(hk)?, host_pub.clone())),
-                        env: vec![("BANGER_VM".into(), vm2.name.clone())],
-                        machine_id: Some(vm2.id.clone()),
-                        work_mount: Some("/work".into()),
-                    };
-                    configdisk::write(&disk, &dir.join("config.ext4"), &dir.join("config.d"))
-                        .map_err(api)?;
-                    Ok(host_pub.trim().to_string())
+                    this.write_config_disk(&vm2, false).map_err(api)
                 }),
             )
             .await?;
@@ -762,6 +744,308 @@ impl Vms {
                 .map(|_| ())
         });
         tracing::info!(vm = name, "rolled back");
+    }
+
+    /// Writes the VM's config disk from its row and its host key; returns
+    /// the host public key. `grow_root` asks the guest to grow its root
+    /// filesystem to the disk at the next boot.
+    fn write_config_disk(&self, vm: &Vm, grow_root: bool) -> Result<String, VmError> {
+        let dir = self.paths(&vm.id).dir;
+        let read = |p: PathBuf| {
+            std::fs::read_to_string(&p).map_err(|source| VmError::Io { path: p, source })
+        };
+        let host_pub = read(dir.join("ssh_host_ed25519_key.pub"))?
+            .trim()
+            .to_string();
+        let key = self.client_key()?;
+        let gateway = self.inner.config.subnet.gateway().to_string();
+        let disk = ConfigDisk {
+            hostname: vm.name.clone(),
+            address: Some(format!("{}/{}", vm.ip, self.inner.config.subnet.prefix)),
+            gateway: Some(gateway.clone()),
+            dns: vec![gateway],
+            authorized_keys: vec![read(key.with_extension("pub"))?.trim().to_string()],
+            host_key: Some((read(dir.join("ssh_host_ed25519_key"))?, host_pub.clone())),
+            env: vec![("BANGER_VM".into(), vm.name.clone())],
+            machine_id: Some(vm.id.clone()),
+            work_mount: Some("/work".into()),
+            grow_root,
+        };
+        configdisk::write(&disk, &dir.join("config.ext4"), &dir.join("config.d")).map_err(|e| {
+            VmError::Invalid {
+                what: "config disk",
+                reason: crate::error::error_chain(&e),
+            }
+        })?;
+        Ok(host_pub)
+    }
+
+    /// The console log from byte `offset` on, and the log's size.
+    pub fn console_log_from(&self, name: &str, offset: u64) -> Result<(String, u64), VmError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let vm = self.get(name)?;
+        let p = self.paths(&vm.id).console();
+        let Ok(mut f) = std::fs::File::open(&p) else {
+            return Ok((String::new(), 0));
+        };
+        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        // A log shorter than the offset was restarted (a new boot): from 0.
+        let from = if offset > size { 0 } else { offset };
+        f.seek(SeekFrom::Start(from))
+            .map_err(|source| VmError::Io {
+                path: p.clone(),
+                source,
+            })?;
+        let mut buf = Vec::new();
+        f.take(4 << 20)
+            .read_to_end(&mut buf)
+            .map_err(|source| VmError::Io {
+                path: p.clone(),
+                source,
+            })?;
+        Ok((
+            String::from_utf8_lossy(&buf).into_owned(),
+            from + buf.len() as u64,
+        ))
+    }
+
+    /// Host-side figures from /proc and the disks; guest-side over SSH.
+    pub async fn stats(&self, name: &str) -> Result<banger_api::VmStats, VmError> {
+        let vm = self.get(name)?;
+        let p = self.paths(&vm.id);
+        let disk_allocated_bytes = std::fs::read_dir(&p.dir)
+            .map(|r| {
+                use std::os::unix::fs::MetadataExt;
+                r.filter_map(Result::ok)
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.blocks() * 512)
+                    .sum()
+            })
+            .unwrap_or(0);
+        let running = vm.state == VmState::Running;
+        let pid = vm.pid.filter(|p| running && pid_alive(*p));
+        let mut host = banger_api::HostStats {
+            pid,
+            cpu_percent: None,
+            rss_bytes: None,
+            disk_allocated_bytes,
+        };
+        if let Some(pid) = pid {
+            let ticks = || {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .as_deref()
+                    .and_then(stats::parse_proc_stat_ticks)
+            };
+            let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                .ok()
+                .flatten()
+                .unwrap_or(100) as f64;
+            let (a, t0) = (ticks(), Instant::now());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let (Some(a), Some(b)) = (a, ticks()) {
+                host.cpu_percent = Some(
+                    ((b.saturating_sub(a)) as f64 / hz / t0.elapsed().as_secs_f64() * 1000.0)
+                        .round()
+                        / 10.0,
+                );
+            }
+            host.rss_bytes = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .as_deref()
+                .and_then(stats::parse_rss);
+        }
+        let (guest, guest_error) = if running {
+            match self.guest_exec(&vm, stats::GUEST_STATS_COMMAND).await {
+                Ok(out) => match stats::parse_guest(&out) {
+                    Ok(g) => (Some(g), None),
+                    Err(e) => (None, Some(format!("unexpected output from the guest: {e}"))),
+                },
+                Err(e) => (None, Some(crate::error::error_chain(&e))),
+            }
+        } else {
+            (None, Some(format!("the VM is {}", vm.state.as_str())))
+        };
+        Ok(banger_api::VmStats {
+            name: vm.name,
+            state: vm.state,
+            host,
+            guest,
+            guest_error,
+        })
+    }
+
+    /// Runs a command in the guest over SSH (from the daemon, with the VM's
+    /// pinned host key); returns its stdout.
+    async fn guest_exec(&self, vm: &Vm, command: &str) -> Result<String, VmError> {
+        let key = self.client_key()?;
+        let dir = self.paths(&vm.id).dir;
+        let host_key: String = self.inner.store.read(|c| {
+            c.query_row("SELECT host_key FROM vms WHERE id = ?1", [&vm.id], |r| {
+                r.get(0)
+            })
+        })?;
+        let kh = dir.join("known_hosts");
+        let parts: Vec<&str> = host_key.split_whitespace().take(2).collect();
+        std::fs::write(&kh, format!("{} {}\n", vm.ip, parts.join(" "))).map_err(|source| {
+            VmError::Io {
+                path: kh.clone(),
+                source,
+            }
+        })?;
+        let ssh = tools::require("ssh")?;
+        let out = tokio::process::Command::new(ssh)
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", kh.display()))
+            .arg("-i")
+            .arg(&key)
+            .arg(format!("root@{}", vm.ip))
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(20), out)
+            .await
+            .map_err(|_| VmError::Invalid {
+                what: "guest command",
+                reason: "timed out after 20 s".into(),
+            })?
+            .map_err(|source| VmError::Io {
+                path: "ssh".into(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(VmError::Tool(ToolError::Failed {
+                command: format!("ssh {} {command}", vm.name),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            }));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Changes resources of a stopped VM; disks only grow.
+    pub async fn set(&self, name: &str, req: banger_api::VmSetRequest) -> Result<Vm, VmError> {
+        let lock = self.lock_for(name);
+        let _held = lock.lock().await;
+        let vm = self.get(name)?;
+        if vm.state != VmState::Stopped {
+            return Err(VmError::WrongState {
+                name: name.into(),
+                state: vm.state.as_str(),
+                what: "resources can change only while it is stopped (banger vm stop NAME)",
+            });
+        }
+        let cpus = req.cpus.unwrap_or(vm.cpus);
+        if !(1..=32).contains(&cpus) {
+            return Err(VmError::Invalid {
+                what: "cpus",
+                reason: format!("{cpus} is not in 1..=32"),
+            });
+        }
+        let memory_mib = match &req.memory {
+            Some(m) => u32::try_from(
+                parse_size(m).map_err(|e| VmError::Invalid {
+                    what: "memory",
+                    reason: e.to_string(),
+                })? >> 20,
+            )
+            .unwrap_or(u32::MAX),
+            None => vm.memory_mib,
+        };
+        if !(128..=65536).contains(&memory_mib) {
+            return Err(VmError::Invalid {
+                what: "memory",
+                reason: format!("{memory_mib} MiB is not in 128 MiB..=64 GiB"),
+            });
+        }
+        let size_of = |what: &'static str, s: &Option<String>| -> Result<Option<u64>, VmError> {
+            s.as_deref()
+                .map(|s| {
+                    parse_size(s).map_err(|e| VmError::Invalid {
+                        what,
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()
+        };
+        let (root_size, work_size) = (
+            size_of("disk size", &req.disk_size)?,
+            size_of("work disk size", &req.work_disk_size)?,
+        );
+        let p = self.paths(&vm.id);
+        let mut work_bytes = vm.work_disk_bytes;
+        if let Some(size) = work_size {
+            if size < vm.work_disk_bytes {
+                return Err(VmError::Invalid {
+                    what: "work disk size",
+                    reason: format!(
+                        "disks only grow: it is {} now",
+                        crate::units::format_size(vm.work_disk_bytes)
+                    ),
+                });
+            }
+            if size > vm.work_disk_bytes {
+                grow_ext4_file(&p.work(), size)?;
+                work_bytes = size;
+            }
+        }
+        if let Some(size) = root_size {
+            let root = p.root(&vm.backend);
+            let current = if vm.backend == "firecracker" {
+                std::fs::metadata(&root).map(|m| m.len()).unwrap_or(0)
+            } else {
+                qcow2_virtual_size(&root)?
+            };
+            if size < current {
+                return Err(VmError::Invalid {
+                    what: "disk size",
+                    reason: format!(
+                        "disks only grow: it is {} now",
+                        crate::units::format_size(current)
+                    ),
+                });
+            }
+            if size > current {
+                if vm.backend == "firecracker" {
+                    grow_ext4_file(&root, size)?;
+                } else {
+                    let qemu_img = tools::require("qemu-img")?;
+                    tools::run(
+                        &qemu_img,
+                        [
+                            "resize".as_ref(),
+                            "-q".as_ref(),
+                            root.as_os_str(),
+                            size.to_string().as_ref(),
+                        ],
+                    )?;
+                    // The guest grows the mounted filesystem at its next boot.
+                    self.write_config_disk(&vm, true)?;
+                }
+            }
+        }
+        let id = vm.id.clone();
+        self.inner.store.write(|tx| {
+            tx.execute(
+                "UPDATE vms SET cpus = ?2, memory_mib = ?3, work_bytes = ?4 WHERE id = ?1",
+                params![id, cpus, memory_mib, work_bytes as i64],
+            )
+            .map(|_| ())
+        })?;
+        self.get(name)
     }
 
     /// Picks the backend for a create request, or says why it cannot run.
@@ -1028,13 +1312,6 @@ impl Vms {
         Ok(())
     }
 
-    /// The serial console log.
-    pub fn console_log(&self, name: &str) -> Result<String, VmError> {
-        let vm = self.get(name)?;
-        let p = self.paths(&vm.id).console();
-        Ok(std::fs::read_to_string(&p).unwrap_or_default())
-    }
-
     /// What `banger vm ssh` needs.
     pub fn ssh_info(&self, name: &str) -> Result<VmSshInfo, VmError> {
         let vm = self.get(name)?;
@@ -1196,4 +1473,65 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Vm, VmError>> {
             .map_err(|e| corrupt("timestamp", e.to_string()))?;
         Ok(vm)
     })())
+}
+
+/// Grows a raw ext4 image file (not mounted) to `size` and its filesystem with it.
+fn grow_ext4_file(path: &std::path::Path, size: u64) -> Result<(), VmError> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|source| VmError::Io {
+            path: path.into(),
+            source,
+        })?;
+    f.set_len(size).map_err(|source| VmError::Io {
+        path: path.into(),
+        source,
+    })?;
+    drop(f);
+    let e2fsck = tools::require("e2fsck")?;
+    // -p: fix what is safe; exit codes 0 and 1 mean clean or fixed.
+    let st = std::process::Command::new(e2fsck)
+        .arg("-fp")
+        .arg(path)
+        .output()
+        .map_err(|source| VmError::Io {
+            path: path.into(),
+            source,
+        })?;
+    if !matches!(st.status.code(), Some(0 | 1)) {
+        return Err(VmError::Tool(ToolError::Failed {
+            command: format!("e2fsck -fp {}", path.display()),
+            status: st.status.to_string(),
+            stderr: String::from_utf8_lossy(&st.stdout).trim().to_string(),
+        }));
+    }
+    let resize2fs = tools::require("resize2fs")?;
+    tools::run(&resize2fs, [path.as_os_str()])?;
+    Ok(())
+}
+
+/// The virtual size of a qcow2 image (`qemu-img info --output=json`).
+fn qcow2_virtual_size(path: &std::path::Path) -> Result<u64, VmError> {
+    let qemu_img = tools::require("qemu-img")?;
+    let out = tools::run(
+        &qemu_img,
+        [
+            "info".as_ref(),
+            "--output=json".as_ref(),
+            "-U".as_ref(),
+            path.as_os_str(),
+        ],
+    )?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| VmError::Invalid {
+            what: "qemu-img output",
+            reason: e.to_string(),
+        })?;
+    v.get("virtual-size")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| VmError::Invalid {
+            what: "qemu-img output",
+            reason: "no virtual-size".into(),
+        })
 }

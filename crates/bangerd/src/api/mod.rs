@@ -101,6 +101,8 @@ where
         vms::stop,
         vms::remove,
         vms::logs,
+        vms::stats,
+        vms::set,
         vms::ssh,
         vms::proxy,
     ),
@@ -141,6 +143,8 @@ pub fn router(daemon: AppState) -> Router {
         .route("/vms/{name}/start", post(vms::start))
         .route("/vms/{name}/stop", post(vms::stop))
         .route("/vms/{name}/logs", get(vms::logs))
+        .route("/vms/{name}/stats", get(vms::stats))
+        .route("/vms/{name}/set", post(vms::set))
         .route("/vms/{name}/ssh", get(vms::ssh))
         .route("/vms/{name}/proxy/{port}", get(vms::proxy));
     if daemon.config.debug.test_endpoints {

@@ -83,12 +83,60 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Start at this byte (the `X-Log-Offset` of the previous answer) to follow the log.
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// Resources and figures of a VM: VMM CPU and RSS and disk use on the host;
+/// load, memory and disk inside the guest (over SSH, running VMs only).
+#[utoipa::path(get, path = "/v1/vms/{name}/stats", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 200, body = banger_api::VmStats), (status = 404, body = ApiError)))]
+pub async fn stats(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<banger_api::VmStats>> {
+    Ok(Json(d.vms.stats(&name).await?))
+}
+
+/// Changes cpus, memory, or grows the root or work disk. Only while stopped.
+#[utoipa::path(post, path = "/v1/vms/{name}/set", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    request_body = banger_api::VmSetRequest,
+    responses((status = 200, body = Vm), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn set(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<banger_api::VmSetRequest>,
+) -> ApiResult<Json<Vm>> {
+    Ok(Json(d.vms.set(&name, req).await?))
+}
+
 /// The serial console log (text).
-#[utoipa::path(get, path = "/v1/vms/{name}/logs", tag = "vms", params(("name" = String, Path, description = "VM name")),
+#[utoipa::path(get, path = "/v1/vms/{name}/logs", tag = "vms", params(("name" = String, Path, description = "VM name"), LogsQuery),
     responses((status = 200, description = "console log", content_type = "text/plain"), (status = 404, body = ApiError)))]
-pub async fn logs(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
-    let text = d.vms.console_log(&name)?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+pub async fn logs(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Response> {
+    let (text, next) = d.vms.console_log_from(&name, q.offset)?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                header::HeaderName::from_static("x-log-offset"),
+                next.to_string(),
+            ),
+        ],
+        text,
+    )
+        .into_response())
 }
 
 /// The key, user and pinned host key for `ssh` to the VM through the proxy.

@@ -1,0 +1,120 @@
+//! VM statistics: host side from /proc, guest side over SSH. Parsing is
+//! pure and strict.
+
+use banger_api::GuestStats;
+
+/// The command run in the guest; [`parse_guest`] reads its output.
+pub const GUEST_STATS_COMMAND: &str = "cat /proc/loadavg; grep -E '^(MemTotal|MemAvailable):' /proc/meminfo; df -Pk / /work 2>/dev/null";
+
+/// Parses the output of [`GUEST_STATS_COMMAND`].
+pub fn parse_guest(text: &str) -> Result<GuestStats, String> {
+    let mut lines = text.lines();
+    let load_line = lines.next().ok_or("no /proc/loadavg line")?;
+    let load: Vec<f64> = load_line
+        .split_whitespace()
+        .take(3)
+        .map(|x| x.parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad loadavg {load_line:?}: {e}"))?;
+    if load.len() != 3 {
+        return Err(format!("bad loadavg {load_line:?}"));
+    }
+    let (mut total, mut avail) = (None, None);
+    let mut mounts: Vec<(String, u64, u64)> = Vec::new();
+    for l in lines {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.as_slice() {
+            ["MemTotal:", kb, "kB"] => {
+                total = Some(
+                    kb.parse::<u64>()
+                        .map_err(|e| format!("bad MemTotal: {e}"))?
+                        * 1024,
+                )
+            }
+            ["MemAvailable:", kb, "kB"] => {
+                avail = Some(
+                    kb.parse::<u64>()
+                        .map_err(|e| format!("bad MemAvailable: {e}"))?
+                        * 1024,
+                )
+            }
+            ["Filesystem", ..] => {}
+            [_, blocks, used, _avail, _pct, mount] => {
+                let b: u64 = blocks
+                    .parse()
+                    .map_err(|e| format!("bad df line {l:?}: {e}"))?;
+                let u: u64 = used
+                    .parse()
+                    .map_err(|e| format!("bad df line {l:?}: {e}"))?;
+                mounts.push((mount.to_string(), u * 1024, b * 1024));
+            }
+            [] => {}
+            _ => return Err(format!("unexpected line {l:?}")),
+        }
+    }
+    let root = mounts
+        .iter()
+        .find(|m| m.0 == "/")
+        .ok_or("no df line for /")?;
+    let work = mounts.iter().find(|m| m.0 == "/work");
+    Ok(GuestStats {
+        load: [load[0], load[1], load[2]],
+        mem_total_bytes: total.ok_or("no MemTotal")?,
+        mem_available_bytes: avail.ok_or("no MemAvailable")?,
+        root_used_bytes: root.1,
+        root_total_bytes: root.2,
+        work_used_bytes: work.map(|w| w.1),
+        work_total_bytes: work.map(|w| w.2),
+    })
+}
+
+/// utime + stime of a process, in clock ticks (`/proc/PID/stat` fields 14, 15).
+pub fn parse_proc_stat_ticks(stat: &str) -> Option<u64> {
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, so utime (14) is index 11.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// VmRSS from `/proc/PID/status`, in bytes.
+pub fn parse_rss(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_guest_output() {
+        let out = "0.12 0.05 0.01 1/80 345\nMemTotal:        1000000 kB\nMemAvailable:     800000 kB\nFilesystem     1024-blocks   Used Available Capacity Mounted on\n/dev/vda           1000000 400000    600000      40% /\n/dev/vdc            200000      24    199976       1% /work\n";
+        let g = parse_guest(out).expect("parses");
+        assert_eq!(g.load, [0.12, 0.05, 0.01]);
+        assert_eq!(g.mem_total_bytes, 1_024_000_000);
+        assert_eq!(g.root_used_bytes, 409_600_000);
+        assert_eq!(g.work_total_bytes, Some(204_800_000));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse_guest("").is_err());
+        assert!(parse_guest("x y z\n").is_err());
+        assert!(
+            parse_guest("0.1 0.1 0.1 1/1 1\nMemTotal: 1 kB\n").is_err(),
+            "no df"
+        );
+        assert!(parse_guest("0.1 0.1 0.1 1/1 1\nrm -rf /\n").is_err());
+    }
+
+    #[test]
+    fn parses_proc_files() {
+        let stat = "1234 (qemu-system-x86) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 100 0 0";
+        assert_eq!(parse_proc_stat_ticks(stat), Some(300));
+        assert_eq!(parse_rss("Name:\tx\nVmRSS:\t  2048 kB\n"), Some(2 << 20));
+        assert_eq!(parse_rss("Name:\tx\n"), None);
+    }
+}
