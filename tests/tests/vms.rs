@@ -341,6 +341,20 @@ fn vm_bad_input_is_refused_before_anything_changes() {
         "{}",
         stderr(&out)
     );
+    // A tampered image artifact (same size, other bytes) is refused.
+    let image: banger_api::Image = d.banger_json(&["image", "show", "default"]);
+    let initrd = d
+        .state_dir
+        .join("images")
+        .join(&image.digest)
+        .join("initrd.img");
+    let mut bytes = std::fs::read(&initrd).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&initrd, bytes).unwrap();
+    let out = d.banger(&["vm", "create", "tampered", "--no-start"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("changed on disk"), "{}", stderr(&out));
     let ops: banger_api::OpList = d.banger_json(&["ops", "ls", "--all"]);
     assert!(ops
         .ops

@@ -121,6 +121,8 @@ struct ImagesInner {
     default_mirror: String,
     /// Builds and imports run one at a time: they are CPU- and disk-bound.
     build_lock: tokio::sync::Mutex<()>,
+    /// Artifacts whose sha256 was checked, by (path, size, mtime, inode).
+    verified: std::sync::Mutex<std::collections::HashSet<(PathBuf, u64, i64, u64)>>,
 }
 
 /// The images subsystem. Cheap to clone.
@@ -144,6 +146,7 @@ impl Images {
                 ops,
                 default_mirror,
                 build_lock: tokio::sync::Mutex::new(()),
+                verified: std::sync::Mutex::new(std::collections::HashSet::new()),
             }),
         };
         images.remove_orphans()?;
@@ -214,6 +217,46 @@ impl Images {
             .iter()
             .find(|a| a.kind == kind)
             .map(|a| self.inner.layout.image_dir(&image.digest).join(&a.file))
+    }
+
+    /// Checks that every artifact is present and matches its recorded
+    /// sha256. A file is hashed once per (size, mtime, inode): later checks
+    /// of an unchanged file are free. Blocking.
+    pub fn verify(&self, image: &Image) -> Result<(), ImageError> {
+        use std::os::unix::fs::MetadataExt;
+        for a in &image.artifacts {
+            let p = self.inner.layout.image_dir(&image.digest).join(&a.file);
+            let m = std::fs::metadata(&p).map_err(|e| ImageError::BadInput {
+                path: p.display().to_string(),
+                reason: format!("artifact {} of image {:?} is missing ({e}); remove the image and build or import it again", a.kind, image.name),
+            })?;
+            let key = (p.clone(), m.len(), m.mtime(), m.ino());
+            if self
+                .inner
+                .verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&key)
+            {
+                continue;
+            }
+            let sha = sha256_file(&p)?;
+            if m.len() != a.size || sha != a.sha256 {
+                return Err(ImageError::BadInput {
+                    path: p.display().to_string(),
+                    reason: format!(
+                        "artifact {} of image {:?} changed on disk (sha256 {sha}, recorded {}); remove the image and build or import it again",
+                        a.kind, image.name, a.sha256
+                    ),
+                });
+            }
+            self.inner
+                .verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key);
+        }
+        Ok(())
     }
 
     fn exists(&self, name: &str) -> Result<bool, ImageError> {

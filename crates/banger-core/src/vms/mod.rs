@@ -338,7 +338,24 @@ impl Vms {
     }
 
     /// Preflight (nothing changes if it fails), then the `vm.create` operation.
-    pub fn start_create(&self, req: VmCreateRequest) -> Result<Operation, VmError> {
+    pub async fn start_create(&self, req: VmCreateRequest) -> Result<Operation, VmError> {
+        validate_name("VM", &req.name)?;
+        let image_name = req
+            .image
+            .clone()
+            .unwrap_or_else(|| self.inner.config.default_image.clone());
+        let image = self.inner.images.get(&image_name)?;
+        let images = self.inner.images.clone();
+        tokio::task::spawn_blocking(move || images.verify(&image))
+            .await
+            .map_err(|e| VmError::Invalid {
+                what: "image",
+                reason: format!("verification task failed: {e}"),
+            })??;
+        self.start_create_checked(req)
+    }
+
+    fn start_create_checked(&self, req: VmCreateRequest) -> Result<Operation, VmError> {
         validate_name("VM", &req.name)?;
         let cfg = &self.inner.config;
         let image_name = req
@@ -347,19 +364,6 @@ impl Vms {
             .unwrap_or_else(|| cfg.default_image.clone());
         let image = self.inner.images.get(&image_name)?;
         let backend = self.resolve_backend(req.backend.as_deref().unwrap_or("auto"), &image)?;
-        for a in &image.artifacts {
-            let p = self.inner.layout.image_dir(&image.digest).join(&a.file);
-            let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(u64::MAX);
-            if size != a.size {
-                return Err(VmError::Invalid {
-                    what: "image",
-                    reason: format!(
-                        "artifact {} of {image_name:?} is missing or changed",
-                        a.file
-                    ),
-                });
-            }
-        }
         let cpus = req.cpus.unwrap_or(cfg.cpus);
         if !(1..=32).contains(&cpus) {
             return Err(VmError::Invalid {

@@ -36,7 +36,7 @@ pub async fn create(
     State(d): State<AppState>,
     ApiJson(req): ApiJson<VmCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    Ok((StatusCode::ACCEPTED, Json(d.vms.start_create(req)?)))
+    Ok((StatusCode::ACCEPTED, Json(d.vms.start_create(req).await?)))
 }
 
 /// Boots a stopped VM (an operation, `vm.start`).
