@@ -57,6 +57,25 @@ fn guest_vm_lifecycle_create_ssh_stop_start_rm_leaves_nothing() {
     assert_eq!(vm.state, VmState::Running);
     assert_eq!(vm.ip, "172.30.0.2");
     assert_eq!(vm.backend, "qemu");
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        // This project's machines: KVM cannot boot real kernels, the probe says so.
+        assert_eq!(vm.accel, "tcg");
+        let report: banger_api::DoctorReport = serde_json::from_slice(
+            &d.banger_cmd()
+                .args(["--json", "doctor"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let kvm = report.checks.iter().find(|c| c.id == "kvm").unwrap();
+        assert!(
+            kvm.detail.contains("real-kernel probe of kernel")
+                && kvm.detail.contains("QEMU uses TCG"),
+            "{}",
+            kvm.detail
+        );
+    }
     let tap = format!("bg-{}", &vm.id[..12]);
     assert!(ns.links().contains(&tap), "TAP missing: {:?}", ns.links());
     assert!(ns.links().contains(&"banger0".to_string()));

@@ -39,6 +39,8 @@ pub struct HostFacts {
     pub ssh: Option<PathBuf>,
     pub free_bytes: u64,
     pub state_dir: PathBuf,
+    /// Real-kernel KVM probe verdicts of this boot: (kernel sha256, boots, detail).
+    pub kvm_probes: Vec<(String, bool, String)>,
 }
 
 impl HostFacts {
@@ -68,6 +70,14 @@ impl HostFacts {
             ssh: tools::find("ssh"),
             free_bytes: free_bytes(state_dir).unwrap_or(0),
             state_dir: state_dir.into(),
+            kvm_probes: {
+                let boot = crate::vms::kvm_probe::boot_id();
+                crate::vms::kvm_probe::load_cache(state_dir)
+                    .into_iter()
+                    .filter(|v| v.boot_id == boot)
+                    .map(|v| (v.kernel_sha256, v.kvm_boots_real_kernels, v.detail))
+                    .collect()
+            },
         }
     }
 }
@@ -427,6 +437,23 @@ pub fn evaluate(f: &HostFacts) -> DoctorReport {
         )
     });
 
+    if let Some(kvm) = checks.iter_mut().find(|c| c.id == "kvm") {
+        if f.kvm_probes.is_empty() {
+            kvm.detail.push_str("; real-kernel probe: not run yet (runs at the first QEMU VM create with accel = auto)");
+        }
+        for (sha, ok, detail) in &f.kvm_probes {
+            let verdict = if *ok {
+                "boots it, QEMU uses KVM"
+            } else {
+                "does not boot it, QEMU uses TCG"
+            };
+            kvm.detail.push_str(&format!(
+                "; real-kernel probe of kernel {}: KVM {verdict} ({detail})",
+                &sha[..sha.len().min(12)]
+            ));
+        }
+    }
+
     let ok = !checks
         .iter()
         .any(|c| c.required && c.status == CheckStatus::Fail);
@@ -499,6 +526,7 @@ mod tests {
             ssh: Some("/usr/bin/ssh".into()),
             free_bytes: 100 << 30,
             state_dir: "/var/lib/banger".into(),
+            kvm_probes: vec![],
         }
     }
 
@@ -553,6 +581,27 @@ mod tests {
             mkfs.hint.as_deref(),
             Some("Install it with: sudo apt-get install e2fsprogs")
         );
+    }
+
+    #[test]
+    fn kvm_check_reports_probe_verdicts() {
+        let f = HostFacts {
+            kvm_probes: vec![("abcdef0123456789".into(), false, "timed out".into())],
+            ..good()
+        };
+        let r = evaluate(&f);
+        let kvm = r.checks.iter().find(|c| c.id == "kvm").expect("kvm");
+        assert!(
+            kvm.detail
+                .contains("kernel abcdef012345: KVM does not boot it, QEMU uses TCG (timed out)"),
+            "{}",
+            kvm.detail
+        );
+        let r = evaluate(&good());
+        assert!(r
+            .checks
+            .iter()
+            .any(|c| c.id == "kvm" && c.detail.contains("not run yet")));
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! `creating` rows, adopts VMM processes that still run (pid + cmdline
 //! verified), and marks the rest stopped, removing their TAPs.
 
+pub mod kvm_probe;
 pub mod qemu;
+
 pub mod stats;
 pub mod vmm;
 
@@ -319,19 +321,27 @@ impl Vms {
         })
     }
 
-    fn accel(&self) -> Accel {
+    /// The QEMU accelerator for `image`: `auto` is KVM only when the
+    /// real-kernel probe (cached per kernel and boot) says KVM boots it.
+    fn accel(&self, image: &banger_api::Image) -> Accel {
         match self.inner.config.accel.as_str() {
             "kvm" => Accel::Kvm,
             "tcg" => Accel::Tcg,
-            // auto: KVM on a plain KVM host; on a nested PVM host (kvm_pvm)
-            // stock kernels hang under KVM, so TCG.
             _ => {
-                if std::path::Path::new("/dev/kvm").exists()
-                    && !std::path::Path::new("/sys/module/kvm_pvm").exists()
-                {
-                    Accel::Kvm
-                } else {
-                    Accel::Tcg
+                let kernel = self.inner.images.artifact_path(image, "kernel");
+                let sha = image
+                    .artifacts
+                    .iter()
+                    .find(|a| a.kind == "kernel")
+                    .map(|a| a.sha256.clone());
+                match (kernel, sha) {
+                    (Some(k), Some(sha))
+                        if kvm_probe::probe(&self.inner.layout.state_dir, &k, &sha)
+                            .kvm_boots_real_kernels =>
+                    {
+                        Accel::Kvm
+                    }
+                    _ => Accel::Tcg,
                 }
             }
         }
@@ -346,12 +356,28 @@ impl Vms {
             .unwrap_or_else(|| self.inner.config.default_image.clone());
         let image = self.inner.images.get(&image_name)?;
         let images = self.inner.images.clone();
-        tokio::task::spawn_blocking(move || images.verify(&image))
-            .await
-            .map_err(|e| VmError::Invalid {
-                what: "image",
-                reason: format!("verification task failed: {e}"),
-            })??;
+        let (state_dir, auto) = (
+            self.inner.layout.state_dir.clone(),
+            self.inner.config.accel == "auto",
+        );
+        tokio::task::spawn_blocking(move || {
+            images.verify(&image)?;
+            // Warm the KVM verdict for this kernel (up to 5 s the first time
+            // after a reboot) off the async threads.
+            if let (true, Some(k), Some(a)) = (
+                auto,
+                images.artifact_path(&image, "kernel"),
+                image.artifacts.iter().find(|a| a.kind == "kernel"),
+            ) {
+                kvm_probe::probe(&state_dir, &k, &a.sha256);
+            }
+            Ok::<(), ImageError>(())
+        })
+        .await
+        .map_err(|e| VmError::Invalid {
+            what: "image",
+            reason: format!("verification task failed: {e}"),
+        })??;
         self.start_create_checked(req)
     }
 
@@ -417,7 +443,11 @@ impl Vms {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let subnet = cfg.subnet;
         let name = req.name.clone();
-        let accel = self.accel();
+        let accel = if backend == "qemu" {
+            self.accel(&image)
+        } else {
+            Accel::Kvm
+        };
         let vm = self.inner.store.write(|tx| -> Result<Vm, VmError> {
             if tx.query_row("SELECT 1 FROM vms WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_some() {
                 return Err(VmError::Exists(name.clone()));
