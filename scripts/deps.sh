@@ -16,6 +16,7 @@ PKGS=(
   dmsetup                        # device-mapper snapshot clones (where dm exists)
   ca-certificates curl git xz-utils lz4 zstd
   util-linux                     # setpriv, flock (tests)
+  sqlite3                        # tests simulate crashes by editing the store
   python3                        # bench/run.sh checks the benchmarks' JSON
   build-essential pkg-config     # cc for bundled SQLite
 )

@@ -244,6 +244,38 @@ fn guest_vm_is_adopted_after_daemon_sigkill_and_marked_stopped_when_its_vmm_died
     // And it starts again.
     assert!(d.banger(&["vm", "start", "keep"]).status.success());
     assert_eq!(ssh(&d, "keep", "hostname").trim(), "keep");
+
+    // A daemon killed in the middle of `rm` (row gone, files and TAP still
+    // there) leaves nothing once restarted.
+    d.kill9();
+    let tap = format!("bg-{}", &vm.id[..12]);
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &dead.pid.unwrap_or(pid).to_string()])
+        .status();
+    for p in vm_pids(&vm.id) {
+        let _ = std::process::Command::new("kill").args(["-9", &p]).status();
+    }
+    let db = d.state_dir.join("banger.db");
+    let st = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(format!("DELETE FROM vms WHERE id = '{}'", vm.id))
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "sqlite3 (Debian package sqlite3) is needed to simulate the crash"
+    );
+    assert!(d.state_dir.join("vms").join(&vm.id).exists());
+    assert!(
+        ns.links().contains(&tap),
+        "the TAP of the running VM should still be there"
+    );
+    d.spawn();
+    assert!(
+        !d.state_dir.join("vms").join(&vm.id).exists(),
+        "orphaned VM files not removed"
+    );
+    assert!(!ns.links().contains(&tap), "orphaned TAP not removed");
 }
 
 #[test]

@@ -148,6 +148,27 @@ pub fn delete_tap(tap: &str) {
     }
 }
 
+/// Names of the network interfaces in the current namespace (`ip -o link`).
+pub fn list_links() -> Vec<String> {
+    let Some(ip) = tools::find("ip") else {
+        return Vec::new();
+    };
+    let Ok(out) = tools::run(&ip, ["-o", "link", "show"]) else {
+        return Vec::new();
+    };
+    parse_link_names(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `2: eth0@if5: <...>` lines -> `eth0`. Pure.
+pub fn parse_link_names(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split_once(": ").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split(':').next())
+        .map(|n| n.split('@').next().unwrap_or(n).trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
 /// Whether a network interface exists in the current network namespace.
 /// (Asks netlink through `ip`: /sys/class/net shows the namespace sysfs was
 /// mounted in, which after `setns` is not ours.)
@@ -264,6 +285,12 @@ mod tests {
         ] {
             assert!(Subnet::parse(s).is_err(), "{s}");
         }
+    }
+
+    #[test]
+    fn parses_link_names() {
+        let text = "1: lo: <LOOPBACK,UP> mtu 65536 qdisc noqueue\n2: banger0: <BROADCAST> mtu 1500\n3: bg-0123abcd@if2: <BROADCAST> mtu 1500\n";
+        assert_eq!(parse_link_names(text), ["lo", "banger0", "bg-0123abcd"]);
     }
 
     #[test]

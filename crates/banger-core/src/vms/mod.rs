@@ -1328,6 +1328,12 @@ impl Vms {
         }
         let lock = self.lock_for(name);
         let _held = lock.lock().await;
+        // The row goes first, in one transaction: a daemon killed after it
+        // leaves only files and a TAP no row claims, which reconcile removes.
+        self.inner.store.write(|tx| {
+            tx.execute("DELETE FROM vms WHERE id = ?1", [&vm.id])
+                .map(|_| ())
+        })?;
         network::delete_tap(&network::tap_name(&vm.id));
         let p = self.paths(&vm.id);
         for d in [&p.dir, &p.run] {
@@ -1338,10 +1344,6 @@ impl Vms {
                 })?;
             }
         }
-        self.inner.store.write(|tx| {
-            tx.execute("DELETE FROM vms WHERE id = ?1", [&vm.id])
-                .map(|_| ())
-        })?;
         tracing::info!(vm = name, "removed");
         Ok(())
     }
@@ -1398,8 +1400,41 @@ impl Vms {
         })
     }
 
+    /// Removes VM directories and `bg-` TAPs that no row claims (left by a
+    /// daemon killed in the middle of `rm` or of a rollback). One daemon owns
+    /// the TAPs of its network namespace.
+    fn remove_orphans(&self) -> Result<(), VmError> {
+        let ids: std::collections::HashSet<String> =
+            self.list()?.into_iter().map(|v| v.id).collect();
+        for base in [
+            self.inner.layout.state_dir.join("vms"),
+            self.inner.layout.runtime_dir.join("vms"),
+        ] {
+            let Ok(entries) = std::fs::read_dir(&base) else {
+                continue;
+            };
+            for e in entries.filter_map(Result::ok) {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if !ids.contains(&id) {
+                    tracing::warn!(dir = %e.path().display(), "removing files of a VM that no longer exists");
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let taps: std::collections::HashSet<String> =
+            ids.iter().map(|id| network::tap_name(id)).collect();
+        for link in network::list_links() {
+            if link.starts_with("bg-") && !taps.contains(&link) {
+                tracing::warn!(tap = %link, "removing a TAP no VM owns");
+                network::delete_tap(&link);
+            }
+        }
+        Ok(())
+    }
+
     /// Converges stored state with reality after a daemon (re)start.
     pub fn reconcile(&self) -> Result<(), VmError> {
+        self.remove_orphans()?;
         for vm in self.list()? {
             match vm.state {
                 VmState::Creating => {
