@@ -293,12 +293,19 @@ fn four_concurrent_creates_get_distinct_addresses_and_taps() {
                     "--backend",
                     "firecracker",
                 ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success());
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a concurrent create failed: {}",
+            stderr(&out)
+        );
     }
     eprintln!(
         "4 concurrent creates took {:.2}s",

@@ -61,7 +61,7 @@ impl HostFacts {
             ip_forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
                 .ok()
                 .map(|s| s.trim() == "1"),
-            dm_control: Path::new("/dev/mapper/control").exists(),
+            dm_control: crate::storage::dm::available(),
             dmsetup: tools::find("dmsetup"),
             reflink: probe_reflink(state_dir),
             mmdebstrap: tools::find("mmdebstrap"),
@@ -348,7 +348,7 @@ pub fn evaluate(f: &HostFacts) -> DoctorReport {
         (false, _) => check(
             dm,
             CheckStatus::Info,
-            "/dev/mapper/control is missing: the dm-snapshot clone strategy is unavailable",
+            "no working device-mapper (the kernel driver does not answer `dmsetup version`): the dm-snapshot clone strategy is unavailable",
             Some(
                 "Load dm_mod (sudo modprobe dm_mod) to enable it; other strategies work without it"
                     .into(),

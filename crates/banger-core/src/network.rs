@@ -112,6 +112,9 @@ fn ip(args: &[&str]) -> Result<(), ToolError> {
 
 /// Creates the bridge with the gateway address if it does not exist. Idempotent.
 pub fn ensure_bridge(bridge: &str, subnet: &Subnet) -> Result<(), NetworkError> {
+    // Creates run in parallel; the bridge is set up once.
+    static BRIDGE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = BRIDGE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     if !link_exists(bridge) {
         ip(&["link", "add", bridge, "type", "bridge"])?;
     }

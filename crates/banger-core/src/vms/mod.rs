@@ -188,6 +188,10 @@ impl VmPaths {
             "root.qcow2"
         })
     }
+    /// The copy-on-write file of a device-mapper snapshot root disk.
+    fn root_cow(&self) -> PathBuf {
+        self.dir.join("root.cow")
+    }
     fn work(&self) -> PathBuf {
         self.dir.join("work.ext4")
     }
@@ -241,6 +245,9 @@ impl Vms {
 
     /// The daemon's SSH client key, made on first use.
     fn client_key(&self) -> Result<PathBuf, VmError> {
+        // Creates run in parallel; the key is made once, atomically.
+        static KEY_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _held = KEY_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let dir = self.inner.layout.state_dir.join("ssh");
         let key = dir.join("id_ed25519");
         if !key.exists() {
@@ -248,6 +255,10 @@ impl Vms {
                 path: dir.clone(),
                 source,
             })?;
+            let tmp = dir.join(format!("id_ed25519.tmp{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            let _ =
+                std::fs::remove_file(tmp.with_extension(format!("tmp{}.pub", std::process::id())));
             let kg = tools::require("ssh-keygen")?;
             tools::run(
                 &kg,
@@ -260,9 +271,18 @@ impl Vms {
                     "-C".as_ref(),
                     "bangerd".as_ref(),
                     "-f".as_ref(),
-                    key.as_os_str(),
+                    tmp.as_os_str(),
                 ],
             )?;
+            let tmp_pub = PathBuf::from(format!("{}.pub", tmp.display()));
+            std::fs::rename(&tmp_pub, key.with_extension("pub")).map_err(|source| VmError::Io {
+                path: tmp_pub.clone(),
+                source,
+            })?;
+            std::fs::rename(&tmp, &key).map_err(|source| VmError::Io {
+                path: tmp.clone(),
+                source,
+            })?;
         }
         Ok(key)
     }
@@ -514,8 +534,38 @@ impl Vms {
                     })?;
                 }
                 if backend == "firecracker" {
-                    // Firecracker boots raw disks: a reflink or sparse copy.
-                    crate::storage::clone_file(&base, &dir.join("root.raw")).map_err(api)?;
+                    // Firecracker boots raw block devices: a reflink where the
+                    // filesystem can, else a device-mapper snapshot (the COW
+                    // file is mapped at each boot), else a sparse copy.
+                    let raw = dir.join("root.raw");
+                    if !crate::storage::try_reflink(&base, &raw) {
+                        if crate::storage::dm::available() {
+                            let size =
+                                std::fs::metadata(&base)
+                                    .map(|m| m.len())
+                                    .map_err(|source| {
+                                        api(VmError::Io {
+                                            path: base.clone(),
+                                            source,
+                                        })
+                                    })?;
+                            let cow = dir.join("root.cow");
+                            let f = std::fs::File::create(&cow).map_err(|source| {
+                                api(VmError::Io {
+                                    path: cow.clone(),
+                                    source,
+                                })
+                            })?;
+                            f.set_len(size).map_err(|source| {
+                                api(VmError::Io {
+                                    path: cow.clone(),
+                                    source,
+                                })
+                            })?;
+                        } else {
+                            crate::storage::clone_file(&base, &raw).map_err(api)?;
+                        }
+                    }
                 } else {
                     let qemu_img = tools::require("qemu-img").map_err(api)?;
                     let root = dir.join("root.qcow2");
@@ -624,6 +674,21 @@ impl Vms {
         let p = self.paths(&vm.id);
         let spec = self.launch_spec(vm).map_err(api)?;
         let vmm = self.vmm(&vm.backend);
+        if vm.backend == "firecracker" && p.root_cow().exists() {
+            let image = self.inner.images.get(&vm.image).map_err(api)?;
+            let base = self
+                .inner
+                .images
+                .artifact_path(&image, "rootfs")
+                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "image has no rootfs"))?;
+            let (id, cow) = (vm.id.clone(), p.root_cow());
+            blocking(move || {
+                crate::storage::dm::setup(&id, &base, &cow)
+                    .map(|_| ())
+                    .map_err(api)
+            })
+            .await?;
+        }
         let started = Instant::now();
         let pid = h
             .step("spawn", async {
@@ -748,6 +813,7 @@ impl Vms {
             let _ = self.set_state(id, VmState::Stopped, None, Some(&reason));
         }
         network::delete_tap(&tap);
+        crate::storage::dm::teardown(id);
         self.paths(id).remove_sockets();
         tracing::info!(vm = id, pid, reason, "VMM exited");
     }
@@ -770,6 +836,7 @@ impl Vms {
             }
         }
         network::delete_tap(&network::tap_name(id));
+        crate::storage::dm::teardown(id);
         let p = self.paths(id);
         let _ = std::fs::remove_dir_all(&p.dir);
         let _ = std::fs::remove_dir_all(&p.run);
@@ -1197,7 +1264,11 @@ impl Vms {
             },
             kernel,
             initrd: self.inner.images.artifact_path(&image, "initrd"),
-            root_disk: p.root(&vm.backend),
+            root_disk: if vm.backend == "firecracker" && p.root_cow().exists() {
+                crate::storage::dm::device_path(&vm.id)
+            } else {
+                p.root(&vm.backend)
+            },
             config_disk: p.config(),
             work_disk: p.work(),
             tap: network::tap_name(&vm.id),
@@ -1306,6 +1377,7 @@ impl Vms {
             }),
         )?;
         network::delete_tap(&network::tap_name(&vm.id));
+        crate::storage::dm::teardown(&vm.id);
         self.paths(&vm.id).remove_sockets();
         self.get(name)
     }
@@ -1335,6 +1407,7 @@ impl Vms {
                 .map(|_| ())
         })?;
         network::delete_tap(&network::tap_name(&vm.id));
+        crate::storage::dm::teardown(&vm.id);
         let p = self.paths(&vm.id);
         for d in [&p.dir, &p.run] {
             if d.exists() {
@@ -1418,6 +1491,26 @@ impl Vms {
                 if !ids.contains(&id) {
                     tracing::warn!(dir = %e.path().display(), "removing files of a VM that no longer exists");
                     let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        // Snapshot devices of VMs that are gone or not running.
+        let running: std::collections::HashSet<String> = self
+            .list()?
+            .into_iter()
+            .filter(|v| {
+                matches!(
+                    v.state,
+                    VmState::Running | VmState::Starting | VmState::Stopping
+                ) && v.pid.is_some_and(|p| is_our_vmm(p, &v.id))
+            })
+            .map(|v| v.id)
+            .collect();
+        for dev in crate::storage::dm::list() {
+            if let Some(id) = crate::storage::dm::vm_id_of(&dev) {
+                if !running.contains(id) {
+                    tracing::warn!(device = %dev, "removing a stale device-mapper snapshot");
+                    crate::storage::dm::teardown(id);
                 }
             }
         }

@@ -5,6 +5,8 @@
 //! Work seeds are pre-formatted ext4 images, one per size, made on first need
 //! and cloned per VM, so creating a VM never runs mkfs.
 
+pub mod dm;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -44,6 +46,25 @@ impl crate::ToApiError for StorageError {}
 pub enum CloneKind {
     Reflink,
     SparseCopy,
+}
+
+/// Tries an O(1) reflink clone; false when the filesystem cannot.
+pub fn try_reflink(from: &Path, to: &Path) -> bool {
+    let ok = tools::find("cp").is_some_and(|cp| {
+        tools::run(
+            &cp,
+            [
+                "--reflink=always".as_ref(),
+                from.as_os_str(),
+                to.as_os_str(),
+            ],
+        )
+        .is_ok()
+    });
+    if !ok {
+        let _ = std::fs::remove_file(to);
+    }
+    ok
 }
 
 /// Clones `from` to `to` (which must not exist): reflink if possible, else
