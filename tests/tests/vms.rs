@@ -190,10 +190,27 @@ fn guest_vm_lifecycle_create_ssh_stop_start_rm_leaves_nothing() {
         "VM files left"
     );
     // The address went back to the pool.
-    let out = d.banger(&["vm", "create", "again", "--no-start"]);
+    let out = d.banger(&["vm", "create", "again", "--no-start", "--disk-size", "3G"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let again: Vm = d.banger_json(&["vm", "show", "again"]);
     assert_eq!(again.ip, "172.30.0.2");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(d.state_dir.join("vms").join(&again.id).join("root.qcow2"))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        info["virtual-size"],
+        3u64 << 30,
+        "the root disk has the requested size"
+    );
+    let out = d.banger(&["vm", "create", "tiny", "--disk-size", "100M"]);
+    assert!(
+        stderr(&out).contains("at least the image's root filesystem"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -83,6 +83,9 @@ pub struct VmCreateRequest {
     /// e.g. `1G`, `512M` (128 MiB..=64 GiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
+    /// Root disk size, at least the image's (default: the image's), e.g. `8G`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size: Option<String>,
     /// e.g. `4G`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work_disk_size: Option<String>,

@@ -74,6 +74,9 @@ enum VmCommand {
         /// Size of the persistent work disk mounted at /work, e.g. 4G.
         #[arg(long)]
         work_disk_size: Option<String>,
+        /// Root disk size (default: the image's), e.g. 8G.
+        #[arg(long)]
+        disk_size: Option<String>,
         /// auto, qemu or firecracker.
         #[arg(long)]
         backend: Option<String>,
@@ -722,6 +725,7 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
             cpus,
             memory,
             work_disk_size,
+            disk_size,
             backend,
             no_start,
             wait,
@@ -731,6 +735,7 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
                 image,
                 cpus,
                 memory,
+                disk_size,
                 work_disk_size,
                 backend,
                 no_start,

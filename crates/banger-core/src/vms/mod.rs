@@ -445,15 +445,55 @@ impl Vms {
                 reason: "it must be between 64 MiB and 16 TiB".into(),
             });
         }
+        let rootfs_size = image
+            .artifacts
+            .iter()
+            .find(|a| a.kind == "rootfs")
+            .map(|a| a.size)
+            .unwrap_or(0);
+        let root_bytes = match &req.disk_size {
+            Some(s) => {
+                let b = parse_size(s).map_err(|e| VmError::Invalid {
+                    what: "disk size",
+                    reason: e.to_string(),
+                })?;
+                if b < rootfs_size || b > (16 << 40) {
+                    return Err(VmError::Invalid {
+                        what: "disk size",
+                        reason: format!("it must be at least the image's root filesystem ({}) and at most 16 TiB", crate::units::format_size(rootfs_size)),
+                    });
+                }
+                Some(b)
+            }
+            None => None,
+        };
+        // Clones are sparse or copy-on-write; a raw copy for Firecracker
+        // without reflink takes what the image's rootfs uses.
+        let rootfs_allocated = {
+            use std::os::unix::fs::MetadataExt;
+            self.inner
+                .images
+                .artifact_path(&image, "rootfs")
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map(|m| m.blocks() * 512)
+                .unwrap_or(0)
+        };
+        let needed = (512u64 << 20)
+            + if backend == "firecracker" {
+                rootfs_allocated
+            } else {
+                0
+            };
         let free = nix::sys::statvfs::statvfs(&self.inner.layout.state_dir)
             .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
             .unwrap_or(u64::MAX);
-        if free < (512 << 20) {
+        if free < needed {
             return Err(VmError::Invalid {
                 what: "disk space",
                 reason: format!(
-                    "only {} free in the state dir",
-                    crate::units::format_size(free)
+                    "only {} free in the state dir, {} needed",
+                    crate::units::format_size(free),
+                    crate::units::format_size(needed)
                 ),
             });
         }
@@ -492,10 +532,12 @@ impl Vms {
         ];
         let this = self.clone();
         let no_start = req.no_start;
+        let root_bytes = root_bytes;
         Ok(self.inner.ops.spawn("vm.create", &vm.name.clone(), steps, move |h| async move {
             let lock = this.lock_for(&vm.name);
             let _held = lock.lock().await;
-            let r = this.create(&h, &vm, &image, &client_key, no_start).await;
+            let _ = &client_key;
+            let r = this.create(&h, &vm, &image, root_bytes, no_start).await;
             if let Err(e) = &r {
                 tracing::warn!(vm = %vm.name, error = %e.message, "create failed; rolling back");
                 this.rollback(&vm.id, &vm.name);
@@ -509,7 +551,7 @@ impl Vms {
         h: &OpHandle,
         vm: &Vm,
         image: &banger_api::Image,
-        client_key: &std::path::Path,
+        root_bytes: Option<u64>,
         no_start: bool,
     ) -> Result<serde_json::Value, ApiError> {
         let p = self.paths(&vm.id);
@@ -538,8 +580,12 @@ impl Vms {
                     // filesystem can, else a device-mapper snapshot (the COW
                     // file is mapped at each boot), else a sparse copy.
                     let raw = dir.join("root.raw");
-                    if !crate::storage::try_reflink(&base, &raw) {
+                                        let cloned = crate::storage::try_reflink(&base, &raw);
+                    if !cloned {
                         if crate::storage::dm::available() {
+                            if root_bytes.is_some() {
+                                return Err(api(VmError::Invalid { what: "disk size", reason: "a device-mapper snapshot root disk cannot be larger than its image".into() }));
+                            }
                             let size =
                                 std::fs::metadata(&base)
                                     .map(|m| m.len())
@@ -562,9 +608,12 @@ impl Vms {
                                     source,
                                 })
                             })?;
-                        } else {
+                                                } else {
                             crate::storage::clone_file(&base, &raw).map_err(api)?;
                         }
+                    }
+                    if let (Some(size), true) = (root_bytes, raw.exists()) {
+                        grow_ext4_file(&raw, size).map_err(api)?;
                     }
                 } else {
                     let qemu_img = tools::require("qemu-img").map_err(api)?;
@@ -579,9 +628,12 @@ impl Vms {
                             "-F".as_ref(),
                             "raw".as_ref(),
                             "-b".as_ref(),
-                            base.as_os_str(),
+                                                        base.as_os_str(),
                             root.as_os_str(),
-                        ],
+                            root_bytes.map(|b| b.to_string()).unwrap_or_default().as_ref(),
+                        ]
+                        .into_iter()
+                        .filter(|a| !a.is_empty()),
                     )
                     .map_err(api)?;
                 }
@@ -594,7 +646,13 @@ impl Vms {
         .await?;
 
         let (this, vm2, dir) = (self.clone(), vm.clone(), p.dir.clone());
-        let _ = client_key;
+        let base_size = image
+            .artifacts
+            .iter()
+            .find(|a| a.kind == "rootfs")
+            .map(|a| a.size)
+            .unwrap_or(0);
+        let grow_root = vm.backend == "qemu" && root_bytes.is_some_and(|b| b > base_size);
         let host_pub = h
             .step(
                 "config",
@@ -619,7 +677,7 @@ impl Vms {
                         ],
                     )
                     .map_err(api)?;
-                    this.write_config_disk(&vm2, false).map_err(api)
+                    this.write_config_disk(&vm2, grow_root).map_err(api)
                 }),
             )
             .await?;
