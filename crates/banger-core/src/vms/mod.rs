@@ -532,7 +532,6 @@ impl Vms {
         ];
         let this = self.clone();
         let no_start = req.no_start;
-        let root_bytes = root_bytes;
         Ok(self.inner.ops.spawn("vm.create", &vm.name.clone(), steps, move |h| async move {
             let lock = this.lock_for(&vm.name);
             let _held = lock.lock().await;
