@@ -329,3 +329,104 @@ fn four_concurrent_creates_get_distinct_addresses_and_taps() {
     }
     assert!(!ns.links().iter().any(|l| l.starts_with("bg-")));
 }
+
+#[test]
+fn firecracker_backend_through_the_jailer_uses_chroot_paths_and_cleans_the_jail() {
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "the Firecracker backend (even against the fake) needs /dev/kvm present"
+    );
+    let img = test_image();
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (log, jlog) = (
+        dir.path().join("requests.jsonl"),
+        dir.path().join("jailer.jsonl"),
+    );
+    let fake = bin("fake-firecracker");
+    let d = TestDaemon::start_in_with(
+        &ns,
+        &format!(
+            "[firecracker]\nbinary = \"{}\"\njailer = \"{}\"\nuid = 4242\ngid = 4343\n",
+            fake.display(),
+            bin("fake-jailer").display()
+        ),
+        &[
+            ("FAKE_FC_REQUEST_LOG", log.to_str().unwrap()),
+            ("FAKE_JAILER_LOG", jlog.to_str().unwrap()),
+        ],
+    );
+    d.import_test_image(&img, "default");
+    let out = d.banger(&["vm", "create", "jailed", "--backend", "firecracker"]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let vm: Vm = d.banger_json(&["vm", "show", "jailed"]);
+
+    let jargs: Vec<String> = serde_json::from_str(
+        std::fs::read_to_string(&jlog)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let chroot_base = d.state_dir.join("jail");
+    assert_eq!(
+        jargs,
+        [
+            "--id",
+            &format!("banger-vm-{}", &vm.id[..16]),
+            "--exec-file",
+            fake.to_str().unwrap(),
+            "--uid",
+            "4242",
+            "--gid",
+            "4343",
+            "--chroot-base-dir",
+            chroot_base.to_str().unwrap(),
+            "--",
+            "--api-sock",
+            "/run/firecracker.socket",
+        ]
+    );
+    // Firecracker saw paths inside its jail.
+    let reqs = requests(&log);
+    assert_eq!(calls(&reqs), CONFIGURE);
+    assert_eq!(reqs[3]["body"]["kernel_image_path"], "/vmlinux");
+    assert_eq!(reqs[4]["body"]["path_on_host"], "/root.raw");
+    assert_eq!(reqs[6]["body"]["path_on_host"], "/work.ext4");
+    // The VM's disks are hard links given to the jail's user; the image is not.
+    let root = chroot_base
+        .join("fake-firecracker")
+        .join(format!("banger-vm-{}", &vm.id[..16]))
+        .join("root");
+    let vm_dir = d.state_dir.join("vms").join(&vm.id);
+    for (inside, outside) in [("root.raw", "root.raw"), ("work.ext4", "work.ext4")] {
+        let (a, b) = (
+            std::fs::metadata(root.join(inside)).unwrap(),
+            std::fs::metadata(vm_dir.join(outside)).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino(), "{inside} is a hard link");
+        assert_eq!(
+            (a.uid(), a.gid()),
+            (4242, 4343),
+            "{inside} belongs to the jail's user"
+        );
+    }
+    let tap = ns.ip(&["-d", "link", "show", &format!("bg-{}", &vm.id[..12])]);
+    assert!(
+        String::from_utf8_lossy(&tap.stdout).contains("user 4242"),
+        "TAP owner: {}",
+        String::from_utf8_lossy(&tap.stdout)
+    );
+    // Stop removes the jail; start makes it again; rm leaves nothing.
+    assert!(d.banger(&["vm", "stop", "jailed"]).status.success());
+    assert!(!root.exists(), "jail left after stop");
+    assert!(d.banger(&["vm", "start", "jailed"]).status.success());
+    assert!(root.exists());
+    assert!(d
+        .banger(&["vm", "rm", "--force", "jailed"])
+        .status
+        .success());
+    assert!(!root.exists(), "jail left after rm");
+}

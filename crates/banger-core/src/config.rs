@@ -60,6 +60,15 @@ accel = "auto"
 # firecracker` needs it and /dev/kvm; `auto` picks Firecracker when both are
 # usable (not on a nested kvm_pvm host) and the image has a vmlinux.
 binary = "firecracker"
+# Run Firecracker through its jailer: a path to the jailer binary, or empty
+# for none. The jailer chroots Firecracker and drops it to uid/gid below.
+jailer = ""
+# Where jails are made. Empty: <state_dir>/jail (the same filesystem as the
+# VM disks, so they are hard-linked in, not copied).
+chroot_base = ""
+# The user and group Firecracker runs as inside the jail.
+uid = 65534
+gid = 65534
 
 [debug]
 # Serve /v1/debug/* endpoints (synthetic operations for testing the
@@ -82,12 +91,20 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct FirecrackerConfig {
     pub binary: String,
+    pub jailer: String,
+    pub chroot_base: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Default for FirecrackerConfig {
     fn default() -> Self {
         FirecrackerConfig {
             binary: "firecracker".into(),
+            jailer: String::new(),
+            chroot_base: PathBuf::new(),
+            uid: 65534,
+            gid: 65534,
         }
     }
 }
@@ -321,6 +338,13 @@ impl Config {
         }
         if self.firecracker.binary.is_empty() {
             return Err(invalid("firecracker.binary", "it is empty".into()));
+        }
+        let cb = &self.firecracker.chroot_base;
+        if !cb.as_os_str().is_empty() && !cb.is_absolute() {
+            return Err(invalid(
+                "firecracker.chroot_base",
+                format!("{cb:?} is not an absolute path"),
+            ));
         }
         if d.shutdown_grace_secs > 3600 {
             return Err(invalid(

@@ -130,9 +130,23 @@ pub fn ensure_bridge(bridge: &str, subnet: &Subnet) -> Result<(), NetworkError> 
 }
 
 /// Creates a TAP attached to the bridge (replacing a stale one).
-pub fn create_tap(tap: &str, bridge: &str) -> Result<(), NetworkError> {
+pub fn create_tap(tap: &str, bridge: &str, owner: Option<(u32, u32)>) -> Result<(), NetworkError> {
     delete_tap(tap);
-    ip(&["tuntap", "add", "dev", tap, "mode", "tap"])?;
+    match owner {
+        Some((uid, gid)) => ip(&[
+            "tuntap",
+            "add",
+            "dev",
+            tap,
+            "mode",
+            "tap",
+            "user",
+            &uid.to_string(),
+            "group",
+            &gid.to_string(),
+        ])?,
+        None => ip(&["tuntap", "add", "dev", tap, "mode", "tap"])?,
+    }
     ip(&["link", "set", tap, "master", bridge])?;
     ip(&["link", "set", tap, "up"])?;
     Ok(())

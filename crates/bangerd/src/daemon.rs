@@ -76,6 +76,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         work_disk_bytes: size(&config.vm.work_disk_size)?,
         accel: config.vm.accel.clone(),
         firecracker_binary: config.firecracker.binary.clone(),
+        jailer: config.firecracker.jailer.clone(),
+        chroot_base: config.firecracker.chroot_base.clone(),
+        jail_uid: config.firecracker.uid,
+        jail_gid: config.firecracker.gid,
     };
     let vms = Vms::new(
         layout.clone(),

@@ -13,6 +13,9 @@
 //!   marker on stdout (Firecracker's serial console), and `SendCtrlAltDel`
 //!   makes it exit as a powered-off guest would.
 //!
+//! Under `fake-jailer`, `FAKE_FC_CHROOT=DIR` makes host paths in requests
+//! resolve inside DIR, as they would in the jail.
+//!
 //! For tests, through the environment: `FAKE_FC_REQUEST_LOG=FILE` appends
 //! each request as a JSON line; `FAKE_FC_FAIL="PUT /drives/rootfs"` answers
 //! that call with a fault; `FAKE_FC_DIE_ON="PUT /actions"` exits the process
@@ -49,6 +52,14 @@ struct Fake {
     log: Option<Mutex<std::fs::File>>,
     fail: Option<String>,
     die_on: Option<String>,
+}
+
+/// A path from a request, as the process sees it (inside its "chroot").
+fn host_path(p: &str) -> std::path::PathBuf {
+    match std::env::var_os("FAKE_FC_CHROOT") {
+        Some(root) => std::path::Path::new(&root).join(p.trim_start_matches('/')),
+        None => std::path::PathBuf::from(p),
+    }
 }
 
 fn fault(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -167,7 +178,7 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
         }
         ("PUT", "/boot-source") => {
             if let Some(k) = body.get("kernel_image_path").and_then(Value::as_str) {
-                if !std::path::Path::new(k).exists() {
+                                if !host_path(k).exists() {
                     return fault(StatusCode::BAD_REQUEST, format!("The kernel file cannot be opened: No such file or directory (os error 2): {k}"));
                 }
             }
@@ -185,7 +196,7 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
                 return fault(StatusCode::BAD_REQUEST, "The id from the path does not match the id from the body!");
             };
             if let Some(p) = body.get("path_on_host").and_then(Value::as_str) {
-                if !std::path::Path::new(p).exists() {
+                                if !host_path(p).exists() {
                     return fault(StatusCode::BAD_REQUEST, format!("Unable to create the block device: No such file or directory (os error 2): {p}"));
                 }
             }
@@ -236,7 +247,7 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
             }
             for key in ["snapshot_path", "mem_file_path"] {
                 if let Some(p) = body.get(key).and_then(Value::as_str) {
-                    if let Err(e) = std::fs::write(p, format!("fake-firecracker {key} of {}\n", f.id)) {
+                                        if let Err(e) = std::fs::write(host_path(p), format!("fake-firecracker {key} of {}\n", f.id)) {
                         return fault(StatusCode::BAD_REQUEST, format!("Cannot write {p}: {e}"));
                     }
                 }

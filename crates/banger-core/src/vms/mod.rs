@@ -156,6 +156,12 @@ pub struct VmsConfig {
     pub accel: String,
     /// The firecracker binary (name on PATH or path).
     pub firecracker_binary: String,
+    /// The jailer binary; empty: no jailer.
+    pub jailer: String,
+    /// Empty: `<state_dir>/jail`.
+    pub chroot_base: PathBuf,
+    pub jail_uid: u32,
+    pub jail_gid: u32,
 }
 
 struct VmsInner {
@@ -713,6 +719,9 @@ impl Vms {
     /// (the caller rolls back or marks it stopped).
     async fn boot(&self, h: &OpHandle, vm: &Vm) -> Result<f64, ApiError> {
         let vm_ip = vm.ip.clone();
+        // A jailed Firecracker opens its TAP as the jail's user.
+        let tap_owner = (vm.backend == "firecracker" && !self.inner.config.jailer.is_empty())
+            .then_some((self.inner.config.jail_uid, self.inner.config.jail_gid));
         let (bridge, subnet, tap) = (
             self.inner.config.bridge.clone(),
             self.inner.config.subnet,
@@ -723,7 +732,7 @@ impl Vms {
             blocking(move || {
                 network::ensure_bridge(&bridge, &subnet).map_err(api)?;
                 network::flush_neighbor(&vm_ip, &bridge);
-                network::create_tap(&tap, &bridge).map_err(api)?;
+                network::create_tap(&tap, &bridge, tap_owner).map_err(api)?;
                 Ok(())
             }),
         )
@@ -871,6 +880,7 @@ impl Vms {
         }
         network::delete_tap(&tap);
         crate::storage::dm::teardown(id);
+        self.vmm("firecracker").cleanup(id);
         self.paths(id).remove_sockets();
         tracing::info!(vm = id, pid, reason, "VMM exited");
     }
@@ -894,6 +904,7 @@ impl Vms {
         }
         network::delete_tap(&network::tap_name(id));
         crate::storage::dm::teardown(id);
+        self.vmm("firecracker").cleanup(id);
         let p = self.paths(id);
         let _ = std::fs::remove_dir_all(&p.dir);
         let _ = std::fs::remove_dir_all(&p.run);
@@ -1284,7 +1295,18 @@ impl Vms {
         if backend == "firecracker" {
             let binary = tools::find(&self.inner.config.firecracker_binary)
                 .unwrap_or_else(|| PathBuf::from(&self.inner.config.firecracker_binary));
-            Box::new(vmm::FirecrackerVmm { binary })
+            let c = &self.inner.config;
+            let jailer = (!c.jailer.is_empty()).then(|| vmm::Jailer {
+                binary: tools::find(&c.jailer).unwrap_or_else(|| PathBuf::from(&c.jailer)),
+                chroot_base: if c.chroot_base.as_os_str().is_empty() {
+                    self.inner.layout.state_dir.join("jail")
+                } else {
+                    c.chroot_base.clone()
+                },
+                uid: c.jail_uid,
+                gid: c.jail_gid,
+            });
+            Box::new(vmm::FirecrackerVmm { binary, jailer })
         } else {
             Box::new(vmm::QemuVmm {
                 binary: tools::find("qemu-system-x86_64")
@@ -1435,6 +1457,7 @@ impl Vms {
         )?;
         network::delete_tap(&network::tap_name(&vm.id));
         crate::storage::dm::teardown(&vm.id);
+        self.vmm(&vm.backend).cleanup(&vm.id);
         self.paths(&vm.id).remove_sockets();
         self.get(name)
     }
@@ -1465,6 +1488,7 @@ impl Vms {
         })?;
         network::delete_tap(&network::tap_name(&vm.id));
         crate::storage::dm::teardown(&vm.id);
+        self.vmm(&vm.backend).cleanup(&vm.id);
         let p = self.paths(&vm.id);
         for d in [&p.dir, &p.run] {
             if d.exists() {
@@ -1639,7 +1663,9 @@ pub fn pid_alive(pid: u32) -> bool {
 /// Whether `pid` is the VMM of VM `id` (its cmdline names it).
 pub fn is_our_vmm(pid: u32, id: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(&format!("banger-vm-{id}")))
+        .map(|c| {
+            String::from_utf8_lossy(&c).contains(&format!("banger-vm-{}", &id[..id.len().min(16)]))
+        })
         .unwrap_or(false)
         && pid_alive(pid)
 }

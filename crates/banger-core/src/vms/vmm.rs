@@ -86,6 +86,9 @@ pub trait Vmm: Send + Sync {
     fn launch(&self, spec: &LaunchSpec) -> Result<Child, VmmError>;
     /// Asks the guest to power off. Blocking.
     fn request_poweroff(&self, spec: &LaunchSpec) -> Result<(), VmmError>;
+    /// Removes what the backend made for the VM outside its directories
+    /// (a jail). Called after the VMM exited; idempotent.
+    fn cleanup(&self, _vm_id: &str) {}
 }
 
 fn spawn(
@@ -163,13 +166,138 @@ impl Vmm for QemuVmm {
     }
 }
 
+/// Firecracker's jailer: chroot, new namespaces, dropped privileges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jailer {
+    pub binary: PathBuf,
+    pub chroot_base: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The path Firecracker sees for its API socket inside the jail.
+pub const JAILED_API_SOCKET: &str = "/run/firecracker.socket";
+
+impl Jailer {
+    /// The jail's id: `banger-vm-` and the first 16 hex digits of the VM id
+    /// (the API socket's path inside the jail must stay under 108 bytes).
+    pub fn jail_id(vm_id: &str) -> String {
+        format!("banger-vm-{}", &vm_id[..vm_id.len().min(16)])
+    }
+
+    /// `<chroot_base>/<exec file name>/<jail id>`, as the jailer makes it.
+    pub fn jail_dir(&self, exec: &std::path::Path, vm_id: &str) -> PathBuf {
+        let name = exec
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "firecracker".into());
+        self.chroot_base.join(name).join(Jailer::jail_id(vm_id))
+    }
+
+    /// The jailer's arguments. Pure.
+    pub fn args(&self, exec: &std::path::Path, vm_id: &str) -> Vec<String> {
+        vec![
+            "--id".into(),
+            Jailer::jail_id(vm_id),
+            "--exec-file".into(),
+            exec.display().to_string(),
+            "--uid".into(),
+            self.uid.to_string(),
+            "--gid".into(),
+            self.gid.to_string(),
+            "--chroot-base-dir".into(),
+            self.chroot_base.display().to_string(),
+            "--".into(),
+            "--api-sock".into(),
+            JAILED_API_SOCKET.into(),
+        ]
+    }
+}
+
 pub struct FirecrackerVmm {
     pub binary: PathBuf,
+    pub jailer: Option<Jailer>,
 }
 
 impl FirecrackerVmm {
     pub fn api_socket(spec: &LaunchSpec) -> PathBuf {
         spec.run_dir.join("firecracker.sock")
+    }
+
+    /// The API socket's path on the host.
+    fn host_api_socket(&self, spec: &LaunchSpec) -> PathBuf {
+        match &self.jailer {
+            Some(j) => j
+                .jail_dir(&self.binary, &spec.vm_id)
+                .join("root")
+                .join(JAILED_API_SOCKET.trim_start_matches('/')),
+            None => FirecrackerVmm::api_socket(spec),
+        }
+    }
+
+    /// Puts the VM's files into the jail (hard links; device nodes are
+    /// re-made; the VM's own disks are given to the jail's user) and returns
+    /// the spec with the paths Firecracker sees inside it.
+    fn prepare_jail(&self, j: &Jailer, spec: &LaunchSpec) -> Result<LaunchSpec, VmmError> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let io = |p: &std::path::Path| {
+            let p = p.to_path_buf();
+            move |source| VmmError::Io { path: p, source }
+        };
+        let dir = j.jail_dir(&self.binary, &spec.vm_id);
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("run")).map_err(io(&root))?;
+        std::os::unix::fs::chown(root.join("run"), Some(j.uid), Some(j.gid)).map_err(io(&root))?;
+        let mut jailed = spec.clone();
+        let put = |src: &PathBuf, name: &str, owned: bool| -> Result<PathBuf, VmmError> {
+            let dst = root.join(name);
+            let m = std::fs::metadata(src).map_err(io(src))?;
+            if m.file_type().is_block_device() {
+                let mknod = crate::tools::require("mknod").map_err(|e| VmmError::EarlyExit {
+                    program: "mknod".into(),
+                    stderr: e.to_string(),
+                })?;
+                let (major, minor) = (
+                    nix::sys::stat::major(m.rdev()),
+                    nix::sys::stat::minor(m.rdev()),
+                );
+                crate::tools::run(
+                    &mknod,
+                    [
+                        dst.display().to_string(),
+                        "b".into(),
+                        major.to_string(),
+                        minor.to_string(),
+                    ],
+                )
+                .map_err(|e| VmmError::EarlyExit {
+                    program: "mknod".into(),
+                    stderr: e.to_string(),
+                })?;
+            } else if std::fs::hard_link(src, &dst).is_err() {
+                // Another filesystem: copy (put firecracker.chroot_base on the state dir's to avoid it).
+                std::fs::copy(src, &dst).map_err(io(&dst))?;
+            }
+            if owned {
+                std::os::unix::fs::chown(&dst, Some(j.uid), Some(j.gid)).map_err(io(&dst))?;
+            }
+            Ok(PathBuf::from("/").join(name))
+        };
+        jailed.kernel = put(&spec.kernel, "vmlinux", false)?;
+        if let Some(i) = &spec.initrd {
+            jailed.initrd = Some(put(i, "initrd.img", false)?);
+        }
+        jailed.root_disk = put(&spec.root_disk, "root.raw", true)?;
+        jailed.config_disk = put(&spec.config_disk, "config.ext4", true)?;
+        jailed.work_disk = put(&spec.work_disk, "work.ext4", true)?;
+        for f in ["firecracker.log", "firecracker.metrics"] {
+            let p = root.join(f);
+            std::fs::File::create(&p).map_err(io(&p))?;
+            std::os::unix::fs::chown(&p, Some(j.uid), Some(j.gid)).map_err(io(&p))?;
+        }
+        jailed.run_dir = PathBuf::from("/");
+        Ok(jailed)
     }
 
     /// The process arguments. Pure.
@@ -269,20 +397,34 @@ impl Vmm for FirecrackerVmm {
     }
 
     fn launch(&self, spec: &LaunchSpec) -> Result<Child, VmmError> {
-        let sock = FirecrackerVmm::api_socket(spec);
+        let sock = self.host_api_socket(spec);
         let _ = std::fs::remove_file(&sock);
-        for f in ["firecracker.log", "firecracker.metrics"] {
-            let p = spec.run_dir.join(f);
-            std::fs::create_dir_all(&spec.run_dir).map_err(|source| VmmError::Io {
-                path: spec.run_dir.clone(),
-                source,
-            })?;
-            std::fs::File::create(&p).map_err(|source| VmmError::Io {
-                path: p.clone(),
-                source,
-            })?;
-        }
-        let mut child = spawn(&self.binary, &FirecrackerVmm::args(spec), spec, true)?;
+        let (program, args, api_spec) = match &self.jailer {
+            Some(j) => (
+                j.binary.clone(),
+                j.args(&self.binary, &spec.vm_id),
+                self.prepare_jail(j, spec)?,
+            ),
+            None => {
+                for f in ["firecracker.log", "firecracker.metrics"] {
+                    let p = spec.run_dir.join(f);
+                    std::fs::create_dir_all(&spec.run_dir).map_err(|source| VmmError::Io {
+                        path: spec.run_dir.clone(),
+                        source,
+                    })?;
+                    std::fs::File::create(&p).map_err(|source| VmmError::Io {
+                        path: p.clone(),
+                        source,
+                    })?;
+                }
+                (
+                    self.binary.clone(),
+                    FirecrackerVmm::args(spec),
+                    spec.clone(),
+                )
+            }
+        };
+        let mut child = spawn(&program, &args, spec, true)?;
         let result = (|| {
             let deadline = Instant::now() + Duration::from_secs(5);
             while !sock.exists() {
@@ -301,7 +443,7 @@ impl Vmm for FirecrackerVmm {
                 std::thread::sleep(Duration::from_millis(5));
             }
             let client = firecracker_api::Client::new(&sock);
-            for (method, path, body) in FirecrackerVmm::configure_sequence(spec) {
+            for (method, path, body) in FirecrackerVmm::configure_sequence(&api_spec) {
                 let (status, text) = client.request(method, &path, Some(&body)).map_err(|e| {
                     // A dying VMM closes the connection before its exit is
                     // visible: give it a bounded moment to be reaped.
@@ -347,16 +489,21 @@ impl Vmm for FirecrackerVmm {
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                self.cleanup(&spec.vm_id);
                 Err(e)
             }
         }
     }
 
     fn request_poweroff(&self, spec: &LaunchSpec) -> Result<(), VmmError> {
-        Ok(
-            firecracker_api::Client::new(FirecrackerVmm::api_socket(spec))
-                .action(ActionType::SendCtrlAltDel)?,
-        )
+        Ok(firecracker_api::Client::new(self.host_api_socket(spec))
+            .action(ActionType::SendCtrlAltDel)?)
+    }
+
+    fn cleanup(&self, vm_id: &str) {
+        if let Some(j) = &self.jailer {
+            let _ = std::fs::remove_dir_all(j.jail_dir(&self.binary, vm_id));
+        }
     }
 }
 
@@ -416,6 +563,38 @@ mod tests {
                 "/r/firecracker.sock",
                 "--id",
                 "banger-vm-0123abcd"
+            ]
+        );
+    }
+
+    #[test]
+    fn jailer_arguments_and_layout() {
+        let j = Jailer {
+            binary: "/usr/bin/jailer".into(),
+            chroot_base: "/srv/jail".into(),
+            uid: 123,
+            gid: 456,
+        };
+        assert_eq!(
+            j.jail_dir(std::path::Path::new("/usr/bin/firecracker"), "ab12"),
+            PathBuf::from("/srv/jail/firecracker/banger-vm-ab12")
+        );
+        assert_eq!(
+            j.args(std::path::Path::new("/usr/bin/firecracker"), "ab12"),
+            [
+                "--id",
+                "banger-vm-ab12",
+                "--exec-file",
+                "/usr/bin/firecracker",
+                "--uid",
+                "123",
+                "--gid",
+                "456",
+                "--chroot-base-dir",
+                "/srv/jail",
+                "--",
+                "--api-sock",
+                "/run/firecracker.socket"
             ]
         );
     }
