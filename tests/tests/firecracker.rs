@@ -10,12 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use banger_api::{OpState, Operation, Vm, VmList, VmState};
-use banger_tests::{bin, poll, test_image, TestDaemon, TestNetns};
+use banger_tests::{bin, poll, stderr, test_image, TestDaemon, TestNetns};
 use serde_json::Value;
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn requests(log: &Path) -> Vec<Value> {
     std::fs::read_to_string(log)

@@ -10,7 +10,7 @@ use banger_api::{
     Capabilities, CheckStatus, DebugOpRequest, DoctorReport, OpEvent, OpList, OpState, Operation,
     StepStatus,
 };
-use banger_tests::{banger_gid, bin, block_on, poll, TestDaemon};
+use banger_tests::{banger_gid, bin, block_on, poll, stderr, TestDaemon};
 
 fn start_op(d: &TestDaemon, steps: u32, step_ms: u64, fail_at: Option<u32>) -> Operation {
     block_on(d.client().post(
@@ -22,10 +22,6 @@ fn start_op(d: &TestDaemon, steps: u32, step_ms: u64, fail_at: Option<u32>) -> O
         },
     ))
     .expect("start debug op")
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

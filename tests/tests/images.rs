@@ -11,13 +11,9 @@ use std::time::{Duration, Instant};
 
 use banger_api::{Image, ImageList, OpState, Operation, StepStatus};
 use banger_tests::{
-    boot_direct, builder_daemon, builder_lock, fixture, poll, test_image, wait_op, BootOpts,
-    TestDaemon,
+    boot_direct, builder_daemon, builder_lock, fixture, poll, stderr, test_image, wait_op,
+    BootOpts, TestDaemon,
 };
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn start_op(d: &TestDaemon, args: &[&str]) -> Operation {
     let mut full = vec!["--json"];

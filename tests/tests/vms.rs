@@ -8,15 +8,7 @@
 use std::time::Duration;
 
 use banger_api::{OpState, Operation, StepStatus, Vm, VmList, VmState};
-use banger_tests::{poll, test_image, wait_op, TestDaemon, TestNetns};
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use banger_tests::{poll, stderr, stdout, test_image, wait_op, TestDaemon, TestNetns};
 
 fn ssh(d: &TestDaemon, vm: &str, cmd: &str) -> String {
     let out = d.banger(&["vm", "ssh", vm, "--", cmd]);

@@ -610,6 +610,19 @@ impl OpHandle {
     }
 }
 
+/// Runs blocking work (processes, file copies, hashing) of an operation's
+/// step on the blocking pool, so cancellation of the step can drop it.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("A background task failed: {e}"),
+        )
+    })?
+}
+
 fn cancelled_error() -> ApiError {
     ApiError::new(ErrorCode::Cancelled, "Operation cancelled")
 }

@@ -156,6 +156,26 @@ fn command_line(program: &Path, args: &[std::ffi::OsString]) -> String {
     s
 }
 
+/// Makes an ed25519 key pair without a passphrase at `path` (and `path.pub`).
+pub fn ssh_keygen(path: &Path, comment: &str) -> Result<(), ToolError> {
+    let kg = require("ssh-keygen")?;
+    run(
+        &kg,
+        [
+            "-q".as_ref(),
+            "-t".as_ref(),
+            "ed25519".as_ref(),
+            "-N".as_ref(),
+            "".as_ref(),
+            "-C".as_ref(),
+            comment.as_ref(),
+            "-f".as_ref(),
+            path.as_os_str(),
+        ],
+    )
+    .map(|_| ())
+}
+
 /// Kills a whole process group when dropped, unless disarmed: a cancelled
 /// step drops its future, and with it every process the tool started.
 struct GroupGuard {

@@ -172,52 +172,53 @@ impl Client {
         Self::read_json(self.send(Method::DELETE, path, None).await?).await
     }
 
-    /// Raw DELETE returning the status and body text.
-    pub async fn delete_raw(&self, path: &str) -> Result<(StatusCode, String), ClientError> {
-        let resp = self.send(Method::DELETE, path, None).await?;
-        let status = resp.status();
+    /// A request whose answer is returned raw: status, headers, body text
+    /// (for non-JSON endpoints and callers that read headers).
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<(StatusCode, hyper::HeaderMap, String), ClientError> {
+        let resp = self.send(method, path, None).await?;
+        let (status, headers) = (resp.status(), resp.headers().clone());
         let bytes = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| ClientError::Protocol(format!("reading body: {e}")))?
             .to_bytes();
-        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+        Ok((
+            status,
+            headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ))
     }
 
-    /// Raw GET returning the status, one header's value and the body text.
+    /// Raw DELETE: status and body text.
+    pub async fn delete_raw(&self, path: &str) -> Result<(StatusCode, String), ClientError> {
+        self.raw(Method::DELETE, path).await.map(|(s, _, b)| (s, b))
+    }
+
+    /// Raw GET: status, one header's value, body text.
     pub async fn get_text_header(
         &self,
         path: &str,
         header: &str,
     ) -> Result<(StatusCode, Option<String>, String), ClientError> {
-        let resp = self.send(Method::GET, path, None).await?;
-        let status = resp.status();
-        let value = resp
-            .headers()
-            .get(header)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Protocol(format!("reading body: {e}")))?
-            .to_bytes();
-        Ok((status, value, String::from_utf8_lossy(&bytes).into_owned()))
+        let (status, headers, body) = self.raw(Method::GET, path).await?;
+        Ok((
+            status,
+            headers
+                .get(header)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            body,
+        ))
     }
 
-    /// Raw GET returning the status and body text (for non-JSON endpoints).
+    /// Raw GET: status and body text.
     pub async fn get_text(&self, path: &str) -> Result<(StatusCode, String), ClientError> {
-        let resp = self.send(Method::GET, path, None).await?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Protocol(format!("reading body: {e}")))?
-            .to_bytes();
-        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+        self.raw(Method::GET, path).await.map(|(s, _, b)| (s, b))
     }
 
     /// Opens a raw byte stream through an HTTP upgrade (`GET path` with

@@ -10,7 +10,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use banger_api::{ApiError, ErrorCode, Image, Operation};
+use banger_api::{ApiError, Image, Operation};
 use serde_json::json;
 
 use super::kernel::{self, ExtractedKernel};
@@ -18,7 +18,7 @@ use super::recipe::{Distro, InitMode, Recipe};
 use super::{api, backends_for, describe_artifacts, io_err, ImageError, Images, TmpDir};
 use crate::guest;
 use crate::names::validate_name;
-use crate::ops::{OpHandle, StepSpec};
+use crate::ops::{blocking, OpHandle, StepSpec};
 use crate::tools::{self, ToolError};
 
 fn steps() -> Vec<StepSpec> {
@@ -31,14 +31,6 @@ fn steps() -> Vec<StepSpec> {
         StepSpec::new("mkfs", "Make the ext4 image"),
         StepSpec::new("finalize", "Hash and register the image"),
     ]
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("Build task failed: {e}")))?
 }
 
 impl Images {

@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use banger_api::{ApiError, ErrorCode, Image, ImageImportRequest, Operation};
+use banger_api::{ApiError, Image, ImageImportRequest, Operation};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -17,7 +17,7 @@ use super::kernel;
 use super::recipe::InitMode;
 use super::{api, backends_for, describe_artifacts, io_err, ImageError, Images, TmpDir};
 use crate::names::validate_name;
-use crate::ops::{OpHandle, StepSpec};
+use crate::ops::{blocking, OpHandle, StepSpec};
 use crate::storage::clone_file;
 use crate::tools;
 use crate::units::parse_size;
@@ -66,14 +66,6 @@ fn bad(path: &str, reason: impl Into<String>) -> ImageError {
         path: path.into(),
         reason: reason.into(),
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("Import task failed: {e}")))?
 }
 
 fn check_file(label: &str, p: &Option<String>) -> Result<Option<PathBuf>, ImageError> {

@@ -33,7 +33,7 @@ use crate::guest::READY_MARKER;
 use crate::images::{ImageError, Images};
 use crate::names::{validate_name, NameError};
 use crate::network::{self, NetworkError, Subnet};
-use crate::ops::{OpHandle, Ops, StepSpec};
+use crate::ops::{blocking, OpHandle, Ops, StepSpec};
 use crate::paths::Layout;
 use crate::storage::{StorageError, WorkSeeds};
 use crate::store::{Store, StoreError};
@@ -265,21 +265,7 @@ impl Vms {
             let _ = std::fs::remove_file(&tmp);
             let _ =
                 std::fs::remove_file(tmp.with_extension(format!("tmp{}.pub", std::process::id())));
-            let kg = tools::require("ssh-keygen")?;
-            tools::run(
-                &kg,
-                [
-                    "-q".as_ref(),
-                    "-t".as_ref(),
-                    "ed25519".as_ref(),
-                    "-N".as_ref(),
-                    "".as_ref(),
-                    "-C".as_ref(),
-                    "bangerd".as_ref(),
-                    "-f".as_ref(),
-                    tmp.as_os_str(),
-                ],
-            )?;
+            tools::ssh_keygen(&tmp, "bangerd")?;
             let tmp_pub = PathBuf::from(format!("{}.pub", tmp.display()));
             std::fs::rename(&tmp_pub, key.with_extension("pub")).map_err(|source| VmError::Io {
                 path: tmp_pub.clone(),
@@ -662,26 +648,10 @@ impl Vms {
             .step(
                 "config",
                 blocking(move || {
-                    let kg = tools::require("ssh-keygen").map_err(api)?;
                     let hk = dir.join("ssh_host_ed25519_key");
                     let _ = std::fs::remove_file(&hk);
                     let _ = std::fs::remove_file(hk.with_extension("pub"));
-                    let comment = format!("{}.vm", vm2.name);
-                    tools::run(
-                        &kg,
-                        [
-                            "-q".as_ref(),
-                            "-t".as_ref(),
-                            "ed25519".as_ref(),
-                            "-N".as_ref(),
-                            "".as_ref(),
-                            "-C".as_ref(),
-                            comment.as_ref(),
-                            "-f".as_ref(),
-                            hk.as_os_str(),
-                        ],
-                    )
-                    .map_err(api)?;
+                    tools::ssh_keygen(&hk, &format!("{}.vm", vm2.name)).map_err(api)?;
                     this.write_config_disk(&vm2, grow_root).map_err(api)
                 }),
             )
@@ -1639,14 +1609,6 @@ impl Vms {
         }
         Ok(())
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("VM task failed: {e}")))?
 }
 
 /// Whether a process exists and is not a zombie.
