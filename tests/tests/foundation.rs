@@ -428,6 +428,24 @@ fn bad_config_fails_naming_the_key() {
 }
 
 #[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} completions bash | head -c 10 >/dev/null; echo \"${{PIPESTATUS[0]}}\"",
+            bin("banger").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "141",
+        "ended by SIGPIPE like other Unix tools"
+    );
+}
+
+#[test]
 fn completions_are_generated_for_each_shell() {
     for shell in ["bash", "zsh", "fish"] {
         let out = std::process::Command::new(bin("banger"))

@@ -241,7 +241,19 @@ enum OpsCommand {
     },
 }
 
+/// Rust ignores SIGPIPE, so writing to a closed pipe (`banger vm ls | head`)
+/// would panic; a Unix command should just end, as cat does.
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    // SAFETY: runs first in main, before any thread exists; it only resets
+    // the disposition of SIGPIPE to the default and touches no memory.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     if let Command::Completions { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "banger", &mut std::io::stdout());

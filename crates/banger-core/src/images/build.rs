@@ -255,9 +255,16 @@ impl Images {
                 "--customize-hook=sync-out /var/cache/apt/archives {}",
                 cache.display()
             ));
+        if recipe.host_ca_certificates
+            && std::path::Path::new("/usr/local/share/ca-certificates").is_dir()
+        {
+            // Trust what the host trusts (e.g. a TLS-inspecting proxy's CA).
+            cmd.arg("--customize-hook=mkdir -p \"$1\"/usr/local/share/ca-certificates && cp -a /usr/local/share/ca-certificates/. \"$1\"/usr/local/share/ca-certificates/ && chroot \"$1\" update-ca-certificates >/dev/null");
+        }
         if let Some(agent) = recipe.agent {
+            // Node has its own CA store: point it at the system's.
             cmd.arg(format!(
-                "--customize-hook=chroot \"$1\" npm install -g --no-fund --no-audit {}",
+                "--customize-hook=chroot \"$1\" env NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt npm install -g --no-fund --no-audit {}",
                 agent.npm_package()
             ));
         }
@@ -281,7 +288,7 @@ impl Images {
         .map_err(|e| {
             let mut a = api(e);
             a.hint = Some(format!(
-                "Check that the mirror {} is reachable and serves suite {:?}; the lines above say what apt saw",
+                                "The lines above say which step failed: apt (is the mirror {} reachable, does it serve suite {:?}?) or a customize hook (the agent's npm install)",
                 recipe.mirror, recipe.suite
             ));
             a

@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::units::{parse_size, SizeError};
 
 /// Bump when the build steps change what they produce.
-pub const BUILDER_VERSION: u32 = 3;
+pub const BUILDER_VERSION: u32 = 4;
 
 /// The smallest root filesystem banger accepts.
 pub const MIN_IMAGE_SIZE: u64 = 256 << 20;
@@ -88,6 +88,7 @@ pub struct RecipeFile {
     pub kernel_package: Option<String>,
     pub kernel_modules_in_rootfs: Option<bool>,
     pub agent: Option<Agent>,
+    pub host_ca_certificates: Option<bool>,
 }
 
 /// A complete recipe: every field resolved.
@@ -107,6 +108,9 @@ pub struct Recipe {
     pub kernel_package: String,
     pub kernel_modules_in_rootfs: bool,
     pub agent: Option<Agent>,
+    /// Install the host's locally added CA certificates
+    /// (/usr/local/share/ca-certificates) into the image.
+    pub host_ca_certificates: bool,
 }
 
 #[derive(Debug, Error)]
@@ -231,6 +235,7 @@ impl Recipe {
             kernel_package,
             kernel_modules_in_rootfs: f.kernel_modules_in_rootfs.unwrap_or(true),
             agent: f.agent,
+            host_ca_certificates: f.host_ca_certificates.unwrap_or(true),
         })
     }
 
