@@ -24,6 +24,8 @@ pub mod names;
 pub mod network;
 pub mod ops;
 pub mod paths;
+pub mod sessions;
+
 pub mod shell;
 pub mod storage;
 pub mod store;

@@ -19,6 +19,39 @@ pub fn quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn through_bash(values: &[String]) -> Vec<String> {
+        let script = format!(
+            "for a in {}; do printf '%s\\0' \"$a\"; done",
+            values
+                .iter()
+                .map(|v| quote(v))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf8");
+        text.split_terminator('\0').map(str::to_string).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any string without NUL survives bash as exactly one word.
+        #[test]
+        fn any_string_is_one_word_in_bash(values in proptest::collection::vec("[^\\x00]{0,40}", 1..6)) {
+            prop_assert_eq!(through_bash(&values), values);
+        }
+    }
 
     #[test]
     fn round_trips_through_sh() {
