@@ -10,7 +10,9 @@ pub mod doctor;
 pub mod error;
 pub mod images;
 pub mod ops;
+pub mod sessions;
 pub mod system;
+
 pub mod vms;
 
 pub use doctor::{Capabilities, CheckStatus, DoctorCheck, DoctorReport};
@@ -18,6 +20,9 @@ pub use error::{ApiError, ErrorCode};
 pub use images::{Artifact, Image, ImageBuildRequest, ImageImportRequest, ImageList, ImageRemoved};
 pub use ops::{
     DebugOpRequest, OpEvent, OpEventBody, OpList, OpState, OpStep, Operation, Progress, StepStatus,
+};
+pub use sessions::{
+    Session, SessionList, SessionSendRequest, SessionSignalRequest, SessionStartRequest,
 };
 pub use system::VersionInfo;
 pub use vms::{

@@ -72,7 +72,24 @@ const MIGRATIONS: &[&str] = &[
         created_at   TEXT NOT NULL,
         started_at   TEXT,
         stop_reason  TEXT,
-        host_key     TEXT NOT NULL
+                host_key     TEXT NOT NULL
+    ) STRICT;
+    "#,
+    // 4: guest sessions. Deleted with their VM.
+    r#"
+    CREATE TABLE sessions (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        vm_id       TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+        argv        TEXT NOT NULL,
+        cwd         TEXT,
+        state       TEXT NOT NULL,
+        exit_code   INTEGER,
+        pid         INTEGER,
+        boot_id     TEXT NOT NULL,
+        started_at  TEXT NOT NULL,
+        stdout_size INTEGER NOT NULL DEFAULT 0,
+        stderr_size INTEGER NOT NULL DEFAULT 0
     ) STRICT;
     "#,
 ];

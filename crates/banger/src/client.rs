@@ -172,14 +172,9 @@ impl Client {
         Self::read_json(self.send(Method::DELETE, path, None).await?).await
     }
 
-    /// A request whose answer is returned raw: status, headers, body text
-    /// (for non-JSON endpoints and callers that read headers).
-    pub async fn raw(
-        &self,
-        method: Method,
-        path: &str,
+    async fn collect_raw(
+        resp: hyper::Response<hyper::body::Incoming>,
     ) -> Result<(StatusCode, hyper::HeaderMap, String), ClientError> {
-        let resp = self.send(method, path, None).await?;
         let (status, headers) = (resp.status(), resp.headers().clone());
         let bytes = resp
             .into_body()
@@ -192,6 +187,28 @@ impl Client {
             headers,
             String::from_utf8_lossy(&bytes).into_owned(),
         ))
+    }
+
+    /// A request whose answer is returned raw: status, headers, body text
+    /// (for non-JSON endpoints and callers that read headers).
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<(StatusCode, hyper::HeaderMap, String), ClientError> {
+        Self::collect_raw(self.send(method, path, None).await?).await
+    }
+
+    /// A request with a JSON body whose answer is returned raw (for
+    /// endpoints that answer 204 with no body).
+    pub async fn raw_json<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<(StatusCode, hyper::HeaderMap, String), ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Self::collect_raw(self.send(method, path, Some(body)).await?).await
     }
 
     /// Raw DELETE: status and body text.

@@ -51,10 +51,74 @@ enum Command {
     /// VMs: create, list, start, stop, ssh, remove.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Guest sessions: long-running commands that outlive the connection.
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCommand {
+    /// Start COMMAND in VM as a session (no shell: use `-- sh -c '...'` for one).
+    Start {
+        vm: String,
+        /// Session name (default: the command's name and a short id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Working directory in the guest.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// KEY=VALUE environment (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// A command that must be on the guest's PATH (repeatable).
+        #[arg(long = "require", value_name = "CMD")]
+        require: Vec<String>,
+        /// Attach right after starting.
+        #[arg(long)]
+        attach: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List sessions (of one VM).
+    Ls { vm: Option<String> },
+    /// Show a session.
+    Show { name: String },
+    /// Print a session's output (-f: follow it).
+    Logs {
+        name: String,
+        #[arg(long, short)]
+        follow: bool,
+        /// stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Follow a session's output and type into it; a line `~.` detaches
+    /// (the session keeps running).
+    Attach { name: String },
+    /// Write TEXT (and a newline) to a session's stdin, or a file's bytes with --file.
+    Send {
+        name: String,
+        text: Option<String>,
+        #[arg(long, conflicts_with = "text")]
+        file: Option<PathBuf>,
+    },
+    /// Send a signal (TERM, INT, HUP, KILL, ...) to a session.
+    Signal { name: String, signal: String },
+    /// Kill a session (SIGKILL).
+    Kill { name: String },
+    /// Remove a session (--force: kill it first).
+    Rm {
+        name: String,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -335,6 +399,7 @@ async fn run(client: &Client, json: bool, command: Command) -> Result<u8, Client
         Command::Ops(cmd) => ops(client, json, &style, cmd).await,
         Command::Image(cmd) => image(client, json, &style, cmd).await,
         Command::Vm(cmd) => vm(client, json, &style, cmd).await,
+        Command::Session(cmd) => session(client, json, &style, cmd).await,
         Command::Completions { .. } => Ok(exit::OK),
     }
 }
@@ -981,6 +1046,310 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
                 .await?;
             let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
             let _ = tokio::io::copy_bidirectional(&mut io, &mut stdio).await;
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn session_row(s: &banger_api::Session) -> Vec<String> {
+    vec![
+        s.name.clone(),
+        s.vm.clone(),
+        match (s.state.as_str(), s.exit_code) {
+            ("exited", Some(c)) => format!("exited({c})"),
+            (st, _) => st.to_string(),
+        },
+        s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        s.started_at
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+        s.command.join(" "),
+    ]
+}
+
+async fn session_logs(
+    client: &Client,
+    name: &str,
+    stderr: bool,
+    offset: u64,
+) -> Result<(String, u64), ClientError> {
+    let stream = if stderr { "stderr" } else { "stdout" };
+    let (status, next, body) = client
+        .get_text_header(
+            &format!("/v1/sessions/{name}/logs?stream={stream}&offset={offset}"),
+            "x-log-offset",
+        )
+        .await?;
+    if !status.is_success() {
+        return Err(serde_json::from_str::<banger_api::ApiError>(&body)
+            .map(ClientError::Api)
+            .unwrap_or_else(|_| ClientError::Protocol(body)));
+    }
+    let next = next
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(offset + body.len() as u64);
+    Ok((body, next))
+}
+
+async fn attach(client: &Client, name: &str) -> Result<u8, ClientError> {
+    use std::io::Write;
+    eprintln!("attached to {name}; type ~. on a line of its own to detach");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match stdin.read_line(&mut line) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(None);
+                    return;
+                }
+                Ok(_) => {
+                    if tx.send(Some(line.clone())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut offset = 0u64;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let (text, next) = session_logs(client, name, false, offset).await?;
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+                offset = next;
+                let s: banger_api::Session = client.get(&format!("/v1/sessions/{name}")).await?;
+                if s.state != "running" {
+                    let (text, _) = session_logs(client, name, false, offset).await?;
+                    print!("{text}");
+                    eprintln!("session {name} is {}{}", s.state, s.exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default());
+                    return Ok(exit::OK);
+                }
+            }
+            line = rx.recv() => match line {
+                Some(Some(l)) if l.trim_end() == "~." => {
+                    eprintln!("detached from {name}; it keeps running");
+                    return Ok(exit::OK);
+                }
+                Some(Some(l)) => {
+                    let (status, _, body) = client.raw_json(hyper::Method::POST, &format!("/v1/sessions/{name}/send"), &banger_api::SessionSendRequest { text: l }).await?;
+                    if !status.is_success() {
+                        return Err(serde_json::from_str::<banger_api::ApiError>(&body).map(ClientError::Api).unwrap_or_else(|_| ClientError::Protocol(body)));
+                    }
+                }
+                Some(None) | None => {
+                    // stdin closed: keep following until the session ends or ^C.
+                    rx.close();
+                    loop {
+                        tick.tick().await;
+                        let (text, next) = session_logs(client, name, false, offset).await?;
+                        print!("{text}");
+                        let _ = std::io::stdout().flush();
+                        offset = next;
+                        let s: banger_api::Session = client.get(&format!("/v1/sessions/{name}")).await?;
+                        if s.state != "running" {
+                            return Ok(exit::OK);
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+async fn session(
+    client: &Client,
+    json: bool,
+    style: &Style,
+    cmd: SessionCommand,
+) -> Result<u8, ClientError> {
+    let _ = style;
+    match cmd {
+        SessionCommand::Start {
+            vm,
+            name,
+            cwd,
+            env,
+            require,
+            attach: then_attach,
+            command,
+        } => {
+            let mut map = std::collections::BTreeMap::new();
+            for kv in env {
+                let Some((k, v)) = kv.split_once('=') else {
+                    return Err(ClientError::Api(banger_api::ApiError::new(
+                        banger_api::ErrorCode::InvalidRequest,
+                        format!("--env {kv:?} is not KEY=VALUE"),
+                    )));
+                };
+                map.insert(k.to_string(), v.to_string());
+            }
+            let s: banger_api::Session = client
+                .post(
+                    &format!("/v1/vms/{vm}/sessions"),
+                    &banger_api::SessionStartRequest {
+                        command,
+                        name,
+                        cwd,
+                        env: map,
+                        require,
+                    },
+                )
+                .await?;
+            if then_attach {
+                return attach(client, &s.name).await;
+            }
+            if json {
+                output::print_json(&s);
+            } else {
+                println!("{}", s.name);
+            }
+            Ok(exit::OK)
+        }
+        SessionCommand::Ls { vm } => {
+            let path = match &vm {
+                Some(v) => format!("/v1/sessions?vm={v}"),
+                None => "/v1/sessions".into(),
+            };
+            let list: banger_api::SessionList = client.get(&path).await?;
+            if json {
+                output::print_json(&list);
+            } else if list.sessions.is_empty() {
+                println!("No sessions. Start one with: banger session start VM -- COMMAND");
+            } else {
+                let rows: Vec<Vec<String>> = list.sessions.iter().map(session_row).collect();
+                print!(
+                    "{}",
+                    output::table(&["name", "vm", "state", "pid", "started", "command"], &rows)
+                );
+            }
+            Ok(exit::OK)
+        }
+        SessionCommand::Show { name } => {
+            let s: banger_api::Session = client.get(&format!("/v1/sessions/{name}")).await?;
+            if json {
+                output::print_json(&s);
+            } else {
+                let r = session_row(&s);
+                println!("{} on {}: {}", s.name, s.vm, r[2]);
+                println!("command: {}", r[5]);
+                if let Some(c) = &s.cwd {
+                    println!("cwd:     {c}");
+                }
+                println!("pid:     {}", r[3]);
+                println!("started: {}", r[4]);
+                println!(
+                    "output:  {} stdout, {} stderr",
+                    output::size(s.stdout_bytes),
+                    output::size(s.stderr_bytes)
+                );
+            }
+            Ok(exit::OK)
+        }
+        SessionCommand::Logs {
+            name,
+            follow,
+            stderr,
+            tail,
+        } => {
+            use std::io::Write;
+            let (text, mut offset) = session_logs(client, &name, stderr, 0).await?;
+            match tail {
+                Some(n) => {
+                    let lines: Vec<&str> = text.lines().collect();
+                    for l in &lines[lines.len().saturating_sub(n)..] {
+                        println!("{l}");
+                    }
+                }
+                None => print!("{text}"),
+            }
+            let _ = std::io::stdout().flush();
+            while follow {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let (text, next) = session_logs(client, &name, stderr, offset).await?;
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+                offset = next;
+                let s: banger_api::Session = client.get(&format!("/v1/sessions/{name}")).await?;
+                if s.state != "running" {
+                    let (text, _) = session_logs(client, &name, stderr, offset).await?;
+                    print!("{text}");
+                    break;
+                }
+            }
+            Ok(exit::OK)
+        }
+        SessionCommand::Attach { name } => attach(client, &name).await,
+        SessionCommand::Send { name, text, file } => {
+            let text = match (text, file) {
+                (Some(t), _) => format!("{t}\n"),
+                (None, Some(f)) => std::fs::read_to_string(&f).map_err(|e| {
+                    ClientError::Api(banger_api::ApiError::new(
+                        banger_api::ErrorCode::InvalidRequest,
+                        format!("Cannot read {}: {e}", f.display()),
+                    ))
+                })?,
+                (None, None) => {
+                    return Err(ClientError::Api(banger_api::ApiError::new(
+                        banger_api::ErrorCode::InvalidRequest,
+                        "Give TEXT or --file FILE",
+                    )))
+                }
+            };
+            let (status, _, body) = client
+                .raw_json(
+                    hyper::Method::POST,
+                    &format!("/v1/sessions/{name}/send"),
+                    &banger_api::SessionSendRequest { text },
+                )
+                .await?;
+            if !status.is_success() {
+                return Err(serde_json::from_str::<banger_api::ApiError>(&body)
+                    .map(ClientError::Api)
+                    .unwrap_or_else(|_| ClientError::Protocol(body)));
+            }
+            Ok(exit::OK)
+        }
+        SessionCommand::Signal { name, signal } => {
+            let s: banger_api::Session = client
+                .post(
+                    &format!("/v1/sessions/{name}/signal"),
+                    &banger_api::SessionSignalRequest { signal },
+                )
+                .await?;
+            if json {
+                output::print_json(&s);
+            }
+            Ok(exit::OK)
+        }
+        SessionCommand::Kill { name } => {
+            let s: banger_api::Session = client
+                .post(
+                    &format!("/v1/sessions/{name}/signal"),
+                    &banger_api::SessionSignalRequest {
+                        signal: "KILL".into(),
+                    },
+                )
+                .await?;
+            if json {
+                output::print_json(&s);
+            }
+            Ok(exit::OK)
+        }
+        SessionCommand::Rm { name, force } => {
+            let (status, body) = client
+                .delete_raw(&format!("/v1/sessions/{name}?force={force}"))
+                .await?;
+            if !status.is_success() {
+                return Err(serde_json::from_str::<banger_api::ApiError>(&body)
+                    .map(ClientError::Api)
+                    .unwrap_or_else(|_| ClientError::Protocol(body)));
+            }
             Ok(exit::OK)
         }
     }

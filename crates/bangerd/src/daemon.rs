@@ -29,6 +29,7 @@ pub struct Daemon {
     pub ops: Ops,
     pub images: Images,
     pub vms: Vms,
+    pub sessions: banger_core::sessions::Sessions,
     pub socket_gid: u32,
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// Fired at shutdown; long-lived responses (SSE) end on it.
@@ -89,6 +90,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         vms_config,
     );
     vms.reconcile()?;
+    let sessions = banger_core::sessions::Sessions::new(store.clone(), vms.clone());
 
     let socket_path = config.socket_path();
     let gid = socket::group_gid(&config.daemon.socket_group).map_err(|e| with_hint(e.hint(), e))?;
@@ -101,6 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ops,
         images,
         vms,
+        sessions,
         socket_gid: gid,
         started_at: chrono::Utc::now(),
         shutdown: CancellationToken::new(),

@@ -1017,6 +1017,20 @@ impl Vms {
     /// Runs a command in the guest over SSH (from the daemon, with the VM's
     /// pinned host key); returns its stdout.
     async fn guest_exec(&self, vm: &Vm, command: &str) -> Result<String, VmError> {
+        let out = self.guest_run(vm, command, None).await?;
+        if !out.status.success() {
+            return Err(VmError::Tool(ToolError::Failed {
+                command: format!("ssh {} {command}", vm.name),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            }));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// SSH options for a VM: the daemon's key, the pinned host key, and a
+    /// control socket so that one connection serves many commands.
+    fn ssh_args(&self, vm: &Vm) -> Result<Vec<String>, VmError> {
         let key = self.client_key()?;
         let dir = self.paths(&vm.id).dir;
         let host_key: String = self.inner.store.read(|c| {
@@ -1032,47 +1046,120 @@ impl Vms {
                 source,
             }
         })?;
+        let ctl_dir = self.inner.layout.runtime_dir.join("ssh");
+        std::fs::create_dir_all(&ctl_dir).map_err(|source| VmError::Io {
+            path: ctl_dir.clone(),
+            source,
+        })?;
+        Ok(vec![
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            "ConnectTimeout=5".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", kh.display()),
+            "-o".into(),
+            format!(
+                "ControlPath={}",
+                ctl_dir.join(&vm.id[..vm.id.len().min(16)]).display()
+            ),
+            "-i".into(),
+            key.display().to_string(),
+            format!("root@{}", vm.ip),
+        ])
+    }
+
+    /// Runs `command` (a shell command line) in the guest, over the VM's
+    /// shared SSH connection (started on first use, kept 10 minutes), with
+    /// `stdin` as its input.
+    pub async fn guest_run(
+        &self,
+        vm: &Vm,
+        command: &str,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<std::process::Output, VmError> {
+        use tokio::io::AsyncWriteExt;
+        if vm.state != VmState::Running {
+            return Err(VmError::WrongState {
+                name: vm.name.clone(),
+                state: vm.state.as_str(),
+                what: "commands run only in a running VM",
+            });
+        }
         let ssh = tools::require("ssh")?;
-        let out = tokio::process::Command::new(ssh)
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "ConnectTimeout=5",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "IdentitiesOnly=yes",
-            ])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", kh.display()))
-            .arg("-i")
-            .arg(&key)
-            .arg(format!("root@{}", vm.ip))
-            .arg(command)
+        let args = self.ssh_args(vm)?;
+        let (opts, target) = args.split_at(args.len() - 1);
+        // The master: its own process with no pipes of ours, so that no
+        // later command waits on it.
+        let check = tokio::process::Command::new(&ssh)
+            .args(opts)
+            .args(["-O", "check"])
+            .args(target)
             .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+        if !check.is_ok_and(|s| s.success()) {
+            let master = tokio::process::Command::new(&ssh)
+                .args(opts)
+                .args([
+                    "-o",
+                    "ControlMaster=yes",
+                    "-o",
+                    "ControlPersist=600",
+                    "-N",
+                    "-f",
+                ])
+                .args(target)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            let _ = tokio::time::timeout(Duration::from_secs(20), master).await;
+        }
+        let mut child = tokio::process::Command::new(&ssh)
+            .args(opts)
+            .args(["-o", "ControlMaster=no"])
+            .args(target)
+            .arg("--")
+            .arg(command)
+            .stdin(if stdin.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(20), out)
+            .spawn()
+            .map_err(|source| VmError::Io {
+                path: ssh.clone(),
+                source,
+            })?;
+        if let (Some(data), Some(mut sin)) = (stdin, child.stdin.take()) {
+            sin.write_all(&data).await.map_err(|source| VmError::Io {
+                path: ssh.clone(),
+                source,
+            })?;
+            drop(sin);
+        }
+        tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
             .await
             .map_err(|_| VmError::Invalid {
                 what: "guest command",
-                reason: "timed out after 20 s".into(),
+                reason: "timed out after 30 s".into(),
             })?
             .map_err(|source| VmError::Io {
-                path: "ssh".into(),
+                path: ssh.clone(),
                 source,
-            })?;
-        if !out.status.success() {
-            return Err(VmError::Tool(ToolError::Failed {
-                command: format!("ssh {} {command}", vm.name),
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            }));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            })
     }
 
     /// Changes resources of a stopped VM; disks only grow.

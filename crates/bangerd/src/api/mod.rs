@@ -8,6 +8,8 @@
 pub mod images;
 pub mod ops;
 pub mod peer;
+pub mod sessions;
+
 pub mod system;
 pub mod vms;
 
@@ -105,12 +107,20 @@ where
         vms::set,
         vms::ssh,
         vms::proxy,
+        sessions::start,
+        sessions::list,
+        sessions::show,
+        sessions::logs,
+        sessions::send,
+        sessions::signal,
+        sessions::remove,
     ),
     tags(
         (name = "system", description = "Daemon and host"),
         (name = "ops", description = "Long-running operations"),
         (name = "images", description = "Guest images"),
         (name = "vms", description = "VM lifecycle and access"),
+        (name = "sessions", description = "Long-running commands in guests"),
         (name = "debug", description = "Test-only endpoints, served with debug.test_endpoints = true"),
     )
 )]
@@ -146,7 +156,16 @@ pub fn router(daemon: AppState) -> Router {
         .route("/vms/{name}/stats", get(vms::stats))
         .route("/vms/{name}/set", post(vms::set))
         .route("/vms/{name}/ssh", get(vms::ssh))
-        .route("/vms/{name}/proxy/{port}", get(vms::proxy));
+        .route("/vms/{name}/proxy/{port}", get(vms::proxy))
+        .route("/vms/{name}/sessions", post(sessions::start))
+        .route("/sessions", get(sessions::list))
+        .route(
+            "/sessions/{name}",
+            get(sessions::show).delete(sessions::remove),
+        )
+        .route("/sessions/{name}/logs", get(sessions::logs))
+        .route("/sessions/{name}/send", post(sessions::send))
+        .route("/sessions/{name}/signal", post(sessions::signal));
     if daemon.config.debug.test_endpoints {
         v1 = v1.route("/debug/ops", post(ops::debug_start));
     }

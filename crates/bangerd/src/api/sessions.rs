@@ -1,0 +1,144 @@
+//! `/v1/sessions`: guest sessions.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use banger_api::{
+    ApiError, Session, SessionList, SessionSendRequest, SessionSignalRequest, SessionStartRequest,
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::{ApiJson, ApiResult, AppState};
+
+/// Starts a command in a running VM as a session that outlives the
+/// connection. Preflight (cwd exists, required commands on PATH) fails
+/// with 400 and leaves nothing behind.
+#[utoipa::path(post, path = "/v1/vms/{name}/sessions", tag = "sessions", params(("name" = String, Path, description = "VM name")),
+    request_body = SessionStartRequest,
+    responses((status = 201, body = Session), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn start(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SessionStartRequest>,
+) -> ApiResult<(StatusCode, Json<Session>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(d.sessions.start(&name, req).await?),
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only the sessions of this VM.
+    pub vm: Option<String>,
+}
+
+/// Sessions with their current state (refreshed from the guests).
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(ListQuery), responses((status = 200, body = SessionList)))]
+pub async fn list(
+    State(d): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<SessionList>> {
+    Ok(Json(SessionList {
+        sessions: d.sessions.list(q.vm.as_deref()).await?,
+    }))
+}
+
+/// One session.
+#[utoipa::path(get, path = "/v1/sessions/{name}", tag = "sessions", params(("name" = String, Path, description = "Session name")),
+    responses((status = 200, body = Session), (status = 404, body = ApiError)))]
+pub async fn show(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Session>> {
+    Ok(Json(d.sessions.get(&name).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// `stdout` (default) or `stderr`.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// From this byte (the previous answer's `X-Log-Offset`).
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// A session's output from a byte offset (text); `X-Log-Offset` is where to continue.
+#[utoipa::path(get, path = "/v1/sessions/{name}/logs", tag = "sessions", params(("name" = String, Path, description = "Session name"), LogsQuery),
+    responses((status = 200, description = "log text", content_type = "text/plain"), (status = 404, body = ApiError)))]
+pub async fn logs(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Response> {
+    let stderr = match q.stream.as_deref() {
+        None | Some("stdout") => false,
+        Some("stderr") => true,
+        Some(other) => {
+            return Err(super::AppError(ApiError::new(
+                banger_api::ErrorCode::InvalidRequest,
+                format!("stream {other:?} is not stdout or stderr"),
+            )))
+        }
+    };
+    let (text, next) = d.sessions.logs(&name, stderr, q.offset).await?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                header::HeaderName::from_static("x-log-offset"),
+                next.to_string(),
+            ),
+        ],
+        text,
+    )
+        .into_response())
+}
+
+/// Writes to the session's stdin.
+#[utoipa::path(post, path = "/v1/sessions/{name}/send", tag = "sessions", params(("name" = String, Path, description = "Session name")),
+    request_body = SessionSendRequest, responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn send(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SessionSendRequest>,
+) -> ApiResult<StatusCode> {
+    d.sessions.send(&name, &req.text).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sends a signal to the session's process group.
+#[utoipa::path(post, path = "/v1/sessions/{name}/signal", tag = "sessions", params(("name" = String, Path, description = "Session name")),
+    request_body = SessionSignalRequest, responses((status = 200, body = Session), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn signal(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SessionSignalRequest>,
+) -> ApiResult<Json<Session>> {
+    Ok(Json(d.sessions.signal(&name, &req.signal).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveQuery {
+    /// Kill it first if it runs.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Removes a session and its files in the guest.
+#[utoipa::path(delete, path = "/v1/sessions/{name}", tag = "sessions", params(("name" = String, Path, description = "Session name"), RemoveQuery),
+    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn remove(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult<StatusCode> {
+    d.sessions.remove(&name, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,214 @@
+//! Guest sessions on a real guest (QEMU TCG), in a network namespace the
+//! test makes. Needs root.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use banger_api::{Session, SessionList};
+use banger_tests::{poll, stderr, stdout, test_image, TestDaemon, TestNetns};
+
+fn session(d: &TestDaemon, name: &str) -> Session {
+    d.banger_json(&["session", "show", name])
+}
+
+#[test]
+fn guest_sessions_start_log_send_signal_survive_restart_and_are_lost_on_reboot() {
+    let img = test_image();
+    let ns = TestNetns::new();
+    let mut d = TestDaemon::start_in(&ns);
+    d.import_test_image(&img, "default");
+    assert!(d.banger(&["vm", "create", "dev"]).status.success());
+
+    // A command that prints, then ends with a code.
+    let out = d.banger(&[
+        "session",
+        "start",
+        "dev",
+        "--name",
+        "count",
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo line$i; sleep 0.2; done; echo oops >&2; exit 3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let done = poll("count to exit", Duration::from_secs(30), || {
+        let s = session(&d, "count");
+        (s.state == "exited").then_some(s)
+    });
+    assert_eq!(done.exit_code, Some(3));
+    assert_eq!(
+        stdout(&d.banger(&["session", "logs", "count"])),
+        "line1\nline2\nline3\n"
+    );
+    assert_eq!(
+        stdout(&d.banger(&["session", "logs", "count", "--stderr"])),
+        "oops\n"
+    );
+    assert_eq!(
+        stdout(&d.banger(&["session", "logs", "count", "--tail", "1"])),
+        "line3\n"
+    );
+
+    // A cat-like session: input goes in, comes back out.
+    let out = d.banger(&[
+        "session",
+        "start",
+        "dev",
+        "--name",
+        "echoer",
+        "--env",
+        "X=$(not run)",
+        "--",
+        "cat",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(d
+        .banger(&["session", "send", "echoer", "hello 'quoted' $(and) ✓"])
+        .status
+        .success());
+    poll("the echo", Duration::from_secs(20), || {
+        (stdout(&d.banger(&["session", "logs", "echoer"])) == "hello 'quoted' $(and) ✓\n")
+            .then_some(())
+    });
+    let list: SessionList = d.banger_json(&["session", "ls", "dev"]);
+    assert_eq!(list.sessions.len(), 2);
+
+    // The daemon restarts; the session is still running and reachable.
+    d.kill9();
+    d.spawn();
+    let s = session(&d, "echoer");
+    assert_eq!(s.state, "running");
+    assert!(d
+        .banger(&["session", "send", "echoer", "again"])
+        .status
+        .success());
+    poll("the second echo", Duration::from_secs(20), || {
+        stdout(&d.banger(&["session", "logs", "echoer"]))
+            .ends_with("again\n")
+            .then_some(())
+    });
+
+    // Signals reach it; the exit code says which.
+    let out = d.banger(&["session", "signal", "echoer", "TERM"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = poll("echoer to exit", Duration::from_secs(20), || {
+        let s = session(&d, "echoer");
+        (s.state == "exited").then_some(s)
+    });
+    assert_eq!(s.exit_code, Some(128 + 15));
+    let out = d.banger(&["session", "send", "echoer", "late"]);
+    assert!(stderr(&out).contains("not running"), "{}", stderr(&out));
+
+    // A reboot of the VM loses a running session.
+    assert!(d
+        .banger(&["session", "start", "dev", "--name", "sleeper", "--", "sleep", "1000"])
+        .status
+        .success());
+    assert!(d.banger(&["vm", "restart", "dev"]).status.success());
+    assert_eq!(session(&d, "sleeper").state, "lost");
+    assert!(d.banger(&["session", "rm", "sleeper"]).status.success());
+    assert!(d.banger(&["session", "rm", "count"]).status.success());
+    let list: SessionList = d.banger_json(&["session", "ls"]);
+    assert_eq!(
+        list.sessions
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["echoer"]
+    );
+}
+
+#[test]
+fn guest_session_bad_input_is_a_clear_error_and_leaves_nothing() {
+    let img = test_image();
+    let ns = TestNetns::new();
+    let d = TestDaemon::start_in(&ns);
+    d.import_test_image(&img, "default");
+    assert!(d.banger(&["vm", "create", "dev"]).status.success());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "session",
+                "start",
+                "dev",
+                "--cwd",
+                "/no/such/dir",
+                "--",
+                "true",
+            ],
+            "does not exist in the guest",
+        ),
+        (
+            vec![
+                "session",
+                "start",
+                "dev",
+                "--require",
+                "no-such-tool",
+                "--",
+                "true",
+            ],
+            "Required command \"no-such-tool\"",
+        ),
+        (
+            vec!["session", "start", "ghost", "--", "true"],
+            "No VM named",
+        ),
+        (
+            vec![
+                "session", "start", "dev", "--name", "Bad Name", "--", "true",
+            ],
+            "Invalid session name",
+        ),
+        (
+            vec!["session", "start", "dev", "--env", "NOEQUALS", "--", "true"],
+            "is not KEY=VALUE",
+        ),
+        (vec!["session", "show", "nope"], "No session named"),
+        (vec!["session", "logs", "nope"], "No session named"),
+        (
+            vec!["session", "signal", "nope", "TERM"],
+            "No session named",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = d.banger(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+    // Nothing registered, nothing left in the guest.
+    let list: SessionList = d.banger_json(&["session", "ls"]);
+    assert!(list.sessions.is_empty());
+    let out = d.banger(&[
+        "vm",
+        "ssh",
+        "dev",
+        "--",
+        "ls -A /var/lib/banger/sessions 2>/dev/null | wc -l",
+    ]);
+    assert_eq!(stdout(&out).trim(), "0");
+    // A stopped VM: a clear error.
+    assert!(d.banger(&["vm", "stop", "dev"]).status.success());
+    let out = d.banger(&["session", "start", "dev", "--", "true"]);
+    assert!(
+        stderr(&out).contains("only in a running VM"),
+        "{}",
+        stderr(&out)
+    );
+    // Duplicate names.
+    assert!(d.banger(&["vm", "start", "dev"]).status.success());
+    assert!(d
+        .banger(&["session", "start", "dev", "--name", "one", "--", "sleep", "100"])
+        .status
+        .success());
+    let out = d.banger(&["session", "start", "dev", "--name", "one", "--", "true"]);
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    let out = d.banger(&["session", "rm", "one"]);
+    assert!(stderr(&out).contains("pass --force"), "{}", stderr(&out));
+    assert!(d
+        .banger(&["session", "rm", "--force", "one"])
+        .status
+        .success());
+}
