@@ -1269,17 +1269,21 @@ async fn session(
                 None => print!("{text}"),
             }
             let _ = std::io::stdout().flush();
-            while follow {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                let (text, next) = session_logs(client, &name, stderr, offset).await?;
-                print!("{text}");
-                let _ = std::io::stdout().flush();
-                offset = next;
-                let s: banger_api::Session = client.get(&format!("/v1/sessions/{name}")).await?;
-                if s.state != "running" {
-                    let (text, _) = session_logs(client, &name, stderr, offset).await?;
+            if follow {
+                loop {
+                    // Ends when the session does; ^C ends it earlier.
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    let (text, next) = session_logs(client, &name, stderr, offset).await?;
                     print!("{text}");
-                    break;
+                    let _ = std::io::stdout().flush();
+                    offset = next;
+                    let s: banger_api::Session =
+                        client.get(&format!("/v1/sessions/{name}")).await?;
+                    if s.state != "running" {
+                        let (text, _) = session_logs(client, &name, stderr, offset).await?;
+                        print!("{text}");
+                        return Ok(exit::OK);
+                    }
                 }
             }
             Ok(exit::OK)
