@@ -51,6 +51,24 @@ fn guest_sessions_start_log_send_signal_survive_restart_and_are_lost_on_reboot()
         "line3\n"
     );
 
+    // Following: `logs -f` streams (SSE) until the session ends.
+    let out = d.banger(&[
+        "session",
+        "start",
+        "dev",
+        "--name",
+        "ticker",
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4; do echo tick$i; sleep 0.3; done",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let followed = d.banger(&["session", "logs", "-f", "ticker"]);
+    assert!(followed.status.success(), "{}", stderr(&followed));
+    assert_eq!(stdout(&followed), "tick1\ntick2\ntick3\ntick4\n");
+    assert!(d.banger(&["session", "rm", "ticker"]).status.success());
+
     // A cat-like session: input goes in, comes back out.
     let out = d.banger(&[
         "session",

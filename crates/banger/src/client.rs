@@ -292,6 +292,35 @@ impl Client {
         Ok(TokioIo::new(upgraded))
     }
 
+    /// Follows a Server-Sent Events stream of JSON payloads, calling
+    /// `on_data` for each until it returns false or the stream ends.
+    pub async fn follow_sse(
+        &self,
+        path: &str,
+        mut on_data: impl FnMut(serde_json::Value) -> bool,
+    ) -> Result<(), ClientError> {
+        let resp = self.send(Method::GET, path, None).await?;
+        if !resp.status().is_success() {
+            return Self::read_json::<serde_json::Value>(resp).await.map(|_| ());
+        }
+        let mut body = resp.into_body();
+        let mut parser = SseParser::default();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Protocol(format!("event stream: {e}")))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            for payload in parser.push(data) {
+                let v: serde_json::Value = serde_json::from_str(&payload)
+                    .map_err(|e| ClientError::Protocol(format!("bad event {payload:?}: {e}")))?;
+                if !on_data(v) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Follows an operation's events (SSE) after `after`, calling `on_event`
     /// for each, until the `finished` event or the end of the stream.
     pub async fn follow_op(

@@ -1258,7 +1258,7 @@ async fn session(
             tail,
         } => {
             use std::io::Write;
-            let (text, mut offset) = session_logs(client, &name, stderr, 0).await?;
+            let (text, offset) = session_logs(client, &name, stderr, 0).await?;
             match tail {
                 Some(n) => {
                     let lines: Vec<&str> = text.lines().collect();
@@ -1270,21 +1270,20 @@ async fn session(
             }
             let _ = std::io::stdout().flush();
             if follow {
-                loop {
-                    // Ends when the session does; ^C ends it earlier.
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                    let (text, next) = session_logs(client, &name, stderr, offset).await?;
-                    print!("{text}");
-                    let _ = std::io::stdout().flush();
-                    offset = next;
-                    let s: banger_api::Session =
-                        client.get(&format!("/v1/sessions/{name}")).await?;
-                    if s.state != "running" {
-                        let (text, _) = session_logs(client, &name, stderr, offset).await?;
-                        print!("{text}");
-                        return Ok(exit::OK);
-                    }
-                }
+                // Server-Sent Events from where the first read ended, until the session ends.
+                let stream = if stderr { "stderr" } else { "stdout" };
+                client
+                    .follow_sse(
+                        &format!("/v1/sessions/{name}/logs/stream?stream={stream}&offset={offset}"),
+                        |v| {
+                            if let Some(t) = v.get("text").and_then(|t| t.as_str()) {
+                                print!("{t}");
+                                let _ = std::io::stdout().flush();
+                            }
+                            v.get("type").and_then(|t| t.as_str()) != Some("end")
+                        },
+                    )
+                    .await?;
             }
             Ok(exit::OK)
         }

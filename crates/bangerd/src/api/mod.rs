@@ -111,6 +111,7 @@ where
         sessions::list,
         sessions::show,
         sessions::logs,
+        sessions::stream,
         sessions::send,
         sessions::signal,
         sessions::remove,
@@ -164,6 +165,7 @@ pub fn router(daemon: AppState) -> Router {
             get(sessions::show).delete(sessions::remove),
         )
         .route("/sessions/{name}/logs", get(sessions::logs))
+        .route("/sessions/{name}/logs/stream", get(sessions::stream))
         .route("/sessions/{name}/send", post(sessions::send))
         .route("/sessions/{name}/signal", post(sessions::signal));
     if daemon.config.debug.test_endpoints {

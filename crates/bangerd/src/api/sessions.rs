@@ -100,6 +100,75 @@ pub async fn logs(
         .into_response())
 }
 
+/// A session's output as Server-Sent Events, from `offset` on: `data:`
+/// lines carry JSON, `{"type":"output","text":...,"offset":N}` for new output
+/// and, last, `{"type":"end","state":...,"exit_code":...}` once the session
+/// is no longer running. Reconnect with the last `offset`.
+#[utoipa::path(get, path = "/v1/sessions/{name}/logs/stream", tag = "sessions", params(("name" = String, Path, description = "Session name"), LogsQuery),
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream"), (status = 404, body = ApiError)))]
+pub async fn stream(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<
+    axum::response::sse::Sse<
+        impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let stderr = q.stream.as_deref() == Some("stderr");
+    d.sessions.get(&name).await?;
+    struct St {
+        d: AppState,
+        name: String,
+        stderr: bool,
+        offset: u64,
+        done: bool,
+    }
+    let st = St {
+        d,
+        name,
+        stderr,
+        offset: q.offset,
+        done: false,
+    };
+    let events = futures::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            if st.d.shutdown.is_cancelled() {
+                return None;
+            }
+            match st.d.sessions.logs(&st.name, st.stderr, st.offset).await {
+                Ok((text, next)) if !text.is_empty() => {
+                    st.offset = next;
+                    let ev = Event::default().event("output").data(
+                        serde_json::json!({"type": "output", "text": text, "offset": next})
+                            .to_string(),
+                    );
+                    return Some((Ok(ev), st));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(session = %st.name, error = %e, "log stream ended");
+                    return None;
+                }
+            }
+            match st.d.sessions.get(&st.name).await {
+                Ok(s) if s.state != "running" => {
+                    st.done = true;
+                    let ev = Event::default().event("end").data(serde_json::json!({"type": "end", "state": s.state, "exit_code": s.exit_code}).to_string());
+                    return Some((Ok(ev), st));
+                }
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                Err(_) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))))
+}
+
 /// Writes to the session's stdin.
 #[utoipa::path(post, path = "/v1/sessions/{name}/send", tag = "sessions", params(("name" = String, Path, description = "Session name")),
     request_body = SessionSendRequest, responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
