@@ -34,6 +34,18 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Ok for a 2xx status; otherwise the API error in `body` (or the raw
+    /// text when it is not one).
+    pub fn check(status: StatusCode, body: &str) -> Result<(), ClientError> {
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(match serde_json::from_str::<ApiError>(body) {
+            Ok(e) => ClientError::Api(e),
+            Err(_) => ClientError::Protocol(format!("HTTP {status}: {body}")),
+        })
+    }
+
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -329,34 +341,24 @@ impl Client {
         after: u64,
         mut on_event: impl FnMut(&OpEvent),
     ) -> Result<(), ClientError> {
-        let resp = self
-            .send(
-                Method::GET,
-                &format!("/v1/ops/{id}/events?after={after}"),
-                None,
-            )
-            .await?;
-        if !resp.status().is_success() {
-            return Self::read_json::<serde_json::Value>(resp).await.map(|_| ());
-        }
-        let mut body = resp.into_body();
-        let mut parser = SseParser::default();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ClientError::Protocol(format!("event stream: {e}")))?;
-            let Some(data) = frame.data_ref() else {
-                continue;
-            };
-            for payload in parser.push(data) {
-                let ev: OpEvent = serde_json::from_str(&payload)
-                    .map_err(|e| ClientError::Protocol(format!("bad event {payload:?}: {e}")))?;
-                let finished = matches!(ev.body, banger_api::OpEventBody::Finished { .. });
-                on_event(&ev);
-                if finished {
-                    return Ok(());
+        let mut bad = None;
+        self.follow_sse(&format!("/v1/ops/{id}/events?after={after}"), |v| {
+            match serde_json::from_value::<OpEvent>(v) {
+                Ok(ev) => {
+                    on_event(&ev);
+                    !matches!(ev.body, banger_api::OpEventBody::Finished { .. })
+                }
+                Err(e) => {
+                    bad = Some(e.to_string());
+                    false
                 }
             }
+        })
+        .await?;
+        match bad {
+            Some(e) => Err(ClientError::Protocol(format!("bad operation event: {e}"))),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -925,12 +925,7 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
             let (status, body) = client
                 .delete_raw(&format!("/v1/vms/{name}?force={force}"))
                 .await?;
-            if !status.is_success() {
-                return Err(match serde_json::from_str::<banger_api::ApiError>(&body) {
-                    Ok(e) => ClientError::Api(e),
-                    Err(_) => ClientError::Protocol(format!("HTTP {status}: {body}")),
-                });
-            }
+            ClientError::check(status, &body)?;
             if !json {
                 println!("removed {name}");
             }
@@ -946,11 +941,7 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
                         "x-log-offset",
                     )
                     .await?;
-                if !status.is_success() {
-                    return Err(serde_json::from_str::<banger_api::ApiError>(&body)
-                        .map(ClientError::Api)
-                        .unwrap_or_else(|_| ClientError::Protocol(body)));
-                }
+                ClientError::check(status, &body)?;
                 print!("{body}");
                 let _ = std::io::stdout().flush();
                 offset = next
@@ -1081,11 +1072,7 @@ async fn session_logs(
             "x-log-offset",
         )
         .await?;
-    if !status.is_success() {
-        return Err(serde_json::from_str::<banger_api::ApiError>(&body)
-            .map(ClientError::Api)
-            .unwrap_or_else(|_| ClientError::Protocol(body)));
-    }
+    ClientError::check(status, &body)?;
     let next = next
         .and_then(|n| n.parse().ok())
         .unwrap_or(offset + body.len() as u64);
@@ -1138,9 +1125,7 @@ async fn attach(client: &Client, name: &str) -> Result<u8, ClientError> {
                 }
                 Some(Some(l)) => {
                     let (status, _, body) = client.raw_json(hyper::Method::POST, &format!("/v1/sessions/{name}/send"), &banger_api::SessionSendRequest { text: l }).await?;
-                    if !status.is_success() {
-                        return Err(serde_json::from_str::<banger_api::ApiError>(&body).map(ClientError::Api).unwrap_or_else(|_| ClientError::Protocol(body)));
-                    }
+                    ClientError::check(status, &body)?;
                 }
                 Some(None) | None => {
                     // stdin closed: keep following until the session ends or ^C.
@@ -1311,11 +1296,7 @@ async fn session(
                     &banger_api::SessionSendRequest { text },
                 )
                 .await?;
-            if !status.is_success() {
-                return Err(serde_json::from_str::<banger_api::ApiError>(&body)
-                    .map(ClientError::Api)
-                    .unwrap_or_else(|_| ClientError::Protocol(body)));
-            }
+            ClientError::check(status, &body)?;
             Ok(exit::OK)
         }
         SessionCommand::Signal { name, signal } => {
@@ -1348,11 +1329,7 @@ async fn session(
             let (status, body) = client
                 .delete_raw(&format!("/v1/sessions/{name}?force={force}"))
                 .await?;
-            if !status.is_success() {
-                return Err(serde_json::from_str::<banger_api::ApiError>(&body)
-                    .map(ClientError::Api)
-                    .unwrap_or_else(|_| ClientError::Protocol(body)));
-            }
+            ClientError::check(status, &body)?;
             Ok(exit::OK)
         }
     }

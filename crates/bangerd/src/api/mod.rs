@@ -50,6 +50,25 @@ impl<E: ToApiError> From<E> for AppError {
 
 pub type ApiResult<T> = Result<T, AppError>;
 
+/// A plain-text answer with the byte offset to continue from in
+/// `X-Log-Offset` (VM console logs, session output).
+pub fn text_with_offset(text: String, next: u64) -> Response {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                axum::http::header::HeaderName::from_static("x-log-offset"),
+                next.to_string(),
+            ),
+        ],
+        text,
+    )
+        .into_response()
+}
+
 /// `Json<T>` whose rejection is an API error naming what is wrong with the body.
 pub struct ApiJson<T>(pub T);
 

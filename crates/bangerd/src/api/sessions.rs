@@ -1,8 +1,8 @@
 //! `/v1/sessions`: guest sessions.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
 use banger_api::{
     ApiError, Session, SessionList, SessionSendRequest, SessionSignalRequest, SessionStartRequest,
@@ -84,20 +84,7 @@ pub async fn logs(
         }
     };
     let (text, next) = d.sessions.logs(&name, stderr, q.offset).await?;
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                "text/plain; charset=utf-8".to_string(),
-            ),
-            (
-                header::HeaderName::from_static("x-log-offset"),
-                next.to_string(),
-            ),
-        ],
-        text,
-    )
-        .into_response())
+    Ok(super::text_with_offset(text, next))
 }
 
 /// A session's output as Server-Sent Events, from `offset` on: `data:`

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use banger_api::{ApiError, Operation, Vm, VmCreateRequest, VmList, VmSshInfo, VmStopRequest};
 use hyper_util::rt::TokioIo;
@@ -123,20 +123,7 @@ pub async fn logs(
     Query(q): Query<LogsQuery>,
 ) -> ApiResult<Response> {
     let (text, next) = d.vms.console_log_from(&name, q.offset)?;
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                "text/plain; charset=utf-8".to_string(),
-            ),
-            (
-                header::HeaderName::from_static("x-log-offset"),
-                next.to_string(),
-            ),
-        ],
-        text,
-    )
-        .into_response())
+    Ok(super::text_with_offset(text, next))
 }
 
 /// The key, user and pinned host key for `ssh` to the VM through the proxy.
