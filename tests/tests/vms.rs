@@ -86,6 +86,43 @@ fn guest_vm_lifecycle_create_ssh_stop_start_rm_leaves_nothing() {
     assert_eq!(lines[1], vm.id, "machine-id is the VM id");
     assert!(lines[2].contains("172.30.0.2/24"), "{text}");
 
+    // Plain OpenSSH through the generated config: ssh NAME.vm and scp.
+    let home = tempfile::tempdir().unwrap();
+    let cfg = home.path().join("ssh_config");
+    let out = d
+        .banger_cmd()
+        .env("XDG_RUNTIME_DIR", home.path())
+        .args(["vm", "ssh-config", "--write"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plain_ssh = |args: &[&str]| {
+        std::process::Command::new("ssh")
+            .arg("-F")
+            .arg(&cfg)
+            .args(["-o", "BatchMode=yes"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = plain_ssh(&["dev.vm", "hostname"]);
+    assert!(out.status.success(), "ssh dev.vm: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "dev");
+    std::fs::write(home.path().join("payload"), "via scp\n").unwrap();
+    let out = std::process::Command::new("scp")
+        .arg("-F")
+        .arg(&cfg)
+        .args(["-o", "BatchMode=yes", "-q"])
+        .arg(home.path().join("payload"))
+        .arg("dev.vm:/tmp/payload")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scp: {}", stderr(&out));
+    assert_eq!(ssh(&d, "dev", "cat /tmp/payload").trim(), "via scp");
+    let out = plain_ssh(&["ghost.vm", "true"]);
+    assert!(!out.status.success(), "an unknown VM must not be reachable");
+
     // Figures from the host and from inside the guest.
     let stats: banger_api::VmStats = d.banger_json(&["vm", "stats", "dev"]);
     assert_eq!(stats.host.pid, vm.pid);

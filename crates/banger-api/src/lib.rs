@@ -26,8 +26,8 @@ pub use sessions::{
 };
 pub use system::VersionInfo;
 pub use vms::{
-    GuestStats, HostStats, Vm, VmCreateRequest, VmList, VmSetRequest, VmSshInfo, VmState, VmStats,
-    VmStopRequest,
+    GuestStats, HostStats, SshClientKey, Vm, VmCreateRequest, VmList, VmSetRequest, VmSshInfo,
+    VmState, VmStats, VmStopRequest,
 };
 
 /// The API version segment every path starts with.

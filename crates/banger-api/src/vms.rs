@@ -109,6 +109,16 @@ pub struct VmStopRequest {
     pub timeout_secs: Option<u64>,
 }
 
+/// `GET /v1/ssh/client-key`: the key every VM authorizes, for clients that
+/// write an ssh config (`banger vm ssh-config`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SshClientKey {
+    pub user: String,
+    /// OpenSSH private key.
+    pub private_key: String,
+}
+
 /// `GET /v1/vms/{name}/ssh`: what a client needs to run `ssh` to the VM
 /// through `banger vm proxy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -210,7 +210,19 @@ enum VmCommand {
         command: Vec<String>,
     },
     /// Splice stdin/stdout to a TCP port of the VM (for ssh's ProxyCommand).
+    /// NAME may carry the `.vm` suffix.
     Proxy { name: String, port: u16 },
+    /// Print the known_hosts line pinning the VM's host key (for ssh's
+    /// KnownHostsCommand). NAME may carry the `.vm` suffix.
+    KnownHosts { name: String },
+    /// Print (or --write) an ssh config block so that `ssh NAME.vm`, scp,
+    /// rsync and editors' remote-SSH modes reach every VM, present and future.
+    SshConfig {
+        /// Write it to this file (e.g. ~/.ssh/config.d/banger) instead of stdout;
+        /// add `Include` for it to your ~/.ssh/config once.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1031,7 +1043,34 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
             Ok(exit::OK)
         }
         VmCommand::Ssh { name, command } => ssh(client, &name, &command).await,
+        VmCommand::KnownHosts { name } => {
+            let name = name.strip_suffix(".vm").unwrap_or(&name);
+            let info: banger_api::VmSshInfo = client.get(&format!("/v1/vms/{name}/ssh")).await?;
+            let parts: Vec<&str> = info.host_key.split_whitespace().take(2).collect();
+            println!("{} {}", info.host_alias, parts.join(" "));
+            Ok(exit::OK)
+        }
+        VmCommand::SshConfig { write } => {
+            let text = ssh_config(client).await?;
+            match write {
+                Some(path) => {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| local_error("ssh config directory", e))?;
+                    }
+                    std::fs::write(&path, text).map_err(|e| local_error("ssh config", e))?;
+                    eprintln!(
+                        "wrote {}; add this line to ~/.ssh/config once:\n  Include {}",
+                        path.display(),
+                        path.display()
+                    );
+                }
+                None => print!("{text}"),
+            }
+            Ok(exit::OK)
+        }
         VmCommand::Proxy { name, port } => {
+            let name = name.strip_suffix(".vm").unwrap_or(&name).to_string();
             let mut io = client
                 .upgrade(&format!("/v1/vms/{name}/proxy/{port}"))
                 .await?;
@@ -1335,6 +1374,56 @@ async fn session(
     }
 }
 
+fn local_error(what: &str, e: std::io::Error) -> ClientError {
+    ClientError::Api(banger_api::ApiError::new(
+        banger_api::ErrorCode::Internal,
+        format!("Cannot write the {what}: {e}"),
+    ))
+}
+
+/// Where the CLI keeps the SSH key it gets from the daemon: a private
+/// directory of the calling user.
+fn key_dir() -> Result<PathBuf, ClientError> {
+    use std::os::unix::fs::PermissionsExt;
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("banger");
+    std::fs::create_dir_all(&base).map_err(|e| local_error("key directory", e))?;
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| local_error("key directory", e))?;
+    Ok(base)
+}
+
+/// The `Host *.vm` block: the daemon's key, host keys pinned per VM by
+/// KnownHostsCommand, and the daemon's proxy, so it needs no per-VM entries.
+async fn ssh_config(client: &Client) -> Result<String, ClientError> {
+    use std::os::unix::fs::PermissionsExt;
+    let key: banger_api::SshClientKey = client.get("/v1/ssh/client-key").await?;
+    let path = key_dir()?.join("id_ed25519");
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, &key.private_key).map_err(|e| local_error("key", e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| local_error("key", e))?;
+    let me = std::env::current_exe().map_err(|e| local_error("path of banger", e))?;
+    let banger = format!("{} --socket {}", me.display(), client.socket().display());
+    Ok(format!(
+        "# banger: `ssh NAME.vm` for every VM (written by `banger vm ssh-config`).\n\
+         Host *.vm\n\
+         \x20   User {user}\n\
+         \x20   IdentityFile {key}\n\
+         \x20   IdentitiesOnly yes\n\
+         \x20   ProxyCommand {banger} vm proxy %n %p\n\
+         \x20   KnownHostsCommand {banger} vm known-hosts %H\n\
+         \x20   UserKnownHostsFile /dev/null\n\
+         \x20   StrictHostKeyChecking yes\n\
+         \x20   LogLevel ERROR\n",
+        user = key.user,
+        key = path.display(),
+    ))
+}
+
 /// Runs the system ssh with the VM's key and pinned host key, through
 /// `banger vm proxy` (so it works from any network namespace).
 async fn ssh(client: &Client, name: &str, command: &[String]) -> Result<u8, ClientError> {
@@ -1347,14 +1436,7 @@ async fn ssh(client: &Client, name: &str, command: &[String]) -> Result<u8, Clie
             format!("Cannot write the {what}: {e}"),
         ))
     };
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("banger");
-    std::fs::create_dir_all(&base).map_err(|e| local("key directory", e))?;
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| local("key directory", e))?;
+    let base = key_dir()?;
     let key = base.join(format!("{name}.key"));
     let _ = std::fs::remove_file(&key);
     std::fs::write(&key, &info.private_key).map_err(|e| local("key", e))?;

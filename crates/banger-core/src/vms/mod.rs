@@ -1559,6 +1559,19 @@ impl Vms {
         Ok(())
     }
 
+    /// The key every VM authorizes.
+    pub fn client_key_info(&self) -> Result<banger_api::SshClientKey, VmError> {
+        let key = self.client_key()?;
+        let private_key = std::fs::read_to_string(&key).map_err(|source| VmError::Io {
+            path: key.clone(),
+            source,
+        })?;
+        Ok(banger_api::SshClientKey {
+            user: "root".into(),
+            private_key,
+        })
+    }
+
     /// What `banger vm ssh` needs.
     pub fn ssh_info(&self, name: &str) -> Result<VmSshInfo, VmError> {
         let vm = self.get(name)?;

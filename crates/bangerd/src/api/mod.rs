@@ -126,6 +126,7 @@ where
         vms::set,
         vms::ssh,
         vms::proxy,
+        vms::client_key,
         sessions::start,
         sessions::list,
         sessions::show,
@@ -177,6 +178,7 @@ pub fn router(daemon: AppState) -> Router {
         .route("/vms/{name}/set", post(vms::set))
         .route("/vms/{name}/ssh", get(vms::ssh))
         .route("/vms/{name}/proxy/{port}", get(vms::proxy))
+        .route("/ssh/client-key", get(vms::client_key))
         .route("/vms/{name}/sessions", post(sessions::start))
         .route("/sessions", get(sessions::list))
         .route(

@@ -137,6 +137,12 @@ pub async fn ssh(
     Ok(Json(d.vms.ssh_info(&name)?))
 }
 
+/// The key every VM authorizes (root and the socket group only).
+#[utoipa::path(get, path = "/v1/ssh/client-key", tag = "vms", responses((status = 200, body = banger_api::SshClientKey)))]
+pub async fn client_key(State(d): State<AppState>) -> ApiResult<Json<banger_api::SshClientKey>> {
+    Ok(Json(d.vms.client_key_info()?))
+}
+
 /// A raw TCP connection to a port of the VM, spliced onto this HTTP
 /// connection after `101 Switching Protocols` (send `Connection: Upgrade`,
 /// `Upgrade: tcp`). The daemon connects from the VM network, so this works
