@@ -751,6 +751,19 @@ impl TestDaemon {
     }
 }
 
+/// Pids of the VMM processes of VM `id` (QEMU or Firecracker, jailed or
+/// not: their command lines name `banger-vm-` and the id's first 16 digits).
+pub fn vmm_pids(id: &str) -> Vec<String> {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("banger-vm-{}", &id[..id.len().min(16)])])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
 /// A command's stderr as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -8,23 +8,12 @@
 use std::time::Duration;
 
 use banger_api::{OpState, Operation, StepStatus, Vm, VmList, VmState};
-use banger_tests::{poll, stderr, stdout, test_image, wait_op, TestDaemon, TestNetns};
+use banger_tests::{poll, stderr, stdout, test_image, vmm_pids, wait_op, TestDaemon, TestNetns};
 
 fn ssh(d: &TestDaemon, vm: &str, cmd: &str) -> String {
     let out = d.banger(&["vm", "ssh", vm, "--", cmd]);
     assert!(out.status.success(), "ssh {vm} {cmd:?}: {}", stderr(&out));
     stdout(&out)
-}
-
-fn vm_pids(id: &str) -> Vec<String> {
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", &format!("process=banger-vm-{id}")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(String::from)
-        .collect()
 }
 
 fn host_has_link(name: &str) -> bool {
@@ -154,7 +143,7 @@ fn guest_vm_lifecycle_create_ssh_stop_start_rm_leaves_nothing() {
     let stopped: Vm = d.banger_json(&["vm", "stop", "dev"]);
     assert_eq!(stopped.state, VmState::Stopped);
     assert_eq!(stopped.stop_reason.as_deref(), Some("stopped by user"));
-    assert!(vm_pids(&vm.id).is_empty(), "VMM still running after stop");
+    assert!(vmm_pids(&vm.id).is_empty(), "VMM still running after stop");
     assert!(!ns.links().contains(&tap), "TAP left after stop");
 
     let out = d.banger(&["vm", "set", "dev", "--work-disk-size", "512M"]);
@@ -208,7 +197,7 @@ fn guest_vm_lifecycle_create_ssh_stop_start_rm_leaves_nothing() {
     assert!(out.status.success(), "{}", stderr(&out));
     let list: VmList = d.banger_json(&["vm", "ls"]);
     assert!(list.vms.is_empty());
-    assert!(vm_pids(&vm.id).is_empty(), "VMM left behind");
+    assert!(vmm_pids(&vm.id).is_empty(), "VMM left behind");
     assert!(
         !ns.links().iter().any(|l| l.starts_with("bg-")),
         "TAP left: {:?}",
@@ -254,7 +243,7 @@ fn guest_vm_is_adopted_after_daemon_sigkill_and_marked_stopped_when_its_vmm_died
 
     d.kill9();
     assert!(
-        vm_pids(&vm.id).contains(&pid.to_string()),
+        vmm_pids(&vm.id).contains(&pid.to_string()),
         "the VM must outlive the daemon"
     );
     d.spawn();
@@ -270,7 +259,7 @@ fn guest_vm_is_adopted_after_daemon_sigkill_and_marked_stopped_when_its_vmm_died
         .args(["-9", &pid.to_string()])
         .status();
     poll("the VMM to die", Duration::from_secs(10), || {
-        vm_pids(&vm.id).is_empty().then_some(())
+        vmm_pids(&vm.id).is_empty().then_some(())
     });
     d.spawn();
     let dead: Vm = d.banger_json(&["vm", "show", "keep"]);
@@ -298,7 +287,7 @@ fn guest_vm_is_adopted_after_daemon_sigkill_and_marked_stopped_when_its_vmm_died
     let _ = std::process::Command::new("kill")
         .args(["-9", &dead.pid.unwrap_or(pid).to_string()])
         .status();
-    for p in vm_pids(&vm.id) {
+    for p in vmm_pids(&vm.id) {
         let _ = std::process::Command::new("kill").args(["-9", &p]).status();
     }
     let db = d.state_dir.join("banger.db");
@@ -357,7 +346,7 @@ fn guest_vm_create_interrupted_by_a_daemon_crash_is_rolled_back() {
     poll(
         "the VMM of the rolled-back VM to be gone",
         Duration::from_secs(10),
-        || vm_pids(&vm.id).is_empty().then_some(()),
+        || vmm_pids(&vm.id).is_empty().then_some(()),
     );
     assert!(
         !ns.links().iter().any(|l| l.starts_with("bg-")),

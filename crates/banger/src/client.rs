@@ -92,8 +92,9 @@ impl Client {
         &self.socket
     }
 
-    async fn connect(&self) -> Result<Sender, ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
+    /// The socket connection, with the error that says why it failed.
+    async fn connect_stream(&self) -> Result<tokio::net::UnixStream, ClientError> {
+        tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| {
                 if source.kind() == std::io::ErrorKind::PermissionDenied {
@@ -106,7 +107,11 @@ impl Client {
                         source,
                     }
                 }
-            })?;
+            })
+    }
+
+    async fn connect(&self) -> Result<Sender, ClientError> {
+        let stream = self.connect_stream().await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Protocol(format!("handshake: {e}")))?;
@@ -256,20 +261,7 @@ impl Client {
         &self,
         path: &str,
     ) -> Result<TokioIo<hyper::upgrade::Upgraded>, ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| {
-                if source.kind() == std::io::ErrorKind::PermissionDenied {
-                    ClientError::SocketPermission {
-                        socket: self.socket.clone(),
-                    }
-                } else {
-                    ClientError::Unreachable {
-                        socket: self.socket.clone(),
-                        source,
-                    }
-                }
-            })?;
+        let stream = self.connect_stream().await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
                 .await

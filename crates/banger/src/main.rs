@@ -1396,16 +1396,23 @@ fn key_dir() -> Result<PathBuf, ClientError> {
     Ok(base)
 }
 
+/// Writes the daemon's SSH key (the one every VM authorizes) to the key
+/// directory, mode 0600; returns its path.
+fn write_key(private_key: &str) -> Result<PathBuf, ClientError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = key_dir()?.join("id_ed25519");
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, private_key).map_err(|e| local_error("key", e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| local_error("key", e))?;
+    Ok(path)
+}
+
 /// The `Host *.vm` block: the daemon's key, host keys pinned per VM by
 /// KnownHostsCommand, and the daemon's proxy, so it needs no per-VM entries.
 async fn ssh_config(client: &Client) -> Result<String, ClientError> {
-    use std::os::unix::fs::PermissionsExt;
     let key: banger_api::SshClientKey = client.get("/v1/ssh/client-key").await?;
-    let path = key_dir()?.join("id_ed25519");
-    let _ = std::fs::remove_file(&path);
-    std::fs::write(&path, &key.private_key).map_err(|e| local_error("key", e))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| local_error("key", e))?;
+    let path = write_key(&key.private_key)?;
     let me = std::env::current_exe().map_err(|e| local_error("path of banger", e))?;
     let banger = format!("{} --socket {}", me.display(), client.socket().display());
     Ok(format!(
@@ -1427,26 +1434,14 @@ async fn ssh_config(client: &Client) -> Result<String, ClientError> {
 /// Runs the system ssh with the VM's key and pinned host key, through
 /// `banger vm proxy` (so it works from any network namespace).
 async fn ssh(client: &Client, name: &str, command: &[String]) -> Result<u8, ClientError> {
-    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     let info: banger_api::VmSshInfo = client.get(&format!("/v1/vms/{name}/ssh")).await?;
-    let local = |what: &str, e: std::io::Error| {
-        ClientError::Api(banger_api::ApiError::new(
-            banger_api::ErrorCode::Internal,
-            format!("Cannot write the {what}: {e}"),
-        ))
-    };
-    let base = key_dir()?;
-    let key = base.join(format!("{name}.key"));
-    let _ = std::fs::remove_file(&key);
-    std::fs::write(&key, &info.private_key).map_err(|e| local("key", e))?;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| local("key", e))?;
-    let known = base.join(format!("{name}.known_hosts"));
+    let key = write_key(&info.private_key)?;
+    let known = key_dir()?.join(format!("{name}.known_hosts"));
     let parts: Vec<&str> = info.host_key.split_whitespace().take(2).collect();
     std::fs::write(&known, format!("{} {}\n", info.host_alias, parts.join(" ")))
-        .map_err(|e| local("known_hosts", e))?;
-    let me = std::env::current_exe().map_err(|e| local("path of banger", e))?;
+        .map_err(|e| local_error("known_hosts", e))?;
+    let me = std::env::current_exe().map_err(|e| local_error("path of banger", e))?;
     let proxy = format!(
         "{} --socket {} vm proxy {} 22",
         me.display(),
