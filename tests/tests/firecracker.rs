@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use banger_api::{OpState, Operation, Vm, VmList, VmState};
-use banger_tests::{bin, poll, stderr, test_image, TestDaemon, TestNetns};
+use banger_tests::{bin, poll, stderr, test_image, vmm_pids, TestDaemon, TestNetns};
 use serde_json::Value;
 
 fn requests(log: &Path) -> Vec<Value> {
@@ -55,17 +55,6 @@ const CONFIGURE: [&str; 9] = [
     "PUT /network-interfaces/eth0",
     "PUT /actions",
 ];
-
-fn fc_pids(id: &str) -> Vec<String> {
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", &format!("banger-vm-{id}")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(String::from)
-        .collect()
-}
 
 #[test]
 fn firecracker_backend_lifecycle_sends_the_exact_configure_sequence() {
@@ -145,17 +134,18 @@ fn firecracker_backend_lifecycle_sends_the_exact_configure_sequence() {
         reqs.last().unwrap()["body"]["action_type"],
         "SendCtrlAltDel"
     );
-    assert!(fc_pids(&vm.id).is_empty(), "firecracker still running");
+    assert!(vmm_pids(&vm.id).is_empty(), "firecracker still running");
     assert!(!ns.links().iter().any(|l| l.starts_with("bg-")));
 
     // Start again: a fresh process, the same sequence.
     let before = requests(&log).len();
-    assert!(d.banger(&["vm", "start", "fc1"]).status.success());
+    let out = d.banger(&["vm", "start", "fc1"]);
+    assert!(out.status.success(), "start: {}", stderr(&out));
     assert_eq!(calls(&requests(&log)[before..]), CONFIGURE);
     assert!(d.banger(&["vm", "rm", "--force", "fc1"]).status.success());
     let list: VmList = d.banger_json(&["vm", "ls"]);
     assert!(list.vms.is_empty());
-    assert!(fc_pids(&vm.id).is_empty());
+    assert!(vmm_pids(&vm.id).is_empty());
     assert!(!d.state_dir.join("vms").join(&vm.id).exists());
 }
 

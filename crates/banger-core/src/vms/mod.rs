@@ -818,11 +818,29 @@ impl Vms {
             while pid_alive(pid) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            this.on_exit(&id, pid, "exited".into());
+            // on_exit blocks on the per-VM lock: not on an async thread.
+            let _ =
+                tokio::task::spawn_blocking(move || this.on_exit(&id, pid, "exited".into())).await;
         });
     }
 
+    /// Records that VMM `pid` of VM `id` exited. Blocking: it takes the
+    /// per-VM lock, so it cannot interleave with a stop or start of the same
+    /// VM (a late call for an old process then sees another pid and does
+    /// nothing). Call from a blocking thread.
     fn on_exit(&self, id: &str, pid: u32, status: String) {
+        let name: Option<String> = self
+            .inner
+            .store
+            .read(|c| {
+                c.query_row("SELECT name FROM vms WHERE id = ?1", [id], |r| r.get(0))
+                    .optional()
+            })
+            .ok()
+            .flatten();
+        let Some(name) = name else { return };
+        let lock = self.lock_for(&name);
+        let _held = lock.blocking_lock();
         let row: Option<(String, Option<i64>, String)> = self
             .inner
             .store
@@ -1040,12 +1058,14 @@ impl Vms {
         })?;
         let kh = dir.join("known_hosts");
         let parts: Vec<&str> = host_key.split_whitespace().take(2).collect();
-        std::fs::write(&kh, format!("{} {}\n", vm.ip, parts.join(" "))).map_err(|source| {
-            VmError::Io {
+        let line = format!("{} {}\n", vm.ip, parts.join(" "));
+        // Written when it changes, not on every command.
+        if std::fs::read_to_string(&kh).ok().as_deref() != Some(line.as_str()) {
+            std::fs::write(&kh, line).map_err(|source| VmError::Io {
                 path: kh.clone(),
                 source,
-            }
-        })?;
+            })?;
+        }
         let ctl_dir = self.inner.layout.runtime_dir.join("ssh");
         std::fs::create_dir_all(&ctl_dir).map_err(|source| VmError::Io {
             path: ctl_dir.clone(),
@@ -1575,11 +1595,7 @@ impl Vms {
     /// What `banger vm ssh` needs.
     pub fn ssh_info(&self, name: &str) -> Result<VmSshInfo, VmError> {
         let vm = self.get(name)?;
-        let key = self.client_key()?;
-        let private_key = std::fs::read_to_string(&key).map_err(|source| VmError::Io {
-            path: key.clone(),
-            source,
-        })?;
+        let banger_api::SshClientKey { user, private_key } = self.client_key_info()?;
         let host_key: String = self.inner.store.read(|c| {
             c.query_row("SELECT host_key FROM vms WHERE id = ?1", [&vm.id], |r| {
                 r.get(0)
@@ -1587,7 +1603,7 @@ impl Vms {
         })?;
         Ok(VmSshInfo {
             name: vm.name.clone(),
-            user: "root".into(),
+            user,
             host_alias: format!("{}.vm", vm.name),
             host_key,
             private_key,
@@ -1628,8 +1644,8 @@ impl Vms {
     /// daemon killed in the middle of `rm` or of a rollback). One daemon owns
     /// the TAPs of its network namespace.
     fn remove_orphans(&self) -> Result<(), VmError> {
-        let ids: std::collections::HashSet<String> =
-            self.list()?.into_iter().map(|v| v.id).collect();
+        let vms = self.list()?;
+        let ids: std::collections::HashSet<String> = vms.iter().map(|v| v.id.clone()).collect();
         for base in [
             self.inner.layout.state_dir.join("vms"),
             self.inner.layout.runtime_dir.join("vms"),
@@ -1646,8 +1662,7 @@ impl Vms {
             }
         }
         // Snapshot devices of VMs that are gone or not running.
-        let running: std::collections::HashSet<String> = self
-            .list()?
+        let running: std::collections::HashSet<String> = vms
             .into_iter()
             .filter(|v| {
                 matches!(

@@ -427,7 +427,9 @@ impl Vmm for FirecrackerVmm {
         let mut child = spawn(&program, &args, spec, true)?;
         let result = (|| {
             let deadline = Instant::now() + Duration::from_secs(5);
-            while !sock.exists() {
+            // The socket file appears at bind(), before listen(): wait for a
+            // connection to succeed, not for the file.
+            while std::os::unix::net::UnixStream::connect(&sock).is_err() {
                 if let Ok(Some(_)) = child.try_wait() {
                     return Err(VmmError::EarlyExit {
                         program: "firecracker".into(),
