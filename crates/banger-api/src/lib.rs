@@ -14,6 +14,7 @@ pub mod sessions;
 pub mod system;
 
 pub mod vms;
+pub mod workspaces;
 
 pub use doctor::{Capabilities, CheckStatus, DoctorCheck, DoctorReport};
 pub use error::{ApiError, ErrorCode};
@@ -28,6 +29,12 @@ pub use system::VersionInfo;
 pub use vms::{
     GuestStats, HostStats, SshClientKey, Vm, VmCreateRequest, VmList, VmSetRequest, VmSshInfo,
     VmState, VmStats, VmStopRequest,
+};
+
+pub use workspaces::{
+    AgentList, AgentProfile, AgentRunRequest, AuthItem, AuthItemList, AuthSyncReport,
+    AuthSyncRequest, AuthSynced, AuthValue, Workspace, WorkspaceChanges, WorkspaceCommit,
+    WorkspaceExported, WorkspaceList,
 };
 
 /// The API version segment every path starts with.

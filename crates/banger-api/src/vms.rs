@@ -61,6 +61,9 @@ pub struct Vm {
     /// Why it is stopped (`stopped by user`, `VMM exited ...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
+    /// The coding agent this VM is set up for (`banger agent run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -95,6 +98,10 @@ pub struct VmCreateRequest {
     /// Create the disks but do not boot.
     #[serde(default)]
     pub no_start: bool,
+    /// A coding agent profile (`opencode`, `claude-code`, `codex`, or one in
+    /// `agents.dir`); its resources are the defaults. Default: the image's agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// `POST /v1/vms/{name}/stop`.

@@ -70,6 +70,29 @@ chroot_base = ""
 uid = 65534
 gid = 65534
 
+[agents]
+# Agent profiles (NAME.toml) that add to or replace the built-in ones
+# (opencode, claude-code, codex); read at each use, so a new file needs no
+# restart. The format is in docs/agents.md.
+dir = "/etc/banger/agents"
+
+[auth]
+# What `banger auth sync VM` copies into the guest user's home, every file
+# mode 0600. The client reads the values as the calling user; the daemon
+# writes them into the guest and never logs them.
+#   kind = "file": the host file `source` (~ is the caller's home) to `dest`,
+#     relative to the guest user's home; skipped when the host has no such file.
+#   kind = "git-identity": the caller's git user.name and user.email.
+#   kind = "env": the caller's environment variable `source`, into
+#     ~/.config/banger/env/NAME in the guest, loaded by agent sessions.
+items = [
+  { name = "git", kind = "git-identity" },
+  { name = "opencode", kind = "file", source = "~/.local/share/opencode/auth.json", dest = ".local/share/opencode/auth.json" },
+  { name = "claude-code", kind = "file", source = "~/.claude/.credentials.json", dest = ".claude/.credentials.json" },
+  { name = "codex", kind = "file", source = "~/.codex/auth.json", dest = ".codex/auth.json" },
+  { name = "github", kind = "env", source = "GH_TOKEN" },
+]
+
 [debug]
 # Serve /v1/debug/* endpoints (synthetic operations for testing the
 # operations machinery). Never enable in production.
@@ -84,7 +107,116 @@ pub struct Config {
     pub network: NetworkConfig,
     pub vm: VmConfig,
     pub firecracker: FirecrackerConfig,
+    pub agents: AgentsConfig,
+    pub auth: AuthConfig,
     pub debug: DebugConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        AgentsConfig {
+            dir: PathBuf::from("/etc/banger/agents"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthKind {
+    File,
+    GitIdentity,
+    Env,
+}
+
+impl AuthKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthKind::File => "file",
+            AuthKind::GitIdentity => "git-identity",
+            AuthKind::Env => "env",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthItemConfig {
+    pub name: String,
+    pub kind: AuthKind,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub dest: Option<String>,
+}
+
+impl AuthItemConfig {
+    fn new(name: &str, kind: AuthKind, source: Option<&str>, dest: Option<&str>) -> Self {
+        AuthItemConfig {
+            name: name.into(),
+            kind,
+            source: source.map(str::to_string),
+            dest: dest.map(str::to_string),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub items: Vec<AuthItemConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        use AuthKind::*;
+        AuthConfig {
+            items: vec![
+                AuthItemConfig::new("git", GitIdentity, None, None),
+                AuthItemConfig::new(
+                    "opencode",
+                    File,
+                    Some("~/.local/share/opencode/auth.json"),
+                    Some(".local/share/opencode/auth.json"),
+                ),
+                AuthItemConfig::new(
+                    "claude-code",
+                    File,
+                    Some("~/.claude/.credentials.json"),
+                    Some(".claude/.credentials.json"),
+                ),
+                AuthItemConfig::new(
+                    "codex",
+                    File,
+                    Some("~/.codex/auth.json"),
+                    Some(".codex/auth.json"),
+                ),
+                AuthItemConfig::new("github", Env, Some("GH_TOKEN"), None),
+            ],
+        }
+    }
+}
+
+/// A path relative to a home directory that stays inside it: no leading
+/// `/`, no `..`, no empty or `.` components. Pure.
+pub fn is_home_relative(p: &str) -> bool {
+    !p.is_empty()
+        && !p.starts_with('/')
+        && !p.contains('\0')
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// An environment variable name. Pure.
+pub fn is_env_name(s: &str) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -346,6 +478,50 @@ impl Config {
                 format!("{cb:?} is not an absolute path"),
             ));
         }
+        if !self.agents.dir.is_absolute() {
+            return Err(invalid(
+                "agents.dir",
+                format!("{:?} is not an absolute path", self.agents.dir),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for item in &self.auth.items {
+            let bad =
+                |reason: String| invalid("auth.items", format!("item {:?}: {reason}", item.name));
+            if crate::names::validate_name("auth item", &item.name).is_err() {
+                return Err(bad("the name must be 1-63 of a-z, 0-9 and '-'".into()));
+            }
+            if !seen.insert(item.name.clone()) {
+                return Err(bad("the name is used twice".into()));
+            }
+            match item.kind {
+                AuthKind::File => {
+                    if item.source.as_deref().is_none_or(str::is_empty) {
+                        return Err(bad("kind \"file\" needs `source`, the host path".into()));
+                    }
+                    if !item.dest.as_deref().is_some_and(is_home_relative) {
+                        return Err(bad("kind \"file\" needs `dest`, a path relative to the guest user's home without `..`".into()));
+                    }
+                }
+                AuthKind::Env => {
+                    if !item.source.as_deref().is_some_and(is_env_name) {
+                        return Err(bad(
+                            "kind \"env\" needs `source`, an environment variable name".into(),
+                        ));
+                    }
+                    if item.dest.is_some() {
+                        return Err(bad("kind \"env\" takes no `dest`".into()));
+                    }
+                }
+                AuthKind::GitIdentity => {
+                    if item.source.is_some() || item.dest.is_some() {
+                        return Err(bad(
+                            "kind \"git-identity\" takes no `source` or `dest`".into()
+                        ));
+                    }
+                }
+            }
+        }
         if d.shutdown_grace_secs > 3600 {
             return Err(invalid(
                 "daemon.shutdown_grace_secs",
@@ -450,6 +626,35 @@ mod tests {
         for (text, key) in cases {
             let err = Config::parse(text, p()).expect_err(text);
             assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_auth_items_name_the_item() {
+        let cases = [
+            ("[[auth.items]]\nname = \"x\"\nkind = \"file\"\nsource = \"~/a\"\ndest = \"../etc/passwd\"\n", "dest"),
+            ("[[auth.items]]\nname = \"x\"\nkind = \"file\"\nsource = \"~/a\"\ndest = \"/root/a\"\n", "dest"),
+            ("[[auth.items]]\nname = \"x\"\nkind = \"env\"\nsource = \"A B\"\n", "source"),
+            ("[[auth.items]]\nname = \"x\"\nkind = \"git-identity\"\n[[auth.items]]\nname = \"x\"\nkind = \"git-identity\"\n", "twice"),
+            ("[[auth.items]]\nname = \"Bad Name\"\nkind = \"git-identity\"\n", "name"),
+        ];
+        for (text, what) in cases {
+            let err = Config::parse(text, p()).expect_err(text).to_string();
+            assert!(
+                err.contains("auth.items") && err.contains(what),
+                "{text}: {err}"
+            );
+        }
+        let err = Config::parse("[[auth.items]]\nname = \"x\"\nkind = \"magic\"\n", p())
+            .expect_err("kind");
+        assert!(err.to_string().contains("magic"), "{err}");
+    }
+
+    #[test]
+    fn home_relative_paths() {
+        assert!(is_home_relative(".config/x.json"));
+        for bad in ["", "/abs", "a/../b", "a//b", "./a", ".."] {
+            assert!(!is_home_relative(bad), "{bad}");
         }
     }
 

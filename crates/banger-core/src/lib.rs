@@ -15,7 +15,9 @@
 //! - [`storage`]: disk clones and work seeds.
 //! - [`shell`], [`units`]: quoting for sh, sizes.
 
+pub mod agents;
 pub mod config;
+pub mod credentials;
 pub mod doctor;
 pub mod error;
 pub mod guest;
@@ -32,5 +34,6 @@ pub mod store;
 pub mod tools;
 pub mod units;
 pub mod vms;
+pub mod workspaces;
 
 pub use error::ToApiError;

@@ -92,6 +92,23 @@ const MIGRATIONS: &[&str] = &[
         stderr_size INTEGER NOT NULL DEFAULT 0
     ) STRICT;
     "#,
+    // 5: a VM's coding agent; workspaces (host repositories pushed into a
+    // guest), deleted with their VM.
+    r#"
+    ALTER TABLE vms ADD COLUMN agent TEXT;
+    CREATE TABLE workspaces (
+        vm_id           TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+        name            TEXT NOT NULL,
+        host_path       TEXT NOT NULL,
+        dest            TEXT NOT NULL,
+        base_commit     TEXT NOT NULL,
+        branch          TEXT,
+        pushed_at       TEXT NOT NULL,
+        exported_commit TEXT,
+        exported_at     TEXT,
+        PRIMARY KEY (vm_id, name)
+    ) STRICT;
+    "#,
 ];
 
 #[derive(Debug, Error)]

@@ -31,6 +31,12 @@ pub enum ClientError {
     Api(ApiError),
     #[error("Unexpected answer from bangerd: {0}")]
     Protocol(String),
+    /// Something failed on the client's side (a local git command, a file).
+    #[error("{message}")]
+    Local {
+        message: String,
+        hint: Option<String>,
+    },
 }
 
 impl ClientError {
@@ -70,6 +76,7 @@ impl ClientError {
             ),
             ClientError::Api(e) => e.hint.clone(),
             ClientError::Protocol(_) => Some("Are the banger CLI and bangerd the same version? Check `banger version`".into()),
+            ClientError::Local { hint, .. } => hint.clone(),
         }
     }
 }
@@ -253,6 +260,61 @@ impl Client {
     /// Raw GET: status and body text.
     pub async fn get_text(&self, path: &str) -> Result<(StatusCode, String), ClientError> {
         self.raw(Method::GET, path).await.map(|(s, _, b)| (s, b))
+    }
+
+    /// A GET whose answer is bytes (e.g. a git bundle).
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let resp = self.send(Method::GET, path, None).await?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("reading body: {e}")))?
+            .to_bytes();
+        ClientError::check(status, &String::from_utf8_lossy(&bytes))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// POSTs a file as the body, streamed (never read whole into memory);
+    /// the answer is JSON.
+    pub async fn upload_file<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        file: &Path,
+    ) -> Result<T, ClientError> {
+        use futures::TryStreamExt;
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| ClientError::Local {
+                message: format!("Cannot open {}: {e}", file.display()),
+                hint: None,
+            })?;
+        let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let frames = tokio_util::io::ReaderStream::with_capacity(f, 256 << 10)
+            .map_ok(hyper::body::Frame::data);
+        let body = http_body_util::StreamBody::new(frames);
+        let stream = self.connect_stream().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Protocol(format!("handshake: {e}")))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(hyper::header::HOST, "bangerd")
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .header(hyper::header::CONTENT_LENGTH, len)
+            .body(body)
+            .map_err(|e| ClientError::Protocol(format!("request: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("{path}: {e}")))?;
+        Self::read_json(resp).await
     }
 
     /// Opens a raw byte stream through an HTTP upgrade (`GET path` with

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod output;
 pub mod progress;
+pub mod workspace;
 
 /// Exit codes of the `banger` command (documented in `banger --help`).
 pub mod exit {

@@ -13,6 +13,9 @@ use banger_api::{
 };
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod cmd_workspace;
+use cmd_workspace::{AgentCommand, AuthCommand, WorkspaceCommand};
+
 const EXIT_CODES: &str = "Exit codes:
   0  success
   1  the request or the operation failed (the message says why)
@@ -54,6 +57,15 @@ enum Command {
     /// Guest sessions: long-running commands that outlive the connection.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Workspaces: push a host git repository into a VM, export its commits back.
+    #[command(subcommand)]
+    Workspace(WorkspaceCommand),
+    /// Credentials: copy the configured host credentials into a VM.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+    /// Coding agents: run one on a prompt in a VM, on a workspace.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -144,6 +156,10 @@ enum VmCommand {
         /// auto, qemu or firecracker.
         #[arg(long)]
         backend: Option<String>,
+        /// Set the VM up for a coding agent: opencode, claude-code, codex, or
+        /// a profile in the daemon's agents.dir (default: the image's agent).
+        #[arg(long)]
+        agent: Option<String>,
         /// Create the disks but do not boot.
         #[arg(long)]
         no_start: bool,
@@ -412,6 +428,9 @@ async fn run(client: &Client, json: bool, command: Command) -> Result<u8, Client
         Command::Image(cmd) => image(client, json, &style, cmd).await,
         Command::Vm(cmd) => vm(client, json, &style, cmd).await,
         Command::Session(cmd) => session(client, json, &style, cmd).await,
+        Command::Workspace(cmd) => cmd_workspace::workspace(client, json, &style, cmd).await,
+        Command::Auth(cmd) => cmd_workspace::auth(client, json, cmd).await,
+        Command::Agent(cmd) => cmd_workspace::agent(client, json, cmd).await,
         Command::Completions { .. } => Ok(exit::OK),
     }
 }
@@ -816,6 +835,7 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
             work_disk_size,
             disk_size,
             backend,
+            agent,
             no_start,
             wait,
         } => {
@@ -828,6 +848,7 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
                 work_disk_size,
                 backend,
                 no_start,
+                agent,
             };
             let op: Operation = client.post("/v1/vms", &req).await?;
             run_op(client, json, op, wait == "none").await
@@ -1118,7 +1139,7 @@ async fn session_logs(
     Ok((body, next))
 }
 
-async fn attach(client: &Client, name: &str) -> Result<u8, ClientError> {
+pub(crate) async fn attach(client: &Client, name: &str) -> Result<u8, ClientError> {
     use std::io::Write;
     eprintln!("attached to {name}; type ~. on a line of its own to detach");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();

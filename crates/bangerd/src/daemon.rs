@@ -30,6 +30,9 @@ pub struct Daemon {
     pub images: Images,
     pub vms: Vms,
     pub sessions: banger_core::sessions::Sessions,
+    pub workspaces: banger_core::workspaces::Workspaces,
+    pub credentials: banger_core::credentials::Credentials,
+    pub agent_runs: banger_core::agents::AgentRuns,
     pub socket_gid: u32,
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// Fired at shutdown; long-lived responses (SSE) end on it.
@@ -81,6 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         chroot_base: config.firecracker.chroot_base.clone(),
         jail_uid: config.firecracker.uid,
         jail_gid: config.firecracker.gid,
+        agents: banger_core::agents::Agents::new(&config.agents.dir),
     };
     let vms = Vms::new(
         layout.clone(),
@@ -91,6 +95,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     vms.reconcile()?;
     let sessions = banger_core::sessions::Sessions::new(store.clone(), vms.clone());
+    let workspaces = banger_core::workspaces::Workspaces::new(store.clone(), vms.clone());
+    let credentials =
+        banger_core::credentials::Credentials::new(config.auth.items.clone(), vms.clone());
+    let agent_runs = banger_core::agents::AgentRuns::new(
+        banger_core::agents::Agents::new(&config.agents.dir),
+        vms.clone(),
+        sessions.clone(),
+        workspaces.clone(),
+    );
 
     let socket_path = config.socket_path();
     let gid = socket::group_gid(&config.daemon.socket_group).map_err(|e| with_hint(e.hint(), e))?;
@@ -104,6 +117,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         images,
         vms,
         sessions,
+        workspaces,
+        credentials,
+        agent_runs,
         socket_gid: gid,
         started_at: chrono::Utc::now(),
         shutdown: CancellationToken::new(),

@@ -69,6 +69,8 @@ pub enum VmError {
     #[error(transparent)]
     Image(Box<ImageError>),
     #[error(transparent)]
+    Agent(#[from] crate::agents::AgentError),
+    #[error(transparent)]
     Network(#[from] NetworkError),
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -113,6 +115,7 @@ impl ToApiError for VmError {
             VmError::NotFound(_) => ErrorCode::NotFound,
             VmError::Backend { .. } => ErrorCode::Unavailable,
             VmError::Image(e) => e.code(),
+            VmError::Agent(e) => e.code(),
             VmError::Network(e) => e.code(),
             VmError::Tool(e) => e.code(),
             _ => ErrorCode::Internal,
@@ -129,6 +132,7 @@ impl ToApiError for VmError {
                 Some("See `banger doctor` (checks qemu and firecracker)".into())
             }
             VmError::Image(e) => e.hint(),
+            VmError::Agent(e) => e.hint(),
             VmError::Network(e) => e.hint(),
             VmError::Tool(e) => e.hint(),
             VmError::Connect { .. } => {
@@ -162,6 +166,8 @@ pub struct VmsConfig {
     pub chroot_base: PathBuf,
     pub jail_uid: u32,
     pub jail_gid: u32,
+    /// Agent profiles (`vm create --agent`).
+    pub agents: crate::agents::Agents,
 }
 
 struct VmsInner {
@@ -402,14 +408,34 @@ impl Vms {
             .unwrap_or_else(|| cfg.default_image.clone());
         let image = self.inner.images.get(&image_name)?;
         let backend = self.resolve_backend(req.backend.as_deref().unwrap_or("auto"), &image)?;
-        let cpus = req.cpus.unwrap_or(cfg.cpus);
+        // The agent: asked for (must exist), else the image's (when a
+        // profile for it exists). Its resources are the defaults.
+        let (agent, profile) = match (&req.agent, &image.agent) {
+            (Some(a), _) => {
+                validate_name("agent", a)?;
+                (Some(a.clone()), Some(cfg.agents.get(a)?.0))
+            }
+            (None, Some(a)) => match cfg.agents.get(a) {
+                Ok((p, _)) => (Some(a.clone()), Some(p)),
+                Err(_) => (None, None),
+            },
+            (None, None) => (None, None),
+        };
+        let cpus = req
+            .cpus
+            .or(profile.as_ref().and_then(|p| p.cpus))
+            .unwrap_or(cfg.cpus);
         if !(1..=32).contains(&cpus) {
             return Err(VmError::Invalid {
                 what: "cpus",
                 reason: format!("{cpus} is not in 1..=32"),
             });
         }
-        let memory_mib = match &req.memory {
+        let memory_mib = match req
+            .memory
+            .as_ref()
+            .or(profile.as_ref().and_then(|p| p.memory.as_ref()))
+        {
             Some(m) => {
                 parse_size(m).map_err(|e| VmError::Invalid {
                     what: "memory",
@@ -510,8 +536,8 @@ impl Vms {
             let ip = subnet.allocate(&used)?;
             let now = chrono::Utc::now();
             tx.execute(
-                &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'creating', NULL, ?13, NULL, NULL, '')"),
-                params![id, name, image_name, image.digest, backend, if backend == "firecracker" { "kvm" } else { accel.as_str() }, cpus, memory_mib, work_bytes as i64, ip.to_string(), network::mac_for(&id), network::tap_name(&id), now.to_rfc3339()],
+                &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'creating', NULL, ?13, NULL, NULL, '', ?14)"),
+                params![id, name, image_name, image.digest, backend, if backend == "firecracker" { "kvm" } else { accel.as_str() }, cpus, memory_mib, work_bytes as i64, ip.to_string(), network::mac_for(&id), network::tap_name(&id), now.to_rfc3339(), agent],
             )?;
             tx.query_row(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"), [&id], vm_from_row)?
         })?;
@@ -1013,7 +1039,7 @@ impl Vms {
                 .and_then(stats::parse_rss);
         }
         let (guest, guest_error) = if running {
-            match self.guest_exec(&vm, stats::GUEST_STATS_COMMAND).await {
+            match self.guest_stdout(&vm, stats::GUEST_STATS_COMMAND).await {
                 Ok(out) => match stats::parse_guest(&out) {
                     Ok(g) => (Some(g), None),
                     Err(e) => (None, Some(format!("unexpected output from the guest: {e}"))),
@@ -1034,7 +1060,7 @@ impl Vms {
 
     /// Runs a command in the guest over SSH (from the daemon, with the VM's
     /// pinned host key); returns its stdout.
-    async fn guest_exec(&self, vm: &Vm, command: &str) -> Result<String, VmError> {
+    async fn guest_stdout(&self, vm: &Vm, command: &str) -> Result<String, VmError> {
         let out = self.guest_run(vm, command, None).await?;
         if !out.status.success() {
             return Err(VmError::Tool(ToolError::Failed {
@@ -1097,14 +1123,31 @@ impl Vms {
 
     /// Runs `command` (a shell command line) in the guest, over the VM's
     /// shared SSH connection (started on first use, kept 10 minutes), with
-    /// `stdin` as its input.
+    /// `stdin` as its input; at most 30 s.
     pub async fn guest_run(
         &self,
         vm: &Vm,
         command: &str,
         stdin: Option<Vec<u8>>,
     ) -> Result<std::process::Output, VmError> {
-        use tokio::io::AsyncWriteExt;
+        let input = match stdin {
+            Some(b) => GuestInput::Bytes(b),
+            None => GuestInput::None,
+        };
+        self.guest_exec(vm, command, input, Duration::from_secs(30))
+            .await
+    }
+
+    /// [`Vms::guest_run`] with any input (a stream, for large uploads) and
+    /// a time limit of the caller's. The input is written while the output
+    /// is read, so neither side can block the other.
+    pub async fn guest_exec(
+        &self,
+        vm: &Vm,
+        command: &str,
+        input: GuestInput,
+        limit: Duration,
+    ) -> Result<std::process::Output, VmError> {
         if vm.state != VmState::Running {
             return Err(VmError::WrongState {
                 name: vm.name.clone(),
@@ -1150,10 +1193,10 @@ impl Vms {
             .args(target)
             .arg("--")
             .arg(command)
-            .stdin(if stdin.is_some() {
-                std::process::Stdio::piped()
-            } else {
+            .stdin(if matches!(input, GuestInput::None) {
                 std::process::Stdio::null()
+            } else {
+                std::process::Stdio::piped()
             })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -1163,23 +1206,42 @@ impl Vms {
                 path: ssh.clone(),
                 source,
             })?;
-        if let (Some(data), Some(mut sin)) = (stdin, child.stdin.take()) {
-            sin.write_all(&data).await.map_err(|source| VmError::Io {
-                path: ssh.clone(),
-                source,
-            })?;
-            drop(sin);
-        }
-        tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        let writer = child.stdin.take().map(|mut sin| {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let r = match input {
+                    GuestInput::None => Ok(()),
+                    GuestInput::Bytes(b) => sin.write_all(&b).await,
+                    GuestInput::Reader(mut r) => {
+                        tokio::io::copy(&mut r, &mut sin).await.map(|_| ())
+                    }
+                };
+                let _ = sin.shutdown().await;
+                r
+            })
+        });
+        let out = tokio::time::timeout(limit, child.wait_with_output())
             .await
             .map_err(|_| VmError::Invalid {
                 what: "guest command",
-                reason: "timed out after 30 s".into(),
+                reason: format!("timed out after {} s", limit.as_secs()),
             })?
             .map_err(|source| VmError::Io {
                 path: ssh.clone(),
                 source,
-            })
+            })?;
+        if let Some(w) = writer {
+            match w.await {
+                Ok(Err(source)) if out.status.success() => {
+                    return Err(VmError::Io {
+                        path: "guest command input".into(),
+                        source,
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 
     /// Changes resources of a stopped VM; disks only grow.
@@ -1756,7 +1818,14 @@ fn kill_pid(pid: u32) {
     }
 }
 
-const VM_COLUMNS: &str = "id, name, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, ip, mac, tap, state, pid, created_at, started_at, stop_reason, host_key";
+/// The input of a guest command.
+pub enum GuestInput {
+    None,
+    Bytes(Vec<u8>),
+    Reader(Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+}
+
+const VM_COLUMNS: &str = "id, name, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, ip, mac, tap, state, pid, created_at, started_at, stop_reason, host_key, agent";
 
 fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Vm, VmError>> {
     let state: String = r.get(12)?;
@@ -1784,6 +1853,7 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Vm, VmError>> {
         created_at: chrono::Utc::now(),
         started_at: None,
         stop_reason: r.get(16)?,
+        agent: r.get(18)?,
     };
     Ok((|| {
         vm.state = VmState::parse(&state).ok_or_else(|| corrupt("VM state", state.clone()))?;

@@ -12,6 +12,7 @@ pub mod sessions;
 
 pub mod system;
 pub mod vms;
+pub mod workspaces;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -135,6 +136,18 @@ where
         sessions::send,
         sessions::signal,
         sessions::remove,
+        workspaces::push,
+        workspaces::list_vm,
+        workspaces::list,
+        workspaces::show,
+        workspaces::remove,
+        workspaces::changes,
+        workspaces::bundle,
+        workspaces::exported,
+        workspaces::auth_items,
+        workspaces::auth_sync,
+        workspaces::agents,
+        workspaces::agent_run,
     ),
     tags(
         (name = "system", description = "Daemon and host"),
@@ -142,6 +155,7 @@ where
         (name = "images", description = "Guest images"),
         (name = "vms", description = "VM lifecycle and access"),
         (name = "sessions", description = "Long-running commands in guests"),
+        (name = "workspaces", description = "Repositories pushed into guests, credentials, coding agents"),
         (name = "debug", description = "Test-only endpoints, served with debug.test_endpoints = true"),
     )
 )]
@@ -188,7 +202,32 @@ pub fn router(daemon: AppState) -> Router {
         .route("/sessions/{name}/logs", get(sessions::logs))
         .route("/sessions/{name}/logs/stream", get(sessions::stream))
         .route("/sessions/{name}/send", post(sessions::send))
-        .route("/sessions/{name}/signal", post(sessions::signal));
+        .route("/sessions/{name}/signal", post(sessions::signal))
+        .route(
+            "/vms/{name}/workspaces",
+            get(workspaces::list_vm).post(workspaces::push),
+        )
+        .route("/workspaces", get(workspaces::list))
+        .route(
+            "/vms/{name}/workspaces/{ws}",
+            get(workspaces::show).delete(workspaces::remove),
+        )
+        .route(
+            "/vms/{name}/workspaces/{ws}/changes",
+            get(workspaces::changes),
+        )
+        .route(
+            "/vms/{name}/workspaces/{ws}/bundle",
+            get(workspaces::bundle),
+        )
+        .route(
+            "/vms/{name}/workspaces/{ws}/exported",
+            post(workspaces::exported),
+        )
+        .route("/auth/items", get(workspaces::auth_items))
+        .route("/vms/{name}/auth", post(workspaces::auth_sync))
+        .route("/agents", get(workspaces::agents))
+        .route("/vms/{name}/agent/run", post(workspaces::agent_run));
     if daemon.config.debug.test_endpoints {
         v1 = v1.route("/debug/ops", post(ops::debug_start));
     }

@@ -1,0 +1,450 @@
+//! Coding-agent profiles: how `banger agent run` starts an agent, as data.
+//!
+//! Built-in profiles (opencode, claude-code, codex) are compiled in from
+//! `crates/banger-core/agents/*.toml`; a file `NAME.toml` in `agents.dir`
+//! adds an agent or replaces a built-in one. Profiles are read at each use,
+//! so adding an agent needs neither code nor a restart. Parsing and command
+//! assembly are pure.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::config::{is_env_name, is_home_relative};
+use crate::names::validate_name;
+
+const BUILTIN: [(&str, &str); 3] = [
+    ("opencode", include_str!("../agents/opencode.toml")),
+    ("claude-code", include_str!("../agents/claude-code.toml")),
+    ("codex", include_str!("../agents/codex.toml")),
+];
+
+/// The placeholder in a profile's command.
+pub const PROMPT: &str = "{prompt}";
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("Unknown agent {name:?}; known agents: {}", known.join(", "))]
+    Unknown { name: String, known: Vec<String> },
+    #[error("Agent profile {path} is not valid: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("Cannot read agent profiles in {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl crate::ToApiError for AgentError {
+    fn code(&self) -> banger_api::ErrorCode {
+        match self {
+            AgentError::Unknown { .. } => banger_api::ErrorCode::InvalidRequest,
+            _ => banger_api::ErrorCode::Internal,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            AgentError::Unknown { .. } => Some(
+                "List agents with `banger agent ls`; add one with a profile file NAME.toml in the daemon's agents.dir (docs/agents.md)".into(),
+            ),
+            AgentError::Invalid { .. } => Some("Fix the file (docs/agents.md has the format)".into()),
+            AgentError::Read { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileFile {
+    /// Relative to the guest user's home.
+    pub path: String,
+    pub content: String,
+    /// Replace the file at each run (default: write it only when missing).
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+/// A profile as written in its TOML file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub description: String,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub require: Vec<String>,
+    #[serde(default)]
+    pub auth: Vec<String>,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    #[serde(default)]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub files: Vec<ProfileFile>,
+}
+
+impl Profile {
+    /// Parses and checks a profile's text. Pure.
+    pub fn parse(text: &str, origin: &str) -> Result<Profile, AgentError> {
+        let invalid = |reason: String| AgentError::Invalid {
+            path: origin.into(),
+            reason,
+        };
+        let p: Profile =
+            toml::from_str(text).map_err(|e| invalid(e.to_string().trim().replace('\n', " | ")))?;
+        if p.command.is_empty() || p.command[0].is_empty() {
+            return Err(invalid("`command` is empty".into()));
+        }
+        if let Some(c) = p.cpus {
+            if !(1..=32).contains(&c) {
+                return Err(invalid(format!("cpus {c} is not in 1..=32")));
+            }
+        }
+        if let Some(m) = &p.memory {
+            crate::units::parse_size(m).map_err(|e| invalid(format!("memory: {e}")))?;
+        }
+        if let Some(k) = p.env.keys().find(|k| !is_env_name(k)) {
+            return Err(invalid(format!("env: {k:?} is not a variable name")));
+        }
+        if let Some(f) = p.files.iter().find(|f| !is_home_relative(&f.path)) {
+            return Err(invalid(format!(
+                "files: {:?} is not a path inside the guest user's home",
+                f.path
+            )));
+        }
+        if let Some(r) = p
+            .require
+            .iter()
+            .find(|r| r.is_empty() || r.contains('/') || r.contains(char::is_whitespace))
+        {
+            return Err(invalid(format!("require: {r:?} is not a command name")));
+        }
+        Ok(p)
+    }
+
+    /// The session's argv for `prompt`: every `{prompt}` in the command
+    /// replaced (no shell is involved). Pure.
+    pub fn argv(&self, prompt: &str) -> Vec<String> {
+        self.command
+            .iter()
+            .map(|a| a.replace(PROMPT, prompt))
+            .collect()
+    }
+
+    pub fn to_api(&self, name: &str, source: &str) -> banger_api::AgentProfile {
+        banger_api::AgentProfile {
+            name: name.into(),
+            description: self.description.clone(),
+            source: source.into(),
+            command: self.command.clone(),
+            require: self.require.clone(),
+            auth: self.auth.clone(),
+            cpus: self.cpus,
+            memory: self.memory.clone(),
+            env: self.env.clone(),
+            files: self.files.iter().map(|f| f.path.clone()).collect(),
+        }
+    }
+}
+
+/// The profiles: built-in ones and those in a directory.
+#[derive(Debug, Clone)]
+pub struct Agents {
+    dir: PathBuf,
+}
+
+impl Agents {
+    pub fn new(dir: &Path) -> Agents {
+        Agents { dir: dir.into() }
+    }
+
+    /// Every profile, by name, with where it came from. A file replaces
+    /// the built-in profile of the same name.
+    pub fn list(&self) -> Result<BTreeMap<String, (Profile, String)>, AgentError> {
+        let mut out = BTreeMap::new();
+        for (name, text) in BUILTIN {
+            out.insert(
+                name.to_string(),
+                (Profile::parse(text, name)?, "builtin".to_string()),
+            );
+        }
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(source) => {
+                return Err(AgentError::Read {
+                    path: self.dir.clone(),
+                    source,
+                })
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".toml"))
+            else {
+                continue;
+            };
+            let shown = path.display().to_string();
+            if validate_name("agent", name).is_err() {
+                return Err(AgentError::Invalid {
+                    path: shown,
+                    reason: "the file name must be NAME.toml, NAME of a-z, 0-9 and '-'".into(),
+                });
+            }
+            let text = std::fs::read_to_string(&path).map_err(|source| AgentError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            out.insert(name.to_string(), (Profile::parse(&text, &shown)?, shown));
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, name: &str) -> Result<(Profile, String), AgentError> {
+        let mut all = self.list()?;
+        all.remove(name).ok_or_else(|| AgentError::Unknown {
+            name: name.into(),
+            known: all.keys().cloned().collect(),
+        })
+    }
+
+    pub fn api_list(&self) -> Result<banger_api::AgentList, AgentError> {
+        Ok(banger_api::AgentList {
+            agents: self
+                .list()?
+                .iter()
+                .map(|(n, (p, src))| p.to_api(n, src))
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_profiles_parse_and_substitute_the_prompt() {
+        let agents = Agents::new(Path::new("/nonexistent"));
+        let all = agents.list().expect("builtins parse");
+        assert_eq!(
+            all.keys().cloned().collect::<Vec<_>>(),
+            ["claude-code", "codex", "opencode"]
+        );
+        let (p, src) = agents.get("opencode").expect("opencode");
+        assert_eq!(src, "builtin");
+        assert_eq!(
+            p.argv("fix it; $(rm -rf /)"),
+            ["opencode", "run", "fix it; $(rm -rf /)"]
+        );
+        let err = agents.get("cursor").expect_err("unknown");
+        assert!(err.to_string().contains("opencode"), "{err}");
+    }
+
+    #[test]
+    fn a_file_adds_or_replaces_a_profile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("stand-in.toml"),
+            "description = \"x\"\ncommand = [\"/usr/local/bin/agent\", \"--\", \"{prompt}\"]\nauth = [\"git\"]\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("codex.toml"),
+            "description = \"mine\"\ncommand = [\"codex\"]\n",
+        )
+        .expect("write");
+        let agents = Agents::new(dir.path());
+        let (p, src) = agents.get("stand-in").expect("added");
+        assert!(src.ends_with("stand-in.toml"));
+        assert_eq!(p.argv("go"), ["/usr/local/bin/agent", "--", "go"]);
+        assert_eq!(agents.get("codex").expect("replaced").0.description, "mine");
+    }
+
+    #[test]
+    fn bad_profiles_say_what_is_wrong() {
+        for (text, what) in [
+            ("description = \"x\"\ncommand = []\n", "command"),
+            ("description = \"x\"\ncommand = [\"a\"]\ncpus = 99\n", "cpus"),
+            ("description = \"x\"\ncommand = [\"a\"]\nmemory = \"lots\"\n", "memory"),
+            ("description = \"x\"\ncommand = [\"a\"]\n[env]\n\"A B\" = \"1\"\n", "env"),
+            ("description = \"x\"\ncommand = [\"a\"]\n[[files]]\npath = \"../x\"\ncontent = \"\"\n", "files"),
+            ("description = \"x\"\ncommand = [\"a\"]\nsurprise = 1\n", "surprise"),
+        ] {
+            let err = Profile::parse(text, "t.toml").expect_err(text).to_string();
+            assert!(err.contains(what) && err.contains("t.toml"), "{text}: {err}");
+        }
+    }
+}
+
+/// The script every agent session runs first: loads the synced `env`
+/// credentials, then execs the agent's command (its arguments).
+pub const SESSION_LOADER: &str = "for f in /root/.config/banger/env/*; do if [ -r \"$f\" ]; then . \"$f\"; fi; done; exec \"$@\"";
+
+#[derive(Debug, Error)]
+pub enum AgentRunError {
+    #[error("VM {0:?} has no agent: it was created without --agent from an image without one")]
+    NoAgent(String),
+    #[error("Agent {agent:?} needs {command:?}, which is not installed in the guest")]
+    NotInstalled { agent: String, command: String },
+    #[error("Writing the agent's file {path} into the guest failed: {stderr}")]
+    File { path: String, stderr: String },
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Session(Box<crate::sessions::SessionError>),
+    #[error(transparent)]
+    Workspace(Box<crate::workspaces::WorkspaceError>),
+    #[error(transparent)]
+    Vm(Box<crate::vms::VmError>),
+}
+
+impl From<crate::sessions::SessionError> for AgentRunError {
+    fn from(e: crate::sessions::SessionError) -> Self {
+        AgentRunError::Session(Box::new(e))
+    }
+}
+impl From<crate::workspaces::WorkspaceError> for AgentRunError {
+    fn from(e: crate::workspaces::WorkspaceError) -> Self {
+        AgentRunError::Workspace(Box::new(e))
+    }
+}
+impl From<crate::vms::VmError> for AgentRunError {
+    fn from(e: crate::vms::VmError) -> Self {
+        AgentRunError::Vm(Box::new(e))
+    }
+}
+
+impl crate::ToApiError for AgentRunError {
+    fn code(&self) -> banger_api::ErrorCode {
+        use banger_api::ErrorCode as C;
+        match self {
+            AgentRunError::NoAgent(_) | AgentRunError::NotInstalled { .. } => C::InvalidRequest,
+            AgentRunError::File { .. } => C::Internal,
+            AgentRunError::Agent(e) => e.code(),
+            AgentRunError::Session(e) => e.code(),
+            AgentRunError::Workspace(e) => e.code(),
+            AgentRunError::Vm(e) => e.code(),
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            AgentRunError::NoAgent(_) => Some("Pass --agent NAME (banger agent ls lists them)".into()),
+            AgentRunError::NotInstalled { agent, .. } => Some(format!(
+                "Use an image with the agent: banger image build NAME --agent {agent}, then banger vm create VM --image NAME; or install it in the guest"
+            )),
+            AgentRunError::Agent(e) => e.hint(),
+            AgentRunError::Session(e) => e.hint(),
+            AgentRunError::Workspace(e) => e.hint(),
+            AgentRunError::Vm(e) => e.hint(),
+            AgentRunError::File { .. } => None,
+        }
+    }
+}
+
+/// Starts agents as guest sessions.
+#[derive(Clone)]
+pub struct AgentRuns {
+    agents: Agents,
+    vms: crate::vms::Vms,
+    sessions: crate::sessions::Sessions,
+    workspaces: crate::workspaces::Workspaces,
+}
+
+impl AgentRuns {
+    pub fn new(
+        agents: Agents,
+        vms: crate::vms::Vms,
+        sessions: crate::sessions::Sessions,
+        workspaces: crate::workspaces::Workspaces,
+    ) -> AgentRuns {
+        AgentRuns {
+            agents,
+            vms,
+            sessions,
+            workspaces,
+        }
+    }
+
+    pub fn agents(&self) -> &Agents {
+        &self.agents
+    }
+
+    /// Writes the profile's files, then starts the agent on `prompt` as a
+    /// session (in the workspace's directory when one is named).
+    pub async fn run(
+        &self,
+        vm_name: &str,
+        req: banger_api::AgentRunRequest,
+    ) -> Result<banger_api::Session, AgentRunError> {
+        use crate::credentials::{write_file_script, GUEST_HOME};
+        let vm = self.vms.get(vm_name)?;
+        let agent = req
+            .agent
+            .clone()
+            .or(vm.agent.clone())
+            .ok_or_else(|| AgentRunError::NoAgent(vm.name.clone()))?;
+        validate_name("agent", &agent).map_err(crate::sessions::SessionError::from)?;
+        let (profile, _) = self.agents.get(&agent)?;
+        let cwd = match &req.workspace {
+            Some(w) => Some(self.workspaces.get(vm_name, Some(w))?.dest),
+            None => None,
+        };
+        for f in &profile.files {
+            let path = format!("{GUEST_HOME}/{}", f.path);
+            let script = format!(
+                "if [ {o} = 1 ] || [ ! -e {p} ]; then {w}; fi",
+                o = u8::from(f.overwrite),
+                p = crate::shell::quote(&path),
+                w = write_file_script(&path)
+            );
+            let out = self
+                .vms
+                .guest_run(
+                    &vm,
+                    &format!("sh -c {}", crate::shell::quote(&script)),
+                    Some(f.content.clone().into_bytes()),
+                )
+                .await?;
+            if !out.status.success() {
+                return Err(AgentRunError::File {
+                    path,
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
+            }
+        }
+        let mut command = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            SESSION_LOADER.to_string(),
+            format!("banger-agent-{agent}"),
+        ];
+        command.extend(profile.argv(&req.prompt));
+        let name = req.session.clone().unwrap_or_else(|| {
+            format!(
+                "{agent}-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..4]
+            )
+        });
+        let start = banger_api::SessionStartRequest {
+            command,
+            name: Some(name),
+            cwd,
+            env: profile.env.clone(),
+            require: profile.require.clone(),
+        };
+        match self.sessions.start(vm_name, start).await {
+            Err(crate::sessions::SessionError::MissingCommand(command)) => {
+                Err(AgentRunError::NotInstalled { agent, command })
+            }
+            other => Ok(other?),
+        }
+    }
+}

@@ -1,0 +1,673 @@
+//! `banger workspace`, `banger auth`, `banger agent`: the host side of
+//! workspaces, credential sync and coding agents. Git runs here, as the
+//! calling user; the daemon gets and gives only streams and JSON.
+
+use std::path::{Path, PathBuf};
+
+use banger::client::{Client, ClientError};
+use banger::exit;
+use banger::output::{self, Style};
+use banger::workspace as ws;
+use banger_api::{
+    AgentList, AgentRunRequest, AuthItemList, AuthSyncReport, AuthSyncRequest, AuthValue, Session,
+    Vm, Workspace, WorkspaceChanges, WorkspaceExported, WorkspaceList,
+};
+use base64::Engine;
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceCommand {
+    /// Copy a host git repository into the VM (HEAD, staged, changed and
+    /// untracked files) as a git repository on the same commit.
+    Push {
+        vm: String,
+        /// The repository (default: the current directory's).
+        path: Option<PathBuf>,
+        /// Workspace name (default: the repository's directory name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Guest directory (default: /work/NAME).
+        #[arg(long)]
+        dest: Option<String>,
+        /// Replace the workspace or directory if it exists (guest commits
+        /// not exported are lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Bring the guest's commits since the push (or the last export) back
+    /// into the host repository as a branch, or as patch files. Never
+    /// touches the host's working tree or current branch.
+    Export {
+        vm: String,
+        /// Which workspace (default: the VM's only one).
+        #[arg(long)]
+        name: Option<String>,
+        /// The host branch to create or fast-forward (default: banger/VM).
+        #[arg(long)]
+        dest_branch: Option<String>,
+        /// Write the new commits as patch files into DIR instead of a branch.
+        #[arg(long, value_name = "DIR")]
+        patches: Option<PathBuf>,
+        /// The host repository (default: where the workspace was pushed from).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// Replace the branch even when it is not a fast-forward.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List workspaces (of one VM).
+    Ls { vm: Option<String> },
+    /// Show a workspace and what an export would bring back now.
+    Show { vm: String, name: Option<String> },
+    /// Forget a workspace (its files stay in the guest).
+    Rm { vm: String, name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// The credential items the daemon's config lists (auth.items).
+    Ls,
+    /// Copy the credential items into the VM's user home (mode 0600).
+    Sync {
+        vm: String,
+        /// Only this item (repeatable).
+        #[arg(long = "only", value_name = "NAME")]
+        only: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// The agent profiles (built in, and files in the daemon's agents.dir).
+    Ls,
+    /// Push the workspace, sync credentials, and start the agent on PROMPT
+    /// as a session in the workspace (see `banger session attach`).
+    Run {
+        vm: String,
+        /// The repository to push (default: the current directory, when it
+        /// is in a git repository).
+        #[arg(long, conflicts_with = "no_workspace")]
+        workspace: Option<PathBuf>,
+        /// Run without a workspace.
+        #[arg(long)]
+        no_workspace: bool,
+        /// The agent (default: the VM's).
+        #[arg(long)]
+        agent: Option<String>,
+        /// The session's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Attach to the session right away.
+        #[arg(long)]
+        attach: bool,
+        #[arg(last = true, required = true)]
+        prompt: Vec<String>,
+    },
+}
+
+fn query(pairs: &[(&str, Option<&str>)]) -> String {
+    let kept: Vec<(&str, &str)> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| (*k, v)))
+        .collect();
+    serde_urlencoded::to_string(kept).unwrap_or_default()
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(10)]
+}
+
+/// Pushes the repository at `path`; returns the workspace.
+async fn push(
+    client: &Client,
+    vm: &str,
+    path: &Path,
+    name: Option<String>,
+    dest: Option<String>,
+    force: bool,
+) -> Result<Workspace, ClientError> {
+    // The VM first: no packing for a VM that does not exist.
+    let _: Vm = client.get(&format!("/v1/vms/{vm}")).await?;
+    let root = ws::repo_root(path)?;
+    let name = name.unwrap_or_else(|| ws::default_name(&root));
+    let packed = ws::pack(&root)?;
+    let host = root.display().to_string();
+    let q = query(&[
+        ("name", Some(&name)),
+        ("dest", dest.as_deref()),
+        ("host_path", Some(&host)),
+        ("base", Some(&packed.head)),
+        ("branch", packed.branch.as_deref()),
+        ("force", force.then_some("true")),
+    ]);
+    let w: Workspace = client
+        .upload_file(
+            &format!("/v1/vms/{vm}/workspaces?{q}"),
+            "application/x-tar",
+            packed.archive.path(),
+        )
+        .await?;
+    eprintln!(
+        "pushed {} ({} on {}, {} changed or untracked file(s), {} deleted{}) to {}:{}",
+        root.display(),
+        short(&w.base_commit),
+        w.branch.as_deref().unwrap_or("detached HEAD"),
+        packed.files,
+        packed.deleted,
+        if packed.staged {
+            ", staged changes"
+        } else {
+            ""
+        },
+        vm,
+        w.dest
+    );
+    Ok(w)
+}
+
+/// The VM's workspace `name`, or its only one.
+async fn pick(client: &Client, vm: &str, name: Option<String>) -> Result<Workspace, ClientError> {
+    if let Some(n) = name {
+        return client.get(&format!("/v1/vms/{vm}/workspaces/{n}")).await;
+    }
+    let mut list: WorkspaceList = client.get(&format!("/v1/vms/{vm}/workspaces")).await?;
+    match list.workspaces.len() {
+        1 => Ok(list.workspaces.remove(0)),
+        0 => Err(ClientError::Local {
+            message: format!("VM {vm:?} has no workspace"),
+            hint: Some(format!("Push one: banger workspace push {vm} PATH")),
+        }),
+        _ => Err(ClientError::Local {
+            message: format!(
+                "VM {vm:?} has several workspaces: {}",
+                list.workspaces
+                    .iter()
+                    .map(|w| w.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            hint: Some("Pass --name NAME".into()),
+        }),
+    }
+}
+
+fn print_changes(c: &WorkspaceChanges) {
+    println!(
+        "{} new commit(s) ({} since the base {}), {} file(s) changed, +{} -{}",
+        c.commits.len(),
+        c.total_commits,
+        short(&c.workspace.base_commit),
+        c.files_changed,
+        c.insertions,
+        c.deletions
+    );
+    for commit in &c.commits {
+        println!("  {} {}", short(&commit.id), commit.subject);
+    }
+    if c.dirty_files > 0 {
+        eprintln!(
+            "note: {} uncommitted change(s) in the guest are not exported (commit them in the guest first)",
+            c.dirty_files
+        );
+    }
+}
+
+pub async fn workspace(
+    client: &Client,
+    json: bool,
+    style: &Style,
+    cmd: WorkspaceCommand,
+) -> Result<u8, ClientError> {
+    match cmd {
+        WorkspaceCommand::Push {
+            vm,
+            path,
+            name,
+            dest,
+            force,
+        } => {
+            let path = path.unwrap_or_else(|| PathBuf::from("."));
+            let w = push(client, &vm, &path, name, dest, force).await?;
+            if json {
+                output::print_json(&w);
+            } else {
+                println!("{}", w.name);
+            }
+            Ok(exit::OK)
+        }
+        WorkspaceCommand::Export {
+            vm,
+            name,
+            dest_branch,
+            patches,
+            repo,
+            force,
+        } => {
+            let w = pick(client, &vm, name).await?;
+            let c: WorkspaceChanges = client
+                .get(&format!("/v1/vms/{vm}/workspaces/{}/changes", w.name))
+                .await?;
+            let root = ws::repo_root(&repo.unwrap_or_else(|| PathBuf::from(&w.host_path)))?;
+            if c.rewritten_since_export && !force && patches.is_none() {
+                return Err(ClientError::Local {
+                    message: format!(
+                        "The guest rewrote the commits exported last time ({}); exporting would replace them",
+                        short(w.exported_commit.as_deref().unwrap_or("?"))
+                    ),
+                    hint: Some("Pass --force to replace the branch, or --dest-branch NEW".into()),
+                });
+            }
+            if c.head == w.base_commit || (c.commits.is_empty() && !c.rewritten_since_export) {
+                if json {
+                    output::print_json(&c);
+                } else {
+                    println!(
+                        "nothing new to export: the guest's HEAD is {}",
+                        short(&c.head)
+                    );
+                }
+                return Ok(exit::OK);
+            }
+            let branch = match (&patches, dest_branch) {
+                (Some(_), b) => b,
+                (None, Some(b)) => Some(b),
+                (None, None) => Some(format!("banger/{vm}")),
+            };
+            let bundle = client
+                .get_bytes(&format!(
+                    "/v1/vms/{vm}/workspaces/{}/bundle?head={}",
+                    w.name, c.head
+                ))
+                .await?;
+            let written = ws::import_bundle(
+                &root,
+                &bundle,
+                &c.head,
+                &c.from,
+                branch.as_deref(),
+                force,
+                patches.as_deref(),
+            )?;
+            let _: Workspace = client
+                .post(
+                    &format!("/v1/vms/{vm}/workspaces/{}/exported", w.name),
+                    &WorkspaceExported {
+                        commit: c.head.clone(),
+                    },
+                )
+                .await?;
+            if json {
+                output::print_json(&serde_json::json!({
+                    "changes": c,
+                    "branch": branch,
+                    "patches": written,
+                }));
+                return Ok(exit::OK);
+            }
+            print_changes(&c);
+            if let Some(b) = &branch {
+                println!(
+                    "{} {b} in {} now at {}",
+                    style.green("exported:"),
+                    root.display(),
+                    short(&c.head)
+                );
+            }
+            for p in &written {
+                println!("{}", p.display());
+            }
+            Ok(exit::OK)
+        }
+        WorkspaceCommand::Ls { vm } => {
+            let path = match &vm {
+                Some(v) => format!("/v1/vms/{v}/workspaces"),
+                None => "/v1/workspaces".into(),
+            };
+            let list: WorkspaceList = client.get(&path).await?;
+            if json {
+                output::print_json(&list);
+                return Ok(exit::OK);
+            }
+            let rows: Vec<Vec<String>> = list
+                .workspaces
+                .iter()
+                .map(|w| {
+                    vec![
+                        w.vm.clone(),
+                        w.name.clone(),
+                        w.dest.clone(),
+                        short(&w.base_commit).to_string(),
+                        w.exported_commit
+                            .as_deref()
+                            .map(short)
+                            .unwrap_or("-")
+                            .to_string(),
+                        w.host_path.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(
+                    &["VM", "NAME", "GUEST DIR", "BASE", "EXPORTED", "HOST REPO"],
+                    &rows
+                )
+            );
+            Ok(exit::OK)
+        }
+        WorkspaceCommand::Show { vm, name } => {
+            let w = pick(client, &vm, name).await?;
+            let c: Result<WorkspaceChanges, ClientError> = client
+                .get(&format!("/v1/vms/{vm}/workspaces/{}/changes", w.name))
+                .await;
+            if json {
+                output::print_json(&serde_json::json!({
+                    "workspace": w,
+                    "changes": c.as_ref().ok(),
+                    "changes_error": c.as_ref().err().map(|e| e.to_string()),
+                }));
+                return Ok(exit::OK);
+            }
+            println!("name:      {}", w.name);
+            println!("vm:        {}", w.vm);
+            println!("guest dir: {}", w.dest);
+            println!("host repo: {}", w.host_path);
+            println!(
+                "base:      {} ({})",
+                w.base_commit,
+                w.branch.as_deref().unwrap_or("detached HEAD")
+            );
+            println!("pushed:    {}", w.pushed_at.with_timezone(&chrono::Local));
+            if let Some(e) = &w.exported_commit {
+                println!("exported:  {e}");
+            }
+            match c {
+                Ok(c) => print_changes(&c),
+                Err(e) => println!("changes:   unknown ({e})"),
+            }
+            Ok(exit::OK)
+        }
+        WorkspaceCommand::Rm { vm, name } => {
+            let (status, body) = client
+                .delete_raw(&format!("/v1/vms/{vm}/workspaces/{name}"))
+                .await?;
+            ClientError::check(status, &body)?;
+            eprintln!("forgot workspace {name} of {vm} (its files stay in the guest)");
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// Reads the values of `items` (all configured ones, or `only`) as the
+/// calling user. Returns the values and the skipped items with why.
+async fn read_values(
+    client: &Client,
+    only: &[String],
+) -> Result<(Vec<AuthValue>, Vec<(String, String)>), ClientError> {
+    let items: AuthItemList = client.get("/v1/auth/items").await?;
+    if let Some(unknown) = only
+        .iter()
+        .find(|o| !items.items.iter().any(|i| &i.name == *o))
+    {
+        return Err(ClientError::Local {
+            message: format!(
+                "No auth item named {unknown:?}; configured: {}",
+                items
+                    .items
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            hint: Some("Items are configured under [auth] in the daemon's config".into()),
+        });
+    }
+    let mut values = Vec::new();
+    let mut skipped = Vec::new();
+    for item in items
+        .items
+        .iter()
+        .filter(|i| only.is_empty() || only.contains(&i.name))
+    {
+        let name = item.name.clone();
+        match item.kind.as_str() {
+            "file" => {
+                let src = ws::expand_home(item.source.as_deref().unwrap_or(""));
+                match std::fs::read(&src) {
+                    Ok(bytes) => values.push(AuthValue::File {
+                        name,
+                        content_base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+                    }),
+                    Err(e) => skipped.push((name, format!("cannot read {}: {e}", src.display()))),
+                }
+            }
+            "git-identity" => match ws::git_identity() {
+                Some((user_name, user_email)) => values.push(AuthValue::GitIdentity {
+                    name,
+                    user_name,
+                    user_email,
+                }),
+                None => skipped.push((name, "git user.name or user.email is not set".into())),
+            },
+            "env" => {
+                let var = item.source.as_deref().unwrap_or("");
+                match std::env::var(var) {
+                    Ok(value) if !value.is_empty() => values.push(AuthValue::Env { name, value }),
+                    _ => skipped.push((name, format!("${var} is not set"))),
+                }
+            }
+            other => skipped.push((name, format!("unknown kind {other:?}"))),
+        }
+    }
+    Ok((values, skipped))
+}
+
+async fn sync(
+    client: &Client,
+    vm: &str,
+    only: &[String],
+) -> Result<(AuthSyncReport, Vec<(String, String)>), ClientError> {
+    let _: Vm = client.get(&format!("/v1/vms/{vm}")).await?;
+    let (values, skipped) = read_values(client, only).await?;
+    let report: AuthSyncReport = client
+        .post(&format!("/v1/vms/{vm}/auth"), &AuthSyncRequest { values })
+        .await?;
+    Ok((report, skipped))
+}
+
+pub async fn auth(client: &Client, json: bool, cmd: AuthCommand) -> Result<u8, ClientError> {
+    match cmd {
+        AuthCommand::Ls => {
+            let items: AuthItemList = client.get("/v1/auth/items").await?;
+            if json {
+                output::print_json(&items);
+                return Ok(exit::OK);
+            }
+            let rows: Vec<Vec<String>> = items
+                .items
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.name.clone(),
+                        i.kind.clone(),
+                        i.source.clone().unwrap_or_else(|| "-".into()),
+                        i.dest.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(&["NAME", "KIND", "HOST SOURCE", "GUEST PATH (~/)"], &rows)
+            );
+            Ok(exit::OK)
+        }
+        AuthCommand::Sync { vm, only } => {
+            let (report, skipped) = sync(client, &vm, &only).await?;
+            if json {
+                output::print_json(&serde_json::json!({
+                    "synced": report.synced,
+                    "skipped": skipped.iter().map(|(n, why)| serde_json::json!({"name": n, "reason": why})).collect::<Vec<_>>(),
+                }));
+            } else {
+                for s in &report.synced {
+                    println!("synced  {:<12} -> {} (0600)", s.name, s.guest_path);
+                }
+                for (n, why) in &skipped {
+                    println!("skipped {n:<12} ({why})");
+                }
+            }
+            // An item asked for by name that could not be read is a failure.
+            Ok(if !only.is_empty() && !skipped.is_empty() {
+                exit::FAILURE
+            } else {
+                exit::OK
+            })
+        }
+    }
+}
+
+pub async fn agent(client: &Client, json: bool, cmd: AgentCommand) -> Result<u8, ClientError> {
+    match cmd {
+        AgentCommand::Ls => {
+            let list: AgentList = client.get("/v1/agents").await?;
+            if json {
+                output::print_json(&list);
+                return Ok(exit::OK);
+            }
+            let rows: Vec<Vec<String>> = list
+                .agents
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.name.clone(),
+                        a.source.clone(),
+                        a.command.join(" "),
+                        a.description.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(&["NAME", "SOURCE", "COMMAND", "DESCRIPTION"], &rows)
+            );
+            Ok(exit::OK)
+        }
+        AgentCommand::Run {
+            vm,
+            workspace,
+            no_workspace,
+            agent,
+            name,
+            attach,
+            prompt,
+        } => {
+            let v: Vm = client.get(&format!("/v1/vms/{vm}")).await?;
+            let list: AgentList = client.get("/v1/agents").await?;
+            let agent_name = agent.or(v.agent.clone()).ok_or_else(|| ClientError::Local {
+                message: format!("VM {vm:?} has no agent"),
+                hint: Some("Pass --agent NAME (banger agent ls lists them), or create the VM with --agent".into()),
+            })?;
+            let profile = list
+                .agents
+                .iter()
+                .find(|a| a.name == agent_name)
+                .ok_or_else(|| ClientError::Local {
+                    message: format!(
+                        "Unknown agent {agent_name:?}; known agents: {}",
+                        list.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                    hint: Some("Add one with a profile file NAME.toml in the daemon's agents.dir (docs/agents.md)".into()),
+                })?;
+            // The workspace: the one named, else the current directory's
+            // repository when there is one.
+            let path = match (no_workspace, workspace) {
+                (true, _) => None,
+                (false, Some(p)) => Some(p),
+                (false, None) => ws::repo_root(Path::new(".")).ok(),
+            };
+            let ws_name = match path {
+                None => None,
+                Some(p) => {
+                    let root = ws::repo_root(&p)?;
+                    let name = ws::default_name(&root);
+                    let existing: Result<Workspace, ClientError> =
+                        client.get(&format!("/v1/vms/{vm}/workspaces/{name}")).await;
+                    match existing {
+                        Ok(w) => {
+                            eprintln!(
+                                "using workspace {} already in {vm} at {} (replace it with: banger workspace push {vm} {} --force)",
+                                w.name,
+                                w.dest,
+                                root.display()
+                            );
+                            Some(w.name)
+                        }
+                        Err(_) => Some(
+                            push(client, &vm, &root, Some(name), None, false)
+                                .await?
+                                .name,
+                        ),
+                    }
+                }
+            };
+            if !profile.auth.is_empty() {
+                let configured: AuthItemList = client.get("/v1/auth/items").await?;
+                let wanted: Vec<String> = profile
+                    .auth
+                    .iter()
+                    .filter(|a| configured.items.iter().any(|i| &i.name == *a))
+                    .cloned()
+                    .collect();
+                if !wanted.is_empty() {
+                    let (report, skipped) = sync(client, &vm, &wanted).await?;
+                    let names: Vec<&str> = report.synced.iter().map(|s| s.name.as_str()).collect();
+                    eprintln!(
+                        "credentials synced: {}{}",
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        },
+                        if skipped.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                " (not on this host: {})",
+                                skipped
+                                    .iter()
+                                    .map(|(n, _)| n.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        }
+                    );
+                }
+            }
+            let s: Session = client
+                .post(
+                    &format!("/v1/vms/{vm}/agent/run"),
+                    &AgentRunRequest {
+                        prompt: prompt.join(" "),
+                        agent: Some(agent_name.clone()),
+                        workspace: ws_name,
+                        session: name,
+                    },
+                )
+                .await?;
+            if json {
+                output::print_json(&s);
+            } else {
+                println!("{}", s.name);
+                eprintln!(
+                    "{agent_name} runs in {vm} as session {n}{cwd}; follow it: banger session attach {n} (or banger session logs -f {n}); bring its commits back: banger workspace export {vm}",
+                    n = s.name,
+                    cwd = s.cwd.as_deref().map(|c| format!(" in {c}")).unwrap_or_default(),
+                );
+            }
+            if attach {
+                return super::attach(client, &s.name).await;
+            }
+            Ok(exit::OK)
+        }
+    }
+}
