@@ -782,3 +782,107 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .expect("runtime")
         .block_on(f)
 }
+
+/// "The internet" for a test: a second namespace joined to `ns` by a veth
+/// pair on TEST-NET-1 (192.0.2.0/24), the route out of `ns`, and an HTTP
+/// server on 192.0.2.1:80 serving `hello.txt`. No traffic leaves the two
+/// namespaces. Dropped: the server dies with its namespace.
+pub struct Internet {
+    pub ns: TestNetns,
+    server: Child,
+    _www: tempfile::TempDir,
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// The address of the HTTP server in [`Internet`].
+pub const INTERNET_ADDR: &str = "192.0.2.1";
+/// What `http://192.0.2.1/hello.txt` answers.
+pub const INTERNET_HELLO: &str = "hello from the internet\n";
+
+impl Internet {
+    pub fn attach(to: &TestNetns) -> Internet {
+        let inet = TestNetns::new();
+        let (a, b) = ("veth-bgt-in", "veth-bgt-out");
+        let ok = |o: Output, what: &str| assert!(o.status.success(), "{what}: {}", stderr(&o));
+        ok(
+            to.ip(&[
+                "link", "add", a, "type", "veth", "peer", "name", b, "netns", &inet.name,
+            ]),
+            "veth",
+        );
+        ok(to.ip(&["addr", "add", "192.0.2.2/24", "dev", a]), "addr");
+        ok(to.ip(&["link", "set", a, "up"]), "up");
+        ok(to.ip(&["link", "set", "lo", "up"]), "lo up");
+        ok(
+            to.ip(&["route", "add", "default", "via", INTERNET_ADDR]),
+            "route",
+        );
+        ok(
+            inet.ip(&["addr", "add", &format!("{INTERNET_ADDR}/24"), "dev", b]),
+            "addr",
+        );
+        ok(inet.ip(&["link", "set", b, "up"]), "up");
+        ok(inet.ip(&["link", "set", "lo", "up"]), "lo up");
+        let www = tempfile::tempdir().expect("tempdir");
+        std::fs::write(www.path().join("hello.txt"), INTERNET_HELLO).expect("write");
+        let server = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &inet.name,
+                "python3",
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                INTERNET_ADDR,
+                "--directory",
+            ])
+            .arg(www.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("http server");
+        poll(
+            "the internet's HTTP server",
+            Duration::from_secs(10),
+            || {
+                Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &inet.name,
+                        "curl",
+                        "-sf",
+                        "--max-time",
+                        "1",
+                        &format!("http://{INTERNET_ADDR}/hello.txt"),
+                    ])
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+            },
+        );
+        Internet {
+            ns: inet,
+            server,
+            _www: www,
+        }
+    }
+}
+
+/// Runs a command inside namespace `ns`.
+pub fn in_netns(ns: &TestNetns, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(args)
+        .output()
+        .expect("ip netns exec")
+}

@@ -27,8 +27,8 @@ pub use sessions::{
 };
 pub use system::VersionInfo;
 pub use vms::{
-    GuestStats, HostStats, SshClientKey, Vm, VmCreateRequest, VmList, VmSetRequest, VmSshInfo,
-    VmState, VmStats, VmStopRequest,
+    Forward, ForwardList, ForwardRequest, GuestStats, HostStats, SshClientKey, Vm, VmCreateRequest,
+    VmList, VmPort, VmPortList, VmSetRequest, VmSshInfo, VmState, VmStats, VmStopRequest,
 };
 
 pub use workspaces::{

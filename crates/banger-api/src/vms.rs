@@ -64,6 +64,12 @@ pub struct Vm {
     /// The coding agent this VM is set up for (`banger agent run`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// No traffic to or from other VMs; only DNS and ping to the host.
+    #[serde(default)]
+    pub isolated: bool,
+    /// Outbound traffic only to these IPv4 networks (absent: anywhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_allow: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -102,6 +108,13 @@ pub struct VmCreateRequest {
     /// `agents.dir`); its resources are the defaults. Default: the image's agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// Isolate the VM: no traffic to or from other VMs, only DNS and ping to the host.
+    #[serde(default)]
+    pub isolated: bool,
+    /// Allow outbound traffic only to these IPv4 addresses or CIDRs (an
+    /// empty list: none). Absent: anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_allow: Option<Vec<String>>,
 }
 
 /// `POST /v1/vms/{name}/stop`.
@@ -187,8 +200,8 @@ pub struct GuestStats {
     pub work_total_bytes: Option<u64>,
 }
 
-/// `POST /v1/vms/{name}/set`: change resources. Only while the VM is
-/// stopped. Disks only grow.
+/// `POST /v1/vms/{name}/set`: change resources (only while the VM is
+/// stopped; disks only grow) or network policy (any time, applied at once).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmSetRequest {
@@ -203,4 +216,72 @@ pub struct VmSetRequest {
     /// New work disk size (grow only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work_disk_size: Option<String>,
+    /// Isolate the VM (or stop isolating it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolated: Option<bool>,
+    /// Allow outbound traffic only to these IPv4 addresses or CIDRs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_allow: Option<Vec<String>>,
+    /// Remove the egress allow-list (outbound traffic anywhere).
+    #[serde(default)]
+    pub egress_all: bool,
+}
+
+/// A listening socket in the guest (`GET /v1/vms/{name}/ports`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmPort {
+    /// `tcp` or `udp`.
+    pub proto: String,
+    /// The address it listens on (`0.0.0.0`, `::`, `*`, `127.0.0.1`, ...).
+    pub address: String,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// `http://NAME.vm:PORT` for TCP sockets reachable from outside the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmPortList {
+    pub vm: String,
+    pub ports: Vec<VmPort>,
+}
+
+/// A forward from a host address to a guest port (`/v1/vms/{name}/forwards`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    pub vm: String,
+    /// Host address it listens on (default 127.0.0.1), in the host's own
+    /// network namespace.
+    pub host_addr: String,
+    pub host_port: u16,
+    pub guest_port: u16,
+    /// Listening now (false: the daemon could not bind it; see `error`).
+    pub active: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardList {
+    pub forwards: Vec<Forward>,
+}
+
+/// `POST /v1/vms/{name}/forwards`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardRequest {
+    /// Default 127.0.0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_addr: Option<String>,
+    /// 0: any free port.
+    pub host_port: u16,
+    pub guest_port: u16,
 }

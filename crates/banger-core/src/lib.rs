@@ -20,6 +20,8 @@ pub mod config;
 pub mod credentials;
 pub mod doctor;
 pub mod error;
+pub mod firewall;
+pub mod forwards;
 pub mod guest;
 pub mod images;
 pub mod names;

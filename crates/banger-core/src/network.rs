@@ -223,6 +223,39 @@ pub fn host_net_command(program: &std::path::Path) -> std::process::Command {
     }
 }
 
+/// Runs `f` on a thread in the host's network namespace (the one bangerd
+/// started in; the current one when bangerd did not enter another). Sockets
+/// keep the namespace they were made in, so a listener bound here serves
+/// the host's addresses while the daemon lives in its own namespace.
+pub fn in_host_netns<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetworkError> {
+    let Some(host) = HOST_NETNS.get() else {
+        return Ok(f());
+    };
+    let fd = host.try_clone().map_err(|source| {
+        NetworkError::Tool(ToolError::Spawn {
+            program: "dup of the host namespace".into(),
+            source,
+        })
+    })?;
+    std::thread::spawn(move || {
+        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| e.to_string())
+            .map(|_| f())
+    })
+    .join()
+    .map_err(|_| "the thread panicked".to_string())
+    .and_then(|r| r)
+    .map_err(|stderr| {
+        NetworkError::Tool(ToolError::Failed {
+            command: "setns into the host's network namespace".into(),
+            status: "error".into(),
+            stderr,
+        })
+    })
+}
+
 /// Enters the named network namespace (creating it if missing) on the
 /// calling thread. Call before starting any other thread: threads and
 /// processes created afterwards inherit it.

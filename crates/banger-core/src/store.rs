@@ -109,6 +109,24 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (vm_id, name)
     ) STRICT;
     "#,
+    // 6: network policy per VM; port forwards from the host (deleted with
+    // their VM); daemon settings (e.g. the ip_forward value to restore).
+    r#"
+    ALTER TABLE vms ADD COLUMN isolated INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE vms ADD COLUMN egress TEXT;
+    CREATE TABLE forwards (
+        host_addr  TEXT NOT NULL,
+        host_port  INTEGER NOT NULL,
+        vm_id      TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+        guest_port INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (host_addr, host_port)
+    ) STRICT;
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 #[derive(Debug, Error)]

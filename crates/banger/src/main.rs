@@ -160,6 +160,20 @@ enum VmCommand {
         /// a profile in the daemon's agents.dir (default: the image's agent).
         #[arg(long)]
         agent: Option<String>,
+        /// Isolate the VM: no traffic to or from other VMs, only DNS and ping to the host.
+        #[arg(long)]
+        isolate: bool,
+        /// Allow outbound traffic only to these IPv4 addresses or CIDRs (comma-separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "CIDR,...",
+            conflicts_with = "no_egress"
+        )]
+        egress_allow: Option<Vec<String>>,
+        /// No outbound traffic at all (DNS to the host still works).
+        #[arg(long)]
+        no_egress: bool,
         /// Create the disks but do not boot.
         #[arg(long)]
         no_start: bool,
@@ -218,7 +232,40 @@ enum VmCommand {
         /// New work disk size (grow only).
         #[arg(long)]
         work_disk_size: Option<String>,
+        /// Isolate the VM: no traffic to or from other VMs, only DNS and ping to the host.
+        #[arg(long)]
+        isolate: bool,
+        /// Allow outbound traffic only to these IPv4 addresses or CIDRs (comma-separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "CIDR,...",
+            conflicts_with = "no_egress"
+        )]
+        egress_allow: Option<Vec<String>>,
+        /// No outbound traffic at all (DNS to the host still works).
+        #[arg(long)]
+        no_egress: bool,
+        /// Stop isolating the VM.
+        #[arg(long, conflicts_with = "isolate")]
+        no_isolate: bool,
+        /// Remove the egress allow-list (outbound traffic anywhere).
+        #[arg(long, conflicts_with_all = ["egress_allow", "no_egress"])]
+        egress_all: bool,
     },
+    /// The guest's listening TCP and UDP sockets, with processes and URLs.
+    Ports { name: String },
+    /// Forward [HOST_ADDR:]HOST_PORT on the host (default 127.0.0.1; port 0:
+    /// any free one) to GUEST_PORT; kept across daemon restarts. --rm removes it.
+    Forward {
+        name: String,
+        /// [HOST_ADDR:]HOST_PORT:GUEST_PORT, or [HOST_ADDR:]HOST_PORT with --rm.
+        spec: String,
+        #[arg(long)]
+        rm: bool,
+    },
+    /// List port forwards (of one VM).
+    Forwards { name: Option<String> },
     /// SSH into the VM (through the daemon; pinned host key). Extra arguments run as a command.
     Ssh {
         name: String,
@@ -836,10 +883,19 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
             disk_size,
             backend,
             agent,
+            isolate,
+            egress_allow,
+            no_egress,
             no_start,
             wait,
         } => {
             let req = banger_api::VmCreateRequest {
+                isolated: isolate,
+                egress_allow: if no_egress {
+                    Some(Vec::new())
+                } else {
+                    egress_allow
+                },
                 name,
                 image,
                 cpus,
@@ -871,6 +927,105 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
             }
             Ok(exit::OK)
         }
+        VmCommand::Ports { name } => {
+            let p: banger_api::VmPortList = client.get(&format!("/v1/vms/{name}/ports")).await?;
+            if json {
+                output::print_json(&p);
+                return Ok(exit::OK);
+            }
+            let rows: Vec<Vec<String>> = p
+                .ports
+                .iter()
+                .map(|x| {
+                    vec![
+                        x.proto.clone(),
+                        x.address.clone(),
+                        x.port.to_string(),
+                        x.process.clone().unwrap_or_else(|| "-".into()),
+                        x.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                        x.url.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(
+                    &["PROTO", "ADDRESS", "PORT", "PROCESS", "PID", "URL"],
+                    &rows
+                )
+            );
+            Ok(exit::OK)
+        }
+        VmCommand::Forward { name, spec, rm } => {
+            let (addr, host_port, guest_port) = parse_forward_spec(&spec, rm)?;
+            if rm {
+                let q = match &addr {
+                    Some(a) => format!("host_addr={a}&host_port={host_port}"),
+                    None => format!("host_port={host_port}"),
+                };
+                let (status, body) = client
+                    .raw(
+                        hyper::Method::DELETE,
+                        &format!("/v1/vms/{name}/forwards?{q}"),
+                    )
+                    .await
+                    .map(|(s, _, b)| (s, b))?;
+                ClientError::check(status, &body)?;
+                eprintln!("forward removed");
+                return Ok(exit::OK);
+            }
+            let f: banger_api::Forward = client
+                .post(
+                    &format!("/v1/vms/{name}/forwards"),
+                    &banger_api::ForwardRequest {
+                        host_addr: addr,
+                        host_port,
+                        guest_port: guest_port.unwrap_or(0),
+                    },
+                )
+                .await?;
+            if json {
+                output::print_json(&f);
+            } else {
+                println!(
+                    "{}:{} -> {}:{}",
+                    f.host_addr, f.host_port, f.vm, f.guest_port
+                );
+            }
+            Ok(exit::OK)
+        }
+        VmCommand::Forwards { name } => {
+            let path = match &name {
+                Some(n) => format!("/v1/vms/{n}/forwards"),
+                None => "/v1/forwards".into(),
+            };
+            let l: banger_api::ForwardList = client.get(&path).await?;
+            if json {
+                output::print_json(&l);
+                return Ok(exit::OK);
+            }
+            let rows: Vec<Vec<String>> = l
+                .forwards
+                .iter()
+                .map(|f| {
+                    vec![
+                        format!("{}:{}", f.host_addr, f.host_port),
+                        f.vm.clone(),
+                        f.guest_port.to_string(),
+                        if f.active {
+                            "listening".into()
+                        } else {
+                            format!("not listening: {}", f.error.clone().unwrap_or_default())
+                        },
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(&["HOST", "VM", "GUEST PORT", "STATE"], &rows)
+            );
+            Ok(exit::OK)
+        }
         VmCommand::Show { name } => {
             let v: banger_api::Vm = client.get(&format!("/v1/vms/{name}")).await?;
             if json {
@@ -892,6 +1047,22 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
                     println!("pid:       {pid}");
                 }
                 println!("uptime:    {}", row[7]);
+                println!(
+                    "network:   {}{}",
+                    if v.isolated {
+                        "isolated"
+                    } else {
+                        "not isolated"
+                    },
+                    match &v.egress_allow {
+                        None => ", egress anywhere".to_string(),
+                        Some(l) if l.is_empty() => ", no egress".to_string(),
+                        Some(l) => format!(", egress only to {}", l.join(", ")),
+                    }
+                );
+                if let Some(a) = &v.agent {
+                    println!("agent:     {a}");
+                }
                 if let Some(r) = &v.stop_reason {
                     println!("stopped:   {r}");
                 }
@@ -1038,6 +1209,11 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
             memory,
             disk_size,
             work_disk_size,
+            isolate,
+            egress_allow,
+            no_egress,
+            no_isolate,
+            egress_all,
         } => {
             let v: banger_api::Vm = client
                 .post(
@@ -1047,6 +1223,19 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
                         memory,
                         disk_size,
                         work_disk_size,
+                        isolated: if isolate {
+                            Some(true)
+                        } else if no_isolate {
+                            Some(false)
+                        } else {
+                            None
+                        },
+                        egress_allow: if no_egress {
+                            Some(Vec::new())
+                        } else {
+                            egress_allow
+                        },
+                        egress_all,
                     },
                 )
                 .await?;
@@ -1392,6 +1581,51 @@ async fn session(
             ClientError::check(status, &body)?;
             Ok(exit::OK)
         }
+    }
+}
+
+/// `[ADDR:]HOST:GUEST` (or `[ADDR:]HOST` when removing). IPv6 addresses
+/// go in brackets. Pure.
+fn parse_forward_spec(
+    spec: &str,
+    rm: bool,
+) -> Result<(Option<String>, u16, Option<u16>), ClientError> {
+    let bad = |why: &str| ClientError::Local {
+        message: format!("Invalid forward {spec:?}: {why}"),
+        hint: Some(
+            "Write [HOST_ADDR:]HOST_PORT:GUEST_PORT, e.g. 8080:80 or 127.0.0.1:0:3000".into(),
+        ),
+    };
+    let (addr, rest) = match spec.strip_prefix('[') {
+        Some(r) => {
+            let (a, rest) = r.split_once("]:").ok_or_else(|| bad("unclosed ["))?;
+            (Some(a.to_string()), rest.to_string())
+        }
+        None => {
+            let parts: Vec<&str> = spec.split(':').collect();
+            let want = if rm { 2 } else { 3 };
+            if parts.len() == want {
+                (Some(parts[0].to_string()), parts[1..].join(":"))
+            } else {
+                (None, spec.to_string())
+            }
+        }
+    };
+    let nums: Vec<&str> = rest.split(':').collect();
+    let port = |s: &str| {
+        s.parse::<u16>()
+            .map_err(|_| bad(&format!("{s:?} is not a port")))
+    };
+    match (rm, nums.as_slice()) {
+        (true, [h]) => Ok((addr, port(h)?, None)),
+        (false, [h, g]) => {
+            let g = port(g)?;
+            if g == 0 {
+                return Err(bad("the guest port cannot be 0"));
+            }
+            Ok((addr, port(h)?, Some(g)))
+        }
+        _ => Err(bad("wrong number of parts")),
     }
 }
 

@@ -33,6 +33,7 @@ pub struct Daemon {
     pub workspaces: banger_core::workspaces::Workspaces,
     pub credentials: banger_core::credentials::Credentials,
     pub agent_runs: banger_core::agents::AgentRuns,
+    pub forwards: banger_core::forwards::Forwards,
     pub socket_gid: u32,
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// Fired at shutdown; long-lived responses (SSE) end on it.
@@ -43,6 +44,41 @@ fn create_dir(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
     std::fs::create_dir_all(path).with_context(|| format!("Cannot create {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("Cannot set the mode of {}", path.display()))
+}
+
+/// `bangerd --uninstall-network`: removes banger's network from the
+/// namespace and restores IPv4 forwarding; the daemon must be stopped.
+pub async fn uninstall_network(config: Config) -> anyhow::Result<()> {
+    let layout = Layout::new(&config.daemon.state_dir, &config.daemon.runtime_dir);
+    let _lock = lock::acquire(&layout.lock_file(), &layout.state_dir)?;
+    let store = Arc::new(Store::open(&layout.db())?);
+    let ops = Ops::new(store.clone());
+    let images = Images::new(layout.clone(), store.clone(), ops.clone(), String::new())?;
+    let vms = Vms::new(layout, store, ops, images, vms_config(&config)?);
+    vms.uninstall_network()
+        .map_err(|e| anyhow::anyhow!("{}", banger_core::error::error_chain(&e)))?;
+    eprintln!("bangerd: removed banger's network (nftables tables, TAPs, bridge {}); IPv4 forwarding restored", config.network.bridge);
+    Ok(())
+}
+
+fn vms_config(config: &Config) -> anyhow::Result<VmsConfig> {
+    let size = |s: &str| banger_core::units::parse_size(s).map_err(|e| anyhow::anyhow!("{e}"));
+    Ok(VmsConfig {
+        bridge: config.network.bridge.clone(),
+        subnet: banger_core::network::Subnet::parse(&config.network.subnet)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        default_image: config.vm.default_image.clone(),
+        cpus: config.vm.cpus,
+        memory_mib: u32::try_from(size(&config.vm.memory)? >> 20).unwrap_or(1024),
+        work_disk_bytes: size(&config.vm.work_disk_size)?,
+        accel: config.vm.accel.clone(),
+        firecracker_binary: config.firecracker.binary.clone(),
+        jailer: config.firecracker.jailer.clone(),
+        chroot_base: config.firecracker.chroot_base.clone(),
+        jail_uid: config.firecracker.uid,
+        jail_gid: config.firecracker.gid,
+        agents: banger_core::agents::Agents::new(&config.agents.dir),
+    })
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -69,23 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.images.mirror.clone()
     };
     let images = Images::new(layout.clone(), store.clone(), ops.clone(), mirror)?;
-    let size = |s: &str| banger_core::units::parse_size(s).map_err(|e| anyhow::anyhow!("{e}"));
-    let vms_config = VmsConfig {
-        bridge: config.network.bridge.clone(),
-        subnet: banger_core::network::Subnet::parse(&config.network.subnet)
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        default_image: config.vm.default_image.clone(),
-        cpus: config.vm.cpus,
-        memory_mib: u32::try_from(size(&config.vm.memory)? >> 20).unwrap_or(1024),
-        work_disk_bytes: size(&config.vm.work_disk_size)?,
-        accel: config.vm.accel.clone(),
-        firecracker_binary: config.firecracker.binary.clone(),
-        jailer: config.firecracker.jailer.clone(),
-        chroot_base: config.firecracker.chroot_base.clone(),
-        jail_uid: config.firecracker.uid,
-        jail_gid: config.firecracker.gid,
-        agents: banger_core::agents::Agents::new(&config.agents.dir),
-    };
+    let vms_config = vms_config(&config)?;
     let vms = Vms::new(
         layout.clone(),
         store.clone(),
@@ -96,6 +116,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     vms.reconcile()?;
     let sessions = banger_core::sessions::Sessions::new(store.clone(), vms.clone());
     let workspaces = banger_core::workspaces::Workspaces::new(store.clone(), vms.clone());
+    let forwards = banger_core::forwards::Forwards::new(store.clone(), vms.clone());
+    forwards.restore();
     let credentials =
         banger_core::credentials::Credentials::new(config.auth.items.clone(), vms.clone());
     let agent_runs = banger_core::agents::AgentRuns::new(
@@ -120,6 +142,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         workspaces,
         credentials,
         agent_runs,
+        forwards,
         socket_gid: gid,
         started_at: chrono::Utc::now(),
         shutdown: CancellationToken::new(),

@@ -44,6 +44,11 @@ struct Args {
     /// Print the OpenAPI document of the API and exit.
     #[arg(long)]
     print_openapi: bool,
+    /// Remove banger's network (nftables tables, TAPs, bridge) and restore
+    /// IPv4 forwarding to its value before banger, then exit. The daemon
+    /// must be stopped and no VM running.
+    #[arg(long)]
+    uninstall_network: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -98,5 +103,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.uninstall_network {
+        return runtime.block_on(daemon::uninstall_network(config));
+    }
     runtime.block_on(daemon::run(config))
 }

@@ -15,6 +15,7 @@
 pub mod kvm_probe;
 pub mod qemu;
 
+pub mod ports;
 pub mod stats;
 pub mod vmm;
 
@@ -71,6 +72,8 @@ pub enum VmError {
     #[error(transparent)]
     Agent(#[from] crate::agents::AgentError),
     #[error(transparent)]
+    Firewall(#[from] crate::firewall::FirewallError),
+    #[error(transparent)]
     Network(#[from] NetworkError),
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -116,6 +119,7 @@ impl ToApiError for VmError {
             VmError::Backend { .. } => ErrorCode::Unavailable,
             VmError::Image(e) => e.code(),
             VmError::Agent(e) => e.code(),
+            VmError::Firewall(e) => e.code(),
             VmError::Network(e) => e.code(),
             VmError::Tool(e) => e.code(),
             _ => ErrorCode::Internal,
@@ -133,6 +137,7 @@ impl ToApiError for VmError {
             }
             VmError::Image(e) => e.hint(),
             VmError::Agent(e) => e.hint(),
+            VmError::Firewall(e) => e.hint(),
             VmError::Network(e) => e.hint(),
             VmError::Tool(e) => e.hint(),
             VmError::Connect { .. } => {
@@ -515,6 +520,7 @@ impl Vms {
                 ),
             });
         }
+        let egress_json = parse_egress(req.egress_allow.as_deref())?;
         let client_key = self.client_key()?;
         // Reserve name and address in one transaction: the `creating` row is
         // what a restarted daemon rolls back.
@@ -536,8 +542,8 @@ impl Vms {
             let ip = subnet.allocate(&used)?;
             let now = chrono::Utc::now();
             tx.execute(
-                &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'creating', NULL, ?13, NULL, NULL, '', ?14)"),
-                params![id, name, image_name, image.digest, backend, if backend == "firecracker" { "kvm" } else { accel.as_str() }, cpus, memory_mib, work_bytes as i64, ip.to_string(), network::mac_for(&id), network::tap_name(&id), now.to_rfc3339(), agent],
+                &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'creating', NULL, ?13, NULL, NULL, '', ?14, ?15, ?16)"),
+                params![id, name, image_name, image.digest, backend, if backend == "firecracker" { "kvm" } else { accel.as_str() }, cpus, memory_mib, work_bytes as i64, ip.to_string(), network::mac_for(&id), network::tap_name(&id), now.to_rfc3339(), agent, i64::from(req.isolated), egress_json],
             )?;
             tx.query_row(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"), [&id], vm_from_row)?
         })?;
@@ -723,12 +729,14 @@ impl Vms {
             self.inner.config.subnet,
             network::tap_name(&vm.id),
         );
+        let this = self.clone();
         h.step(
             "network",
             blocking(move || {
                 network::ensure_bridge(&bridge, &subnet).map_err(api)?;
                 network::flush_neighbor(&vm_ip, &bridge);
                 network::create_tap(&tap, &bridge, tap_owner).map_err(api)?;
+                this.sync_firewall().map_err(api)?;
                 Ok(())
             }),
         )
@@ -1249,6 +1257,50 @@ impl Vms {
         let lock = self.lock_for(name);
         let _held = lock.lock().await;
         let vm = self.get(name)?;
+        let policy = req.isolated.is_some() || req.egress_allow.is_some() || req.egress_all;
+        let resources = req.cpus.is_some()
+            || req.memory.is_some()
+            || req.disk_size.is_some()
+            || req.work_disk_size.is_some();
+        if policy {
+            if req.egress_all && req.egress_allow.is_some() {
+                return Err(VmError::Invalid {
+                    what: "egress",
+                    reason: "give an allow-list or egress_all, not both".into(),
+                });
+            }
+            let egress = parse_egress(req.egress_allow.as_deref())?;
+            let (id, isolated, clear) = (vm.id.clone(), req.isolated, req.egress_all);
+            self.inner.store.write(|tx| -> Result<(), VmError> {
+                if let Some(i) = isolated {
+                    tx.execute(
+                        "UPDATE vms SET isolated = ?2 WHERE id = ?1",
+                        params![id, i64::from(i)],
+                    )?;
+                }
+                if egress.is_some() || clear {
+                    tx.execute(
+                        "UPDATE vms SET egress = ?2 WHERE id = ?1",
+                        params![id, egress],
+                    )?;
+                }
+                Ok(())
+            })?;
+            if self.network_active() {
+                let this = self.clone();
+                tokio::task::spawn_blocking(move || this.sync_firewall())
+                    .await
+                    .map_err(|e| VmError::Invalid {
+                        what: "firewall",
+                        reason: format!("task failed: {e}"),
+                    })??;
+            }
+            tracing::info!(vm = %vm.name, isolated = ?req.isolated, egress = ?req.egress_allow, all = req.egress_all, "network policy changed");
+            if !resources {
+                return self.get(name);
+            }
+        }
+        let vm = self.get(name)?;
         if vm.state != VmState::Stopped {
             return Err(VmError::WrongState {
                 name: name.into(),
@@ -1637,7 +1689,139 @@ impl Vms {
                 })?;
             }
         }
+        if self.network_active() {
+            if let Err(e) = self.sync_firewall() {
+                tracing::warn!(vm = name, error = %e, "cannot update the firewall after removing a VM");
+            }
+        }
         tracing::info!(vm = name, "removed");
+        Ok(())
+    }
+
+    /// The name of the VM with this id, if it still exists.
+    pub fn name_of(&self, id: &str) -> Option<String> {
+        self.inner
+            .store
+            .read(|c| {
+                c.query_row("SELECT name FROM vms WHERE id = ?1", [id], |r| r.get(0))
+                    .optional()
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// The guest's listening TCP and UDP sockets.
+    pub async fn ports(&self, name: &str) -> Result<banger_api::VmPortList, VmError> {
+        let vm = self.get(name)?;
+        let out = self.guest_stdout(&vm, ports::GUEST_PORTS_COMMAND).await?;
+        let ports = ports::parse_ss(&out, &vm.name).map_err(|detail| {
+            VmError::Tool(ToolError::BadOutput {
+                program: "ss (in the guest)".into(),
+                detail,
+            })
+        })?;
+        Ok(banger_api::VmPortList { vm: vm.name, ports })
+    }
+
+    /// Whether banger's network (bridge, rules) is set up in this namespace.
+    pub fn network_active(&self) -> bool {
+        network::link_exists(&self.inner.config.bridge) || crate::firewall::installed()
+    }
+
+    /// Every VM's network identity and policy, from the store.
+    fn vm_nets(&self) -> Result<Vec<crate::firewall::VmNet>, VmError> {
+        let rows: Vec<(String, String, String, i64, Option<String>)> =
+            self.inner.store.read(|c| -> Result<_, VmError> {
+                let mut stmt = c.prepare("SELECT id, ip, tap, isolated, egress FROM vms")?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })?;
+        let mut out = Vec::new();
+        for (id, ip, tap, isolated, egress) in rows {
+            let Ok(ip) = ip.parse() else {
+                tracing::warn!(vm = %id, %ip, "bad address in the store; no rules for it");
+                continue;
+            };
+            let egress = egress.map(|e| {
+                serde_json::from_str::<Vec<String>>(&e)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|c| crate::firewall::Cidr::parse(c).ok())
+                    .collect()
+            });
+            out.push(crate::firewall::VmNet {
+                id,
+                ip,
+                tap,
+                isolated: isolated != 0,
+                egress,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Makes banger's nftables tables match the store (one transaction)
+    /// and turns IPv4 forwarding on, remembering the value it had.
+    pub fn sync_firewall(&self) -> Result<(), VmError> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _held = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let nets = self.vm_nets()?;
+        let cfg = &self.inner.config;
+        crate::firewall::apply(&crate::firewall::ruleset(&cfg.bridge, &cfg.subnet, &nets))?;
+        let before = crate::firewall::ip_forward()?;
+        if before != "1" {
+            self.inner.store.write(|tx| {
+                tx.execute(
+                    "INSERT OR IGNORE INTO settings (key, value) VALUES ('ip_forward_before', ?1)",
+                    [&before],
+                )
+                .map(|_| ())
+            })?;
+            crate::firewall::set_ip_forward("1")?;
+            tracing::info!(before = %before, "enabled IPv4 forwarding");
+        }
+        Ok(())
+    }
+
+    /// Removes banger's network from this namespace: its nftables tables,
+    /// TAPs and bridge; restores IPv4 forwarding to what it was. Refused
+    /// while VMs run.
+    pub fn uninstall_network(&self) -> Result<(), VmError> {
+        if let Some(vm) = self
+            .list()?
+            .into_iter()
+            .find(|v| v.state == VmState::Running)
+        {
+            return Err(VmError::WrongState {
+                name: vm.name,
+                state: "running",
+                what: "stop every VM before removing banger's network",
+            });
+        }
+        crate::firewall::apply(crate::firewall::teardown())?;
+        for link in network::list_links() {
+            if link.starts_with("bg-") || link.starts_with("bgp-") {
+                network::delete_tap(&link);
+            }
+        }
+        network::delete_tap(&self.inner.config.bridge);
+        let before: Option<String> = self.inner.store.read(|c| {
+            c.query_row(
+                "SELECT value FROM settings WHERE key = 'ip_forward_before'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        if let Some(v) = before {
+            crate::firewall::set_ip_forward(&v)?;
+            self.inner.store.write(|tx| {
+                tx.execute("DELETE FROM settings WHERE key = 'ip_forward_before'", [])
+                    .map(|_| ())
+            })?;
+        }
         Ok(())
     }
 
@@ -1756,6 +1940,12 @@ impl Vms {
     /// Converges stored state with reality after a daemon (re)start.
     pub fn reconcile(&self) -> Result<(), VmError> {
         self.remove_orphans()?;
+        // Rules for VMs that no longer exist go; missing ones come back.
+        if self.network_active() {
+            if let Err(e) = self.sync_firewall() {
+                tracing::warn!(error = %e, "cannot reconcile the firewall");
+            }
+        }
         for vm in self.list()? {
             match vm.state {
                 VmState::Creating => {
@@ -1818,6 +2008,23 @@ fn kill_pid(pid: u32) {
     }
 }
 
+/// An egress allow-list from the API, checked and normalized, as stored
+/// (JSON); `None`: no list.
+fn parse_egress(list: Option<&[String]>) -> Result<Option<String>, VmError> {
+    let Some(list) = list else { return Ok(None) };
+    let mut out = Vec::new();
+    for entry in list {
+        let c = crate::firewall::Cidr::parse(entry).map_err(|e| VmError::Invalid {
+            what: "egress allow-list",
+            reason: e.to_string(),
+        })?;
+        out.push(c.to_string());
+    }
+    Ok(Some(
+        serde_json::to_string(&out).unwrap_or_else(|_| "[]".into()),
+    ))
+}
+
 /// The input of a guest command.
 pub enum GuestInput {
     None,
@@ -1825,7 +2032,7 @@ pub enum GuestInput {
     Reader(Box<dyn tokio::io::AsyncRead + Send + Unpin>),
 }
 
-const VM_COLUMNS: &str = "id, name, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, ip, mac, tap, state, pid, created_at, started_at, stop_reason, host_key, agent";
+const VM_COLUMNS: &str = "id, name, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, ip, mac, tap, state, pid, created_at, started_at, stop_reason, host_key, agent, isolated, egress";
 
 fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Vm, VmError>> {
     let state: String = r.get(12)?;
@@ -1854,6 +2061,10 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Vm, VmError>> {
         started_at: None,
         stop_reason: r.get(16)?,
         agent: r.get(18)?,
+        isolated: r.get::<_, i64>(19)? != 0,
+        egress_allow: r
+            .get::<_, Option<String>>(20)?
+            .and_then(|e| serde_json::from_str(&e).ok()),
     };
     Ok((|| {
         vm.state = VmState::parse(&state).ok_or_else(|| corrupt("VM state", state.clone()))?;

@@ -6,6 +6,7 @@
 //! and logs the request with its uid and pid.
 
 pub mod images;
+pub mod network;
 pub mod ops;
 pub mod peer;
 pub mod sessions;
@@ -136,6 +137,11 @@ where
         sessions::send,
         sessions::signal,
         sessions::remove,
+        network::ports,
+        network::add_forward,
+        network::vm_forwards,
+        network::forwards,
+        network::remove_forward,
         workspaces::push,
         workspaces::list_vm,
         workspaces::list,
@@ -227,6 +233,14 @@ pub fn router(daemon: AppState) -> Router {
         .route("/auth/items", get(workspaces::auth_items))
         .route("/vms/{name}/auth", post(workspaces::auth_sync))
         .route("/agents", get(workspaces::agents))
+        .route("/vms/{name}/ports", get(network::ports))
+        .route(
+            "/vms/{name}/forwards",
+            get(network::vm_forwards)
+                .post(network::add_forward)
+                .delete(network::remove_forward),
+        )
+        .route("/forwards", get(network::forwards))
         .route("/vms/{name}/agent/run", post(workspaces::agent_run));
     if daemon.config.debug.test_endpoints {
         v1 = v1.route("/debug/ops", post(ops::debug_start));
