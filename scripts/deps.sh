@@ -18,6 +18,7 @@ PKGS=(
   util-linux                     # setpriv, flock (tests)
   sqlite3                        # tests simulate crashes by editing the store
   python3                        # bench/run.sh checks the benchmarks' JSON
+  bind9-dnsutils                 # dig (tests query the .vm DNS server)
   build-essential pkg-config     # cc for bundled SQLite
 )
 

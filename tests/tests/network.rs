@@ -67,6 +67,37 @@ fn guest_network_nat_isolation_egress_reconcile_and_uninstall() {
         "1"
     );
 
+    // DNS on the bridge address: NAME.vm and reverse names, over UDP and
+    // TCP, from the host side and from a guest.
+    let dig = |args: &[&str]| {
+        let mut a = vec!["dig", "+short", "+time=2", "+tries=1", "@172.30.0.1"];
+        a.extend_from_slice(args);
+        stdout(&in_netns(&ns, &a)).trim().to_string()
+    };
+    poll("the .vm DNS server", Duration::from_secs(10), || {
+        (dig(&["a.vm"]) == a.ip).then_some(())
+    });
+    assert_eq!(dig(&["+tcp", "B.VM"]), b.ip);
+    assert_eq!(dig(&["-x", &a.ip]), "a.vm.");
+    let nx = stdout(&in_netns(
+        &ns,
+        &["dig", "+time=2", "+tries=1", "@172.30.0.1", "nope.vm"],
+    ));
+    assert!(nx.contains("status: NXDOMAIN"), "{nx}");
+    assert_eq!(
+        stdout(&ssh(&d, "a", "getent hosts b.vm"))
+            .split_whitespace()
+            .next(),
+        Some(b.ip.as_str())
+    );
+    let doctor: banger_api::DoctorReport = d.banger_json(&["doctor"]);
+    let check = doctor.checks.iter().find(|c| c.id == "dns").unwrap();
+    assert!(
+        check.detail.starts_with("serving .vm on 172.30.0.1:53"),
+        "{}",
+        check.detail
+    );
+
     // NAT: guests reach the internet; VMs reach each other.
     assert_eq!(fetch(&d, "a"), INTERNET_HELLO);
     assert!(reaches(&d, "a", &b.ip, 22));
@@ -251,6 +282,8 @@ fn guest_network_nat_isolation_egress_reconcile_and_uninstall() {
     // rm takes the VM's rules with it.
     assert!(d.banger(&["vm", "rm", "--force", "b"]).status.success());
     assert!(!nft_list(&ns).contains(&b.ip));
+    assert_eq!(dig(&["b.vm"]), "", "DNS still answers for a removed VM");
+    assert_eq!(dig(&["a.vm"]), a.ip);
 
     // Uninstall: the daemon stopped and no VM running.
     assert!(d.banger(&["vm", "stop", "--force", "a"]).status.success());

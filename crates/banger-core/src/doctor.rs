@@ -41,6 +41,8 @@ pub struct HostFacts {
     pub state_dir: PathBuf,
     /// Real-kernel KVM probe verdicts of this boot: (kernel sha256, boots, detail).
     pub kvm_probes: Vec<(String, bool, String)>,
+    /// The `.vm` DNS server's state (filled in by the daemon); `None`: not started.
+    pub dns: Option<String>,
 }
 
 impl HostFacts {
@@ -78,6 +80,7 @@ impl HostFacts {
                     .map(|v| (v.kernel_sha256, v.kvm_boots_real_kernels, v.detail))
                     .collect()
             },
+            dns: None,
         }
     }
 }
@@ -331,6 +334,26 @@ pub fn evaluate(f: &HostFacts) -> DoctorReport {
             None,
         ),
         None => check(fwd, CheckStatus::Info, "cannot read /proc/sys/net/ipv4/ip_forward", None),
+    });
+    let dns = Check {
+        id: "dns",
+        title: ".vm DNS",
+        required: false,
+    };
+    checks.push(match &f.dns {
+        Some(s) if s.starts_with("serving") => check(dns, CheckStatus::Ok, s.clone(), None),
+        Some(s) => check(
+            dns,
+            CheckStatus::Warn,
+            s.clone(),
+            Some("Is something else listening on port 53 of the bridge address? (ss -lunp)".into()),
+        ),
+        None => check(
+            dns,
+            CheckStatus::Info,
+            "starts with the first VM (on the bridge address)",
+            None,
+        ),
     });
 
     let dm = Check {

@@ -18,6 +18,7 @@
 pub mod agents;
 pub mod config;
 pub mod credentials;
+pub mod dns;
 pub mod doctor;
 pub mod error;
 pub mod firewall;

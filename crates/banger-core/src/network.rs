@@ -77,6 +77,12 @@ impl Subnet {
         (base + 2..base + size - 1).map(Ipv4Addr::from)
     }
 
+    /// Whether `ip` is in the subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.prefix);
+        u32::from(ip) & mask == u32::from(self.base)
+    }
+
     /// The lowest host address not in `used`.
     pub fn allocate(&self, used: &[Ipv4Addr]) -> Result<Ipv4Addr, NetworkError> {
         self.hosts()

@@ -34,6 +34,7 @@ pub struct Daemon {
     pub credentials: banger_core::credentials::Credentials,
     pub agent_runs: banger_core::agents::AgentRuns,
     pub forwards: banger_core::forwards::Forwards,
+    pub dns: banger_core::dns::Dns,
     pub socket_gid: u32,
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// Fired at shutdown; long-lived responses (SSE) end on it.
@@ -106,6 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let images = Images::new(layout.clone(), store.clone(), ops.clone(), mirror)?;
     let vms_config = vms_config(&config)?;
+    let subnet = vms_config.subnet;
     let vms = Vms::new(
         layout.clone(),
         store.clone(),
@@ -118,6 +120,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let workspaces = banger_core::workspaces::Workspaces::new(store.clone(), vms.clone());
     let forwards = banger_core::forwards::Forwards::new(store.clone(), vms.clone());
     forwards.restore();
+    let dns = banger_core::dns::Dns::new(
+        store.clone(),
+        subnet,
+        &config.network.bridge,
+        !config.network.netns.is_empty(),
+    );
     let credentials =
         banger_core::credentials::Credentials::new(config.auth.items.clone(), vms.clone());
     let agent_runs = banger_core::agents::AgentRuns::new(
@@ -143,6 +151,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         credentials,
         agent_runs,
         forwards,
+        dns,
         socket_gid: gid,
         started_at: chrono::Utc::now(),
         shutdown: CancellationToken::new(),
@@ -155,6 +164,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "bangerd {} listening",
         env!("CARGO_PKG_VERSION")
     );
+
+    // The .vm DNS server, once the bridge exists.
+    {
+        let (dns, mut up, stop) = (
+            daemon.dns.clone(),
+            daemon.vms.network_up(),
+            daemon.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            if up.wait_for(|u| *u).await.is_err() {
+                return;
+            }
+            if let Err(e) = dns.start(stop).await {
+                tracing::warn!(error = %e, "cannot start the .vm DNS server on the bridge address");
+                dns.set_failed(format!(
+                    "cannot listen on port 53 of the bridge address: {e}"
+                ));
+            }
+        });
+    }
 
     let app = api::router(daemon.clone());
     let shutdown = daemon.shutdown.clone();

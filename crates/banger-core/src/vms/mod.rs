@@ -183,6 +183,8 @@ struct VmsInner {
     seeds: WorkSeeds,
     config: VmsConfig,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// True once the bridge exists (services on its address may start).
+    net_up: tokio::sync::watch::Sender<bool>,
 }
 
 /// The VMs subsystem. Cheap to clone.
@@ -244,6 +246,7 @@ impl Vms {
                 seeds,
                 config,
                 locks: Mutex::new(HashMap::new()),
+                net_up: tokio::sync::watch::channel(false).0,
             }),
         }
     }
@@ -737,6 +740,7 @@ impl Vms {
                 network::flush_neighbor(&vm_ip, &bridge);
                 network::create_tap(&tap, &bridge, tap_owner).map_err(api)?;
                 this.sync_firewall().map_err(api)?;
+                this.inner.net_up.send_replace(true);
                 Ok(())
             }),
         )
@@ -1723,6 +1727,11 @@ impl Vms {
         Ok(banger_api::VmPortList { vm: vm.name, ports })
     }
 
+    /// Becomes true once the bridge exists.
+    pub fn network_up(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.net_up.subscribe()
+    }
+
     /// Whether banger's network (bridge, rules) is set up in this namespace.
     pub fn network_active(&self) -> bool {
         network::link_exists(&self.inner.config.bridge) || crate::firewall::installed()
@@ -1942,6 +1951,9 @@ impl Vms {
         self.remove_orphans()?;
         // Rules for VMs that no longer exist go; missing ones come back.
         if self.network_active() {
+            if network::link_exists(&self.inner.config.bridge) {
+                self.inner.net_up.send_replace(true);
+            }
             if let Err(e) = self.sync_firewall() {
                 tracing::warn!(error = %e, "cannot reconcile the firewall");
             }

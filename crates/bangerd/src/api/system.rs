@@ -24,14 +24,18 @@ pub async fn version(State(d): State<AppState>) -> Json<VersionInfo> {
 async fn probe(d: &AppState) -> ApiResult<HostFacts> {
     let dir = d.layout.state_dir.clone();
     let fc = d.config.firecracker.binary.clone();
-    tokio::task::spawn_blocking(move || HostFacts::probe(&dir, &fc))
-        .await
-        .map_err(|e| {
-            AppError(ApiError::new(
-                ErrorCode::Internal,
-                format!("Host probe failed: {e}"),
-            ))
-        })
+    let dns = d.dns.status();
+    tokio::task::spawn_blocking(move || HostFacts {
+        dns,
+        ..HostFacts::probe(&dir, &fc)
+    })
+    .await
+    .map_err(|e| {
+        AppError(ApiError::new(
+            ErrorCode::Internal,
+            format!("Host probe failed: {e}"),
+        ))
+    })
 }
 
 /// What the host can do, as data.

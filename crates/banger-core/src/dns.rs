@@ -1,0 +1,459 @@
+//! `.vm` DNS: a server in the daemon on the bridge address (UDP and TCP
+//! port 53) that answers `NAME.vm` (A) and the subnet's reverse names (PTR)
+//! from the store, and forwards every other question to the host's
+//! upstream resolvers (from the host's namespace, so it works when bangerd
+//! lives in its own). Answering is pure ([`respond`]); the server is a thin
+//! loop around it.
+//!
+//! When systemd-resolved runs and the bridge is in its namespace, the
+//! `.vm` domain is routed to this server on the bridge link
+//! (`resolvectl dns/domain`), and reverted at shutdown.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::network::Subnet;
+
+/// Seconds answers may be cached (VMs come and go).
+pub const TTL: u32 = 5;
+
+/// What the server knows: VM addresses by name, names by address.
+pub trait Zone {
+    fn lookup(&self, name: &str) -> Option<Ipv4Addr>;
+    fn reverse(&self, ip: Ipv4Addr) -> Option<String>;
+}
+
+/// `D.C.B.A.in-addr.arpa.` -> A.B.C.D. Pure.
+fn parse_reverse(name: &str) -> Option<Ipv4Addr> {
+    let rest = name.strip_suffix(".in-addr.arpa.")?;
+    let o: Vec<u8> = rest
+        .split('.')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    (o.len() == 4).then(|| Ipv4Addr::new(o[3], o[2], o[1], o[0]))
+}
+
+/// The answer to a query, or `None` when it must be forwarded upstream.
+/// Malformed queries get FORMERR when an id can be read, else nothing. Pure.
+pub fn respond(query: &[u8], zone: &dyn Zone, subnet: &Subnet) -> Option<Vec<u8>> {
+    let req = match Message::from_vec(query) {
+        Ok(m) => m,
+        Err(_) => {
+            if query.len() < 2 {
+                return Some(Vec::new());
+            }
+            let id = u16::from_be_bytes([query[0], query[1]]);
+            return Some(
+                Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+                    .to_vec()
+                    .unwrap_or_default(),
+            );
+        }
+    };
+    if req.message_type() != MessageType::Query || req.op_code() != OpCode::Query {
+        return Some(
+            Message::error_msg(req.id(), req.op_code(), ResponseCode::NotImp)
+                .to_vec()
+                .unwrap_or_default(),
+        );
+    }
+    let q = req.queries().first()?.clone();
+    let qname = q.name().to_lowercase().to_ascii();
+    let qname = if qname.ends_with('.') {
+        qname
+    } else {
+        format!("{qname}.")
+    };
+    let mut resp = Message::new();
+    resp.set_id(req.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(req.recursion_desired())
+        .set_recursion_available(true)
+        .set_authoritative(true);
+    resp.add_query(q.clone());
+    if let Some(label) = qname.strip_suffix(".vm.") {
+        match zone.lookup(label) {
+            Some(ip) if !label.contains('.') => {
+                if matches!(q.query_type(), RecordType::A | RecordType::ANY) {
+                    resp.add_answer(Record::from_rdata(q.name().clone(), TTL, RData::A(A(ip))));
+                }
+            }
+            _ => {
+                resp.set_response_code(ResponseCode::NXDomain);
+            }
+        }
+        return resp.to_vec().ok();
+    }
+    if qname == "vm." {
+        return resp.to_vec().ok();
+    }
+    if let Some(ip) = parse_reverse(&qname) {
+        if subnet.contains(ip) {
+            match (q.query_type(), zone.reverse(ip)) {
+                (RecordType::PTR | RecordType::ANY, Some(n)) => {
+                    let target = Name::from_ascii(format!("{n}.vm.")).ok()?;
+                    resp.add_answer(Record::from_rdata(
+                        q.name().clone(),
+                        TTL,
+                        RData::PTR(PTR(target)),
+                    ));
+                }
+                (_, Some(_)) => {}
+                (_, None) => {
+                    resp.set_response_code(ResponseCode::NXDomain);
+                }
+            }
+            return resp.to_vec().ok();
+        }
+    }
+    None
+}
+
+/// IPv4 `nameserver` lines of a resolv.conf. Pure.
+pub fn parse_resolv_conf(text: &str) -> Vec<Ipv4Addr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect()
+}
+
+/// A zone read from the store at each question.
+pub struct StoreZone {
+    pub store: Arc<crate::store::Store>,
+}
+
+impl Zone for StoreZone {
+    fn lookup(&self, name: &str) -> Option<Ipv4Addr> {
+        use rusqlite::OptionalExtension;
+        self.store
+            .read(|c| {
+                c.query_row("SELECT ip FROM vms WHERE name = ?1", [name], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()
+            })
+            .ok()
+            .flatten()
+            .and_then(|ip| ip.parse().ok())
+    }
+    fn reverse(&self, ip: Ipv4Addr) -> Option<String> {
+        use rusqlite::OptionalExtension;
+        self.store
+            .read(|c| {
+                c.query_row(
+                    "SELECT name FROM vms WHERE ip = ?1",
+                    [ip.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .ok()
+            .flatten()
+    }
+}
+
+/// The DNS server: started once the bridge exists.
+#[derive(Clone)]
+pub struct Dns {
+    zone: Arc<StoreZone>,
+    subnet: Subnet,
+    bridge: String,
+    in_netns: bool,
+    status: Arc<Mutex<Option<String>>>,
+}
+
+impl Dns {
+    pub fn new(
+        store: Arc<crate::store::Store>,
+        subnet: Subnet,
+        bridge: &str,
+        in_netns: bool,
+    ) -> Dns {
+        Dns {
+            zone: Arc::new(StoreZone { store }),
+            subnet,
+            bridge: bridge.into(),
+            in_netns,
+            status: Arc::default(),
+        }
+    }
+
+    /// Records why the server could not start (shown by the doctor).
+    pub fn set_failed(&self, why: String) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// What the doctor shows: `None` until started.
+    pub fn status(&self) -> Option<String> {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn upstreams(&self) -> Vec<SocketAddr> {
+        let gw = self.subnet.gateway();
+        parse_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+            .into_iter()
+            .filter(|a| *a != gw)
+            .map(|a| SocketAddr::from((a, 53)))
+            .collect()
+    }
+
+    /// Asks the upstream resolvers (from the host's namespace).
+    async fn forward(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
+        for up in upstreams {
+            let sock = crate::network::in_host_netns(|| {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                s.set_nonblocking(true)?;
+                Ok::<_, std::io::Error>(s)
+            })
+            .ok()?
+            .ok()?;
+            let sock = tokio::net::UdpSocket::from_std(sock).ok()?;
+            if sock.send_to(query, up).await.is_err() {
+                continue;
+            }
+            let mut buf = vec![0u8; 4096];
+            if let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await
+            {
+                buf.truncate(n);
+                return Some(buf);
+            }
+        }
+        None
+    }
+
+    fn servfail(query: &[u8]) -> Vec<u8> {
+        let id = if query.len() >= 2 {
+            u16::from_be_bytes([query[0], query[1]])
+        } else {
+            0
+        };
+        Message::error_msg(id, OpCode::Query, ResponseCode::ServFail)
+            .to_vec()
+            .unwrap_or_default()
+    }
+
+    async fn answer(&self, query: &[u8], upstreams: &[SocketAddr]) -> Vec<u8> {
+        match respond(query, self.zone.as_ref(), &self.subnet) {
+            Some(a) => a,
+            None => Self::forward(upstreams, query)
+                .await
+                .unwrap_or_else(|| Self::servfail(query)),
+        }
+    }
+
+    /// Binds UDP and TCP port 53 on the bridge address and serves until
+    /// `stop`; routes `.vm` through systemd-resolved when it runs.
+    pub async fn start(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<(), std::io::Error> {
+        let addr = SocketAddr::from((self.subnet.gateway(), 53));
+        let udp = Arc::new(tokio::net::UdpSocket::bind(addr).await?);
+        let tcp = tokio::net::TcpListener::bind(addr).await?;
+        let upstreams = Arc::new(self.upstreams());
+        let resolved = if self.in_netns {
+            "not routed through systemd-resolved (the bridge is in another network namespace)"
+                .to_string()
+        } else {
+            self.route_resolved()
+        };
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+            "serving .vm on {addr} (UDP, TCP), forwarding to {}; {resolved}",
+            if upstreams.is_empty() {
+                "no upstream (none in /etc/resolv.conf)".to_string()
+            } else {
+                upstreams
+                    .iter()
+                    .map(|u| u.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ));
+        tracing::info!(%addr, upstreams = ?upstreams, %resolved, "DNS server started");
+        let this = self.clone();
+        let (u2, up2, stop2) = (udp.clone(), upstreams.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let got = tokio::select! {
+                    _ = stop2.cancelled() => break,
+                    r = u2.recv_from(&mut buf) => r,
+                };
+                let Ok((n, peer)) = got else { continue };
+                let query = buf[..n].to_vec();
+                let (this, sock, ups) = (this.clone(), u2.clone(), up2.clone());
+                tokio::spawn(async move {
+                    let a = this.answer(&query, &ups).await;
+                    if !a.is_empty() {
+                        let _ = sock.send_to(&a, peer).await;
+                    }
+                });
+            }
+        });
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let got = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = tcp.accept() => r,
+                };
+                let Ok((mut conn, _)) = got else { continue };
+                let (this, ups) = (this.clone(), upstreams.clone());
+                tokio::spawn(async move {
+                    let fut = async {
+                        let len = conn.read_u16().await.ok()?;
+                        let mut q = vec![0u8; usize::from(len)];
+                        conn.read_exact(&mut q).await.ok()?;
+                        let a = this.answer(&q, &ups).await;
+                        let l = u16::try_from(a.len()).ok()?;
+                        conn.write_u16(l).await.ok()?;
+                        conn.write_all(&a).await.ok()
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(10), fut).await;
+                });
+            }
+            this.unroute_resolved();
+        });
+        Ok(())
+    }
+
+    fn resolvectl() -> Option<std::path::PathBuf> {
+        std::path::Path::new("/run/systemd/resolve/stub-resolv.conf")
+            .exists()
+            .then(|| crate::tools::find("resolvectl"))
+            .flatten()
+    }
+
+    fn route_resolved(&self) -> String {
+        let Some(r) = Self::resolvectl() else {
+            return "systemd-resolved is not running (query the bridge address, or use `banger vm ssh-config` for ssh NAME.vm)".into();
+        };
+        let gw = self.subnet.gateway().to_string();
+        let dns = crate::tools::run(&r, ["dns", &self.bridge, &gw]);
+        let dom = crate::tools::run(&r, ["domain", &self.bridge, "~vm"]);
+        match (dns, dom) {
+            (Ok(_), Ok(_)) => format!("systemd-resolved routes .vm to it on {}", self.bridge),
+            (Err(e), _) | (_, Err(e)) => {
+                format!("routing .vm through systemd-resolved failed: {e}")
+            }
+        }
+    }
+
+    fn unroute_resolved(&self) {
+        if self.in_netns {
+            return;
+        }
+        if let Some(r) = Self::resolvectl() {
+            let _ = crate::tools::run(&r, ["revert", &self.bridge]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapZone(HashMap<String, Ipv4Addr>);
+    impl Zone for MapZone {
+        fn lookup(&self, name: &str) -> Option<Ipv4Addr> {
+            self.0.get(name).copied()
+        }
+        fn reverse(&self, ip: Ipv4Addr) -> Option<String> {
+            self.0
+                .iter()
+                .find(|(_, v)| **v == ip)
+                .map(|(k, _)| k.clone())
+        }
+    }
+
+    fn query(name: &str, t: RecordType) -> Vec<u8> {
+        let mut m = Message::new();
+        m.set_id(4242).set_recursion_desired(true);
+        m.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii(name).expect("name"),
+            t,
+        ));
+        m.to_vec().expect("encode")
+    }
+
+    fn zone() -> (MapZone, Subnet) {
+        let mut m = HashMap::new();
+        m.insert("dev".to_string(), Ipv4Addr::new(172, 30, 0, 2));
+        (MapZone(m), Subnet::parse("172.30.0.0/24").expect("subnet"))
+    }
+
+    #[test]
+    fn answers_vm_names_and_reverse_names() {
+        let (z, s) = zone();
+        let a = Message::from_vec(
+            &respond(&query("dev.vm.", RecordType::A), &z, &s).expect("answered"),
+        )
+        .expect("parse");
+        assert_eq!(a.id(), 4242);
+        assert_eq!(a.response_code(), ResponseCode::NoError);
+        assert!(a.authoritative());
+        assert_eq!(a.answers().len(), 1);
+        assert_eq!(
+            a.answers()[0].data(),
+            &RData::A(A(Ipv4Addr::new(172, 30, 0, 2)))
+        );
+        // Case does not matter; AAAA is an empty answer, not an error.
+        let a = Message::from_vec(
+            &respond(&query("DEV.VM.", RecordType::AAAA), &z, &s).expect("answered"),
+        )
+        .expect("parse");
+        assert_eq!(
+            (a.response_code(), a.answers().len()),
+            (ResponseCode::NoError, 0)
+        );
+        let a = Message::from_vec(
+            &respond(&query("gone.vm.", RecordType::A), &z, &s).expect("answered"),
+        )
+        .expect("parse");
+        assert_eq!(a.response_code(), ResponseCode::NXDomain);
+        let a = Message::from_vec(
+            &respond(&query("2.0.30.172.in-addr.arpa.", RecordType::PTR), &z, &s)
+                .expect("answered"),
+        )
+        .expect("parse");
+        assert_eq!(a.answers()[0].data().to_string(), "dev.vm.");
+        let a = Message::from_vec(
+            &respond(&query("9.0.30.172.in-addr.arpa.", RecordType::PTR), &z, &s)
+                .expect("answered"),
+        )
+        .expect("parse");
+        assert_eq!(a.response_code(), ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn other_names_are_forwarded_and_garbage_is_refused() {
+        let (z, s) = zone();
+        assert!(respond(&query("example.com.", RecordType::A), &z, &s).is_none());
+        assert!(respond(&query("1.1.168.192.in-addr.arpa.", RecordType::PTR), &z, &s).is_none());
+        let a = Message::from_vec(&respond(&[0x12, 0x34, 0xff], &z, &s).expect("answered"))
+            .expect("parse");
+        assert_eq!((a.id(), a.response_code()), (0x1234, ResponseCode::FormErr));
+    }
+
+    #[test]
+    fn reads_nameservers() {
+        assert_eq!(
+            parse_resolv_conf(
+                "# x\nnameserver 127.0.0.53\nnameserver ::1\nsearch lan\nnameserver 10.0.0.1\n"
+            ),
+            [Ipv4Addr::new(127, 0, 0, 53), Ipv4Addr::new(10, 0, 0, 1)]
+        );
+    }
+}
