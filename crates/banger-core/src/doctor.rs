@@ -550,6 +550,7 @@ mod tests {
             free_bytes: 100 << 30,
             state_dir: "/var/lib/banger".into(),
             kvm_probes: vec![],
+            dns: None,
         }
     }
 
