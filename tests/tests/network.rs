@@ -67,6 +67,19 @@ fn guest_network_nat_isolation_egress_reconcile_and_uninstall() {
         "1"
     );
 
+    // The TAP pool: b (created after a) took a ready TAP; the pool is
+    // refilled to 4 in the background.
+    let pool_taps = |ns: &TestNetns| -> Vec<String> {
+        ns.links()
+            .into_iter()
+            .filter(|l| l.starts_with("bgp-"))
+            .collect()
+    };
+    let before = poll("the TAP pool to refill", Duration::from_secs(20), || {
+        let p = pool_taps(&ns);
+        (p.len() == 5).then_some(p)
+    });
+
     // DNS on the bridge address: NAME.vm and reverse names, over UDP and
     // TCP, from the host side and from a guest.
     let dig = |args: &[&str]| {
@@ -272,6 +285,24 @@ fn guest_network_nat_isolation_egress_reconcile_and_uninstall() {
     assert!(
         !reaches(&d, "a", &b.ip, 22),
         "isolation lost over a restart"
+    );
+    // The pool's idle TAPs of the old daemon are replaced; b keeps its own.
+    let after = poll(
+        "the TAP pool after a restart",
+        Duration::from_secs(20),
+        || {
+            let p = pool_taps(&ns);
+            (p.len() == 5 && p != before).then_some(p)
+        },
+    );
+    assert_eq!(
+        after.iter().filter(|t| before.contains(t)).count(),
+        1,
+        "{before:?} -> {after:?}"
+    );
+    assert!(
+        reaches(&d, "b", gw, 8080),
+        "b lost its network over a restart"
     );
     assert!(rules.contains("table inet someone_else"));
     assert_eq!(get(&url), "b\n", "the forward did not survive the restart");

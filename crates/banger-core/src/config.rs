@@ -45,6 +45,9 @@ netns = ""
 bridge = "banger0"
 # VM addresses; the first host address is the bridge's (the guests' gateway).
 subnet = "172.30.0.0/24"
+# TAP devices kept ready on the bridge (made after the first VM starts, then
+# refilled in the background), so starting a VM does not wait for one. 0: off.
+tap_pool = 4
 
 [vm]
 # Defaults for `banger vm create`.
@@ -247,6 +250,7 @@ pub struct NetworkConfig {
     pub netns: String,
     pub bridge: String,
     pub subnet: String,
+    pub tap_pool: usize,
 }
 
 impl Default for NetworkConfig {
@@ -255,6 +259,7 @@ impl Default for NetworkConfig {
             netns: String::new(),
             bridge: "banger0".into(),
             subnet: "172.30.0.0/24".into(),
+            tap_pool: 4,
         }
     }
 }
@@ -439,6 +444,12 @@ impl Config {
                     "{:?} is not a valid interface name (at most 15 characters)",
                     n.bridge
                 ),
+            ));
+        }
+        if n.tap_pool > 64 {
+            return Err(invalid(
+                "network.tap_pool",
+                format!("{} is more than 64", n.tap_pool),
             ));
         }
         if let Err(e) = crate::network::Subnet::parse(&n.subnet) {

@@ -1,6 +1,7 @@
 //! Basic VM networking: a daemon-owned bridge, a TAP per VM, addresses from
-//! the store (IPAM). Pure address math and naming here; the effects shell
-//! out to `ip` (iproute2) inside the daemon's network namespace.
+//! the store (IPAM). Pure address math and naming here; the effects go
+//! through rtnetlink ([`crate::netlink`]) inside the daemon's network
+//! namespace.
 //!
 //! The bridge is set up lazily, when the first VM needs it, so a daemon used
 //! only for images or doctor changes no network state. With
@@ -22,6 +23,8 @@ pub enum NetworkError {
     Exhausted(String),
     #[error("Network setup failed")]
     Tool(#[from] ToolError),
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
 }
 
 impl crate::ToApiError for NetworkError {
@@ -30,6 +33,7 @@ impl crate::ToApiError for NetworkError {
             NetworkError::BadSubnet(_) => banger_api::ErrorCode::InvalidRequest,
             NetworkError::Exhausted(_) => banger_api::ErrorCode::Conflict,
             NetworkError::Tool(t) => t.code(),
+            NetworkError::Netlink(_) => banger_api::ErrorCode::Internal,
         }
     }
     fn hint(&self) -> Option<String> {
@@ -121,89 +125,48 @@ pub fn ensure_bridge(bridge: &str, subnet: &Subnet) -> Result<(), NetworkError> 
     // Creates run in parallel; the bridge is set up once.
     static BRIDGE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _held = BRIDGE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    if !link_exists(bridge) {
-        ip(&["link", "add", bridge, "type", "bridge"])?;
-    }
-    let addr = format!("{}/{}", subnet.gateway(), subnet.prefix);
-    let ipbin = tools::require("ip")?;
-    let shown = tools::run(&ipbin, ["-4", "-o", "addr", "show", "dev", bridge])?;
-    if !String::from_utf8_lossy(&shown.stdout).contains(&format!("inet {addr} ")) {
-        ip(&["addr", "add", &addr, "dev", bridge])?;
-    }
-    ip(&["link", "set", "lo", "up"])?;
-    ip(&["link", "set", bridge, "up"])?;
+    crate::netlink::ensure_bridge(bridge, subnet.gateway(), subnet.prefix)?;
     Ok(())
 }
 
-/// Creates a TAP attached to the bridge (replacing a stale one).
+/// Creates a TAP attached to the bridge, up (replacing a stale one).
 pub fn create_tap(tap: &str, bridge: &str, owner: Option<(u32, u32)>) -> Result<(), NetworkError> {
     delete_tap(tap);
-    match owner {
-        Some((uid, gid)) => ip(&[
-            "tuntap",
-            "add",
-            "dev",
-            tap,
-            "mode",
-            "tap",
-            "user",
-            &uid.to_string(),
-            "group",
-            &gid.to_string(),
-        ])?,
-        None => ip(&["tuntap", "add", "dev", tap, "mode", "tap"])?,
-    }
-    ip(&["link", "set", tap, "master", bridge])?;
-    ip(&["link", "set", tap, "up"])?;
+    crate::netlink::create_tap(tap, owner)?;
+    crate::netlink::attach_up(tap, bridge)?;
     Ok(())
 }
 
 /// Forgets the neighbor (ARP) entry of an address, so a VM reusing the
 /// address of a removed one (with another MAC) is reachable at once.
 pub fn flush_neighbor(ip_addr: &str, bridge: &str) {
-    let _ = ip(&["neigh", "flush", "to", ip_addr, "dev", bridge]);
-}
-
-/// Removes a TAP; a missing one is fine.
-pub fn delete_tap(tap: &str) {
-    if link_exists(tap) {
-        let _ = ip(&["link", "del", tap]);
+    if let Ok(ip) = ip_addr.parse() {
+        if let Err(e) = crate::netlink::flush_neighbour(ip, bridge) {
+            tracing::debug!(error = %e, "cannot flush the neighbour entry");
+        }
     }
 }
 
-/// Names of the network interfaces in the current namespace (`ip -o link`).
-pub fn list_links() -> Vec<String> {
-    let Some(ip) = tools::find("ip") else {
-        return Vec::new();
-    };
-    let Ok(out) = tools::run(&ip, ["-o", "link", "show"]) else {
-        return Vec::new();
-    };
-    parse_link_names(&String::from_utf8_lossy(&out.stdout))
+/// Removes a link (TAP or bridge); a missing one is fine.
+pub fn delete_tap(tap: &str) {
+    if let Err(e) = crate::netlink::delete_link(tap) {
+        tracing::warn!(link = tap, error = %e, "cannot delete link");
+    }
 }
 
-/// `2: eth0@if5: <...>` lines -> `eth0`. Pure.
-pub fn parse_link_names(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.split_once(": ").map(|(_, rest)| rest))
-        .filter_map(|rest| rest.split(':').next())
-        .map(|n| n.split('@').next().unwrap_or(n).trim().to_string())
-        .filter(|n| !n.is_empty())
-        .collect()
+/// Names of the network interfaces in the current namespace.
+pub fn list_links() -> Vec<String> {
+    crate::netlink::link_names().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot list links");
+        Vec::new()
+    })
 }
 
 /// Whether a network interface exists in the current network namespace.
-/// (Asks netlink through `ip`: /sys/class/net shows the namespace sysfs was
-/// mounted in, which after `setns` is not ours.)
+/// (Asks netlink: /sys/class/net shows the namespace sysfs was mounted in,
+/// which after `setns` is not ours.)
 pub fn link_exists(name: &str) -> bool {
-    tools::find("ip").is_some_and(|ip| {
-        std::process::Command::new(ip)
-            .args(["link", "show", "dev", name])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
+    matches!(crate::netlink::link_index(name), Ok(Some(_)))
 }
 
 static HOST_NETNS: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
@@ -341,12 +304,6 @@ mod tests {
         ] {
             assert!(Subnet::parse(s).is_err(), "{s}");
         }
-    }
-
-    #[test]
-    fn parses_link_names() {
-        let text = "1: lo: <LOOPBACK,UP> mtu 65536 qdisc noqueue\n2: banger0: <BROADCAST> mtu 1500\n3: bg-0123abcd@if2: <BROADCAST> mtu 1500\n";
-        assert_eq!(parse_link_names(text), ["lo", "banger0", "bg-0123abcd"]);
     }
 
     #[test]

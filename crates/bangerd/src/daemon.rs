@@ -79,6 +79,7 @@ fn vms_config(config: &Config) -> anyhow::Result<VmsConfig> {
         jail_uid: config.firecracker.uid,
         jail_gid: config.firecracker.gid,
         agents: banger_core::agents::Agents::new(&config.agents.dir),
+        tap_pool: config.network.tap_pool,
     })
 }
 

@@ -173,6 +173,8 @@ pub struct VmsConfig {
     pub jail_gid: u32,
     /// Agent profiles (`vm create --agent`).
     pub agents: crate::agents::Agents,
+    /// TAP devices kept ready (0: none).
+    pub tap_pool: usize,
 }
 
 struct VmsInner {
@@ -185,6 +187,7 @@ struct VmsInner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// True once the bridge exists (services on its address may start).
     net_up: tokio::sync::watch::Sender<bool>,
+    pool: crate::taps::TapPool,
 }
 
 /// The VMs subsystem. Cheap to clone.
@@ -237,6 +240,7 @@ impl Vms {
         config: VmsConfig,
     ) -> Vms {
         let seeds = WorkSeeds::new(layout.seeds_dir());
+        let pool = crate::taps::TapPool::new(&config.bridge, config.tap_pool);
         Vms {
             inner: Arc::new(VmsInner {
                 layout,
@@ -247,6 +251,7 @@ impl Vms {
                 config,
                 locks: Mutex::new(HashMap::new()),
                 net_up: tokio::sync::watch::channel(false).0,
+                pool,
             }),
         }
     }
@@ -727,20 +732,40 @@ impl Vms {
         // A jailed Firecracker opens its TAP as the jail's user.
         let tap_owner = (vm.backend == "firecracker" && !self.inner.config.jailer.is_empty())
             .then_some((self.inner.config.jail_uid, self.inner.config.jail_gid));
-        let (bridge, subnet, tap) = (
-            self.inner.config.bridge.clone(),
-            self.inner.config.subnet,
-            network::tap_name(&vm.id),
-        );
+        let (bridge, subnet) = (self.inner.config.bridge.clone(), self.inner.config.subnet);
         let this = self.clone();
+        let id = vm.id.clone();
         h.step(
             "network",
             blocking(move || {
                 network::ensure_bridge(&bridge, &subnet).map_err(api)?;
                 network::flush_neighbor(&vm_ip, &bridge);
-                network::create_tap(&tap, &bridge, tap_owner).map_err(api)?;
+                // A ready TAP from the pool, else a new one (a jailed
+                // Firecracker needs one owned by the jail's user).
+                let pooled = if tap_owner.is_none() {
+                    this.inner.pool.take()
+                } else {
+                    None
+                };
+                let tap = match pooled {
+                    Some(t) => t,
+                    None => {
+                        let t = network::tap_name(&id);
+                        network::create_tap(&t, &bridge, tap_owner).map_err(api)?;
+                        t
+                    }
+                };
+                let t2 = tap.clone();
+                this.inner
+                    .store
+                    .write(|tx| -> Result<(), VmError> {
+                        tx.execute("UPDATE vms SET tap = ?2 WHERE id = ?1", params![id, t2])?;
+                        Ok(())
+                    })
+                    .map_err(api)?;
                 this.sync_firewall().map_err(api)?;
                 this.inner.net_up.send_replace(true);
+                this.inner.pool.refill_later();
                 Ok(())
             }),
         )
@@ -928,7 +953,7 @@ impl Vms {
                 kill_pid(pid);
             }
         }
-        network::delete_tap(&network::tap_name(id));
+        network::delete_tap(&self.tap_of(id));
         crate::storage::dm::teardown(id);
         self.vmm("firecracker").cleanup(id);
         let p = self.paths(id);
@@ -1545,7 +1570,7 @@ impl Vms {
             },
             config_disk: p.config(),
             work_disk: p.work(),
-            tap: network::tap_name(&vm.id),
+            tap: self.tap_of(&vm.id),
             mac: vm.mac.clone(),
             console_log: p.console(),
             stderr_log: p.dir.join("vmm.stderr"),
@@ -1591,7 +1616,7 @@ impl Vms {
                         if let Ok(Some(pid)) = this.get(&vm.name).map(|v| v.pid) {
                             kill_pid(pid);
                         }
-                        network::delete_tap(&network::tap_name(&vm.id));
+                        network::delete_tap(&this.tap_of(&vm.id));
                         let _ = this.set_state(
                             &vm.id,
                             VmState::Stopped,
@@ -1650,7 +1675,7 @@ impl Vms {
                 "stopped by user"
             }),
         )?;
-        network::delete_tap(&network::tap_name(&vm.id));
+        network::delete_tap(&self.tap_of(&vm.id));
         crate::storage::dm::teardown(&vm.id);
         self.vmm(&vm.backend).cleanup(&vm.id);
         self.paths(&vm.id).remove_sockets();
@@ -1681,7 +1706,7 @@ impl Vms {
             tx.execute("DELETE FROM vms WHERE id = ?1", [&vm.id])
                 .map(|_| ())
         })?;
-        network::delete_tap(&network::tap_name(&vm.id));
+        network::delete_tap(&self.tap_of(&vm.id));
         crate::storage::dm::teardown(&vm.id);
         self.vmm(&vm.backend).cleanup(&vm.id);
         let p = self.paths(&vm.id);
@@ -1700,6 +1725,24 @@ impl Vms {
         }
         tracing::info!(vm = name, "removed");
         Ok(())
+    }
+
+    /// The TAP recorded for a VM (a pool TAP, or its own `bg-` one).
+    fn tap_of(&self, id: &str) -> String {
+        self.inner
+            .store
+            .read(|c| {
+                c.query_row("SELECT tap FROM vms WHERE id = ?1", [id], |r| r.get(0))
+                    .optional()
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| network::tap_name(id))
+    }
+
+    /// TAPs ready in the pool.
+    pub fn pool_ready(&self) -> usize {
+        self.inner.pool.ready()
     }
 
     /// The name of the VM with this id, if it still exists.
@@ -1936,13 +1979,14 @@ impl Vms {
             }
         }
         let taps: std::collections::HashSet<String> =
-            ids.iter().map(|id| network::tap_name(id)).collect();
+            ids.iter().map(|id| self.tap_of(id)).collect();
         for link in network::list_links() {
             if link.starts_with("bg-") && !taps.contains(&link) {
                 tracing::warn!(tap = %link, "removing a TAP no VM owns");
                 network::delete_tap(&link);
             }
         }
+        self.inner.pool.remove_strays(&taps);
         Ok(())
     }
 
@@ -1953,6 +1997,7 @@ impl Vms {
         if self.network_active() {
             if network::link_exists(&self.inner.config.bridge) {
                 self.inner.net_up.send_replace(true);
+                self.inner.pool.refill_later();
             }
             if let Err(e) = self.sync_firewall() {
                 tracing::warn!(error = %e, "cannot reconcile the firewall");
@@ -1980,10 +2025,10 @@ impl Vms {
                             None,
                             Some("VMM exited while bangerd was not running"),
                         )?;
-                        network::delete_tap(&network::tap_name(&vm.id));
+                        network::delete_tap(&self.tap_of(&vm.id));
                     }
                 },
-                VmState::Stopped => network::delete_tap(&network::tap_name(&vm.id)),
+                VmState::Stopped => network::delete_tap(&self.tap_of(&vm.id)),
             }
         }
         Ok(())
