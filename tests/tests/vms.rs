@@ -283,14 +283,25 @@ fn guest_vm_is_adopted_after_daemon_sigkill_and_marked_stopped_when_its_vmm_died
     // A daemon killed in the middle of `rm` (row gone, files and TAP still
     // there) leaves nothing once restarted.
     d.kill9();
-    let tap = format!("bg-{}", &vm.id[..12]);
+    let db = d.state_dir.join("banger.db");
+    // Its TAP: its own `bg-` one, or one it took from the TAP pool.
+    let tap = String::from_utf8_lossy(
+        &std::process::Command::new("sqlite3")
+            .arg(&db)
+            .arg(format!("SELECT tap FROM vms WHERE id = '{}'", vm.id))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    assert!(tap.starts_with("bg"), "{tap:?}");
     let _ = std::process::Command::new("kill")
         .args(["-9", &dead.pid.unwrap_or(pid).to_string()])
         .status();
     for p in vmm_pids(&vm.id) {
         let _ = std::process::Command::new("kill").args(["-9", &p]).status();
     }
-    let db = d.state_dir.join("banger.db");
     let st = std::process::Command::new("sqlite3")
         .arg(&db)
         .arg(format!("DELETE FROM vms WHERE id = '{}'", vm.id))
