@@ -18,9 +18,16 @@ PKGS=(
   util-linux                     # setpriv, flock (tests)
   sqlite3                        # tests simulate crashes by editing the store
   python3                        # bench/run.sh checks the benchmarks' JSON
-  bind9-dnsutils                 # dig (tests query the .vm DNS server)
   build-essential pkg-config     # cc for bundled SQLite
 )
+
+# `--test`: also what the test suite needs beyond the product.
+if [ "${1:-}" = "--test" ]; then
+  PKGS+=(
+    chromium chromium-driver     # the dashboard's browser tests (WebDriver)
+    bind9-dnsutils               # dig (tests query the .vm DNS server)
+  )
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use banger_api::{OpState, Operation, Vm, VmList, VmState};
-use banger_tests::{bin, poll, stderr, test_image, vmm_pids, TestDaemon, TestNetns};
+use banger_tests::{bin, poll, stderr, stdout, test_image, vmm_pids, TestDaemon, TestNetns};
 use serde_json::Value;
 
 fn requests(log: &Path) -> Vec<Value> {
@@ -304,12 +304,19 @@ fn four_concurrent_creates_get_distinct_addresses_and_taps() {
     ips.sort();
     ips.dedup();
     assert_eq!(ips.len(), 4, "addresses must be distinct: {ips:?}");
-    let taps = ns
-        .links()
-        .into_iter()
-        .filter(|l| l.starts_with("bg-"))
-        .count();
-    assert_eq!(taps, 4);
+    // Each VM has its own TAP (its own `bg-` one, or one from the pool).
+    let out = std::process::Command::new("sqlite3")
+        .arg(d.state_dir.join("banger.db"))
+        .arg("SELECT DISTINCT tap FROM vms")
+        .output()
+        .unwrap();
+    let taps: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(taps.len(), 4, "{taps:?}");
+    let links = ns.links();
+    assert!(
+        taps.iter().all(|t| links.contains(t)),
+        "{taps:?} not all in {links:?}"
+    );
     for v in &list.vms {
         assert!(d.banger(&["vm", "rm", "--force", &v.name]).status.success());
     }

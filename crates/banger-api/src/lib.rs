@@ -25,7 +25,7 @@ pub use ops::{
 pub use sessions::{
     Session, SessionList, SessionSendRequest, SessionSignalRequest, SessionStartRequest,
 };
-pub use system::VersionInfo;
+pub use system::{FleetSnapshot, UiInfo, VersionInfo, VmLive};
 pub use vms::{
     Forward, ForwardList, ForwardRequest, GuestStats, HostStats, SshClientKey, Vm, VmCreateRequest,
     VmList, VmPort, VmPortList, VmSetRequest, VmSshInfo, VmState, VmStats, VmStopRequest,

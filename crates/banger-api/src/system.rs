@@ -17,3 +17,35 @@ pub struct VersionInfo {
     /// The state directory the daemon owns.
     pub state_dir: String,
 }
+
+/// `GET /v1/ui`: where the web dashboard is and its access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UiInfo {
+    /// `http://127.0.0.1:PORT/?token=...`, or none when the dashboard is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Why it is off or not listening.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One VM with live host figures, as `GET /v1/vms/stream` sends them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmLive {
+    pub vm: crate::Vm,
+    /// VMM CPU use since the previous event, percent of one core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+}
+
+/// A `GET /v1/vms/stream` event: every VM, once a second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSnapshot {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub vms: Vec<VmLive>,
+}

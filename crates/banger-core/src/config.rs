@@ -73,6 +73,12 @@ chroot_base = ""
 uid = 65534
 gid = 65534
 
+[ui]
+# The web dashboard: an address on the loopback (127.0.0.0/8 or ::1) and
+# port, in the host's own network namespace. Empty: no dashboard. Access
+# needs the per-daemon token (`banger ui` prints the URL with it).
+listen = "127.0.0.1:7878"
+
 [agents]
 # Agent profiles (NAME.toml) that add to or replace the built-in ones
 # (opencode, claude-code, codex); read at each use, so a new file needs no
@@ -110,9 +116,31 @@ pub struct Config {
     pub network: NetworkConfig,
     pub vm: VmConfig,
     pub firecracker: FirecrackerConfig,
+    pub ui: UiConfig,
     pub agents: AgentsConfig,
     pub auth: AuthConfig,
     pub debug: DebugConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    pub listen: String,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig {
+            listen: "127.0.0.1:7878".into(),
+        }
+    }
+}
+
+impl UiConfig {
+    /// The address to listen on; `None`: no dashboard.
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -489,6 +517,23 @@ impl Config {
                 format!("{cb:?} is not an absolute path"),
             ));
         }
+        if !self.ui.listen.is_empty() {
+            match self.ui.listen.parse::<std::net::SocketAddr>() {
+                Ok(a) if a.ip().is_loopback() => {}
+                Ok(a) => {
+                    return Err(invalid(
+                        "ui.listen",
+                        format!("{a} is not a loopback address: the dashboard listens on 127.0.0.1 or ::1 only"),
+                    ))
+                }
+                Err(_) => {
+                    return Err(invalid(
+                        "ui.listen",
+                        format!("{:?} is not ADDRESS:PORT, e.g. 127.0.0.1:7878", self.ui.listen),
+                    ))
+                }
+            }
+        }
         if !self.agents.dir.is_absolute() {
             return Err(invalid(
                 "agents.dir",
@@ -629,6 +674,8 @@ mod tests {
                 "daemon.socket_group",
             ),
             ("[daemon]\nlog_level = \"loud\"\n", "daemon.log_level"),
+            ("[ui]\nlisten = \"0.0.0.0:7878\"\n", "ui.listen"),
+            ("[ui]\nlisten = \"localhost\"\n", "ui.listen"),
             (
                 "[daemon]\nshutdown_grace_secs = 99999\n",
                 "daemon.shutdown_grace_secs",

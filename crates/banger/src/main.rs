@@ -66,6 +66,12 @@ enum Command {
     /// Coding agents: run one on a prompt in a VM, on a workspace.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Print the web dashboard's URL (with its access token); --open opens it.
+    Ui {
+        /// Open it in the default browser (xdg-open).
+        #[arg(long)]
+        open: bool,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -478,6 +484,27 @@ async fn run(client: &Client, json: bool, command: Command) -> Result<u8, Client
         Command::Workspace(cmd) => cmd_workspace::workspace(client, json, &style, cmd).await,
         Command::Auth(cmd) => cmd_workspace::auth(client, json, cmd).await,
         Command::Agent(cmd) => cmd_workspace::agent(client, json, cmd).await,
+        Command::Ui { open } => {
+            let info: banger_api::UiInfo = client.get("/v1/ui").await?;
+            if json {
+                output::print_json(&info);
+                return Ok(exit::OK);
+            }
+            let Some(url) = info.url else {
+                return Err(ClientError::Local {
+                    message: format!(
+                        "The dashboard is not available: {}",
+                        info.error.unwrap_or_else(|| "unknown reason".into())
+                    ),
+                    hint: Some("Set ui.listen in /etc/banger/config.toml (e.g. \"127.0.0.1:7878\") and restart bangerd".into()),
+                });
+            };
+            println!("{url}");
+            if open {
+                let _ = std::process::Command::new("xdg-open").arg(&url).status();
+            }
+            Ok(exit::OK)
+        }
         Command::Completions { .. } => Ok(exit::OK),
     }
 }

@@ -35,6 +35,7 @@ pub struct Daemon {
     pub agent_runs: banger_core::agents::AgentRuns,
     pub forwards: banger_core::forwards::Forwards,
     pub dns: banger_core::dns::Dns,
+    pub ui: crate::ui::UiState,
     pub socket_gid: u32,
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// Fired at shutdown; long-lived responses (SSE) end on it.
@@ -136,6 +137,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         workspaces.clone(),
     );
 
+    // The dashboard's listener, bound in the host's own namespace.
+    let mut ui = crate::ui::UiState {
+        token: crate::ui::new_token(),
+        addr: None,
+        error: None,
+    };
+    let ui_listener = match config.ui.addr() {
+        None => {
+            ui.error = Some("the dashboard is off (ui.listen is empty)".into());
+            None
+        }
+        Some(addr) => {
+            let bound = banger_core::network::in_host_netns(move || {
+                let l = std::net::TcpListener::bind(addr)?;
+                l.set_nonblocking(true)?;
+                Ok::<_, std::io::Error>(l)
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .and_then(|l| tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string()));
+            match bound {
+                Ok(l) => {
+                    ui.addr = l.local_addr().ok();
+                    Some(l)
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "cannot listen for the dashboard");
+                    ui.error = Some(format!("cannot listen on {addr}: {e}"));
+                    None
+                }
+            }
+        }
+    };
+
     let socket_path = config.socket_path();
     let gid = socket::group_gid(&config.daemon.socket_group).map_err(|e| with_hint(e.hint(), e))?;
     let listener = socket::bind(&socket_path, gid).map_err(|e| with_hint(e.hint(), e))?;
@@ -153,6 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         agent_runs,
         forwards,
         dns,
+        ui,
         socket_gid: gid,
         started_at: chrono::Utc::now(),
         shutdown: CancellationToken::new(),
@@ -183,6 +219,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     "cannot listen on port 53 of the bridge address: {e}"
                 ));
             }
+        });
+    }
+
+    if let Some(l) = ui_listener {
+        let app = crate::ui::router(daemon.clone());
+        let stop = daemon.shutdown.clone();
+        tracing::info!(addr = ?daemon.ui.addr, "dashboard listening (banger ui prints its URL)");
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
         });
     }
 

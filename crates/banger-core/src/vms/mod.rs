@@ -1030,6 +1030,22 @@ impl Vms {
     }
 
     /// Host-side figures from /proc and the disks; guest-side over SSH.
+    /// A VMM's CPU ticks and RSS now (for live figures); `None` when not running.
+    pub fn vmm_sample(&self, vm: &Vm) -> Option<(u64, Option<u64>)> {
+        let pid = vm
+            .pid
+            .filter(|p| vm.state == VmState::Running && pid_alive(*p))?;
+        let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .as_deref()
+            .and_then(stats::parse_proc_stat_ticks)?;
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .as_deref()
+            .and_then(stats::parse_rss);
+        Some((ticks, rss))
+    }
+
     pub async fn stats(&self, name: &str) -> Result<banger_api::VmStats, VmError> {
         let vm = self.get(name)?;
         let p = self.paths(&vm.id);

@@ -107,6 +107,8 @@ where
         system::capabilities,
         system::doctor,
         system::openapi,
+        system::ui,
+        vms::stream,
         ops::list,
         ops::show,
         ops::events,
@@ -175,7 +177,8 @@ pub fn openapi_json() -> String {
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-pub fn router(daemon: AppState) -> Router {
+/// The `/v1` routes, without authorization (each listener adds its own).
+pub fn v1_routes(daemon: &AppState) -> Router<AppState> {
     let mut v1 = Router::new()
         .route("/version", get(system::version))
         .route("/capabilities", get(system::capabilities))
@@ -245,8 +248,14 @@ pub fn router(daemon: AppState) -> Router {
     if daemon.config.debug.test_endpoints {
         v1 = v1.route("/debug/ops", post(ops::debug_start));
     }
+    v1.route("/ui", get(system::ui))
+        .route("/vms/stream", get(vms::stream))
+}
+
+/// The API on the Unix socket: every request's peer credentials checked.
+pub fn router(daemon: AppState) -> Router {
     Router::new()
-        .nest("/v1", v1)
+        .nest("/v1", v1_routes(&daemon))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -256,7 +265,7 @@ pub fn router(daemon: AppState) -> Router {
         .with_state(daemon)
 }
 
-async fn not_found(req: Request) -> AppError {
+pub async fn not_found(req: Request) -> AppError {
     AppError(
         ApiError::new(
             ErrorCode::NotFound,
@@ -266,7 +275,7 @@ async fn not_found(req: Request) -> AppError {
     )
 }
 
-async fn method_not_allowed(req: Request) -> Response {
+pub async fn method_not_allowed(req: Request) -> Response {
     let mut r = AppError(ApiError::new(
         ErrorCode::InvalidRequest,
         format!(

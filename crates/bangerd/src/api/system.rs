@@ -62,3 +62,13 @@ pub async fn openapi() -> impl IntoResponse {
         super::openapi_json(),
     )
 }
+
+/// Where the web dashboard is, with its access token.
+#[utoipa::path(get, path = "/v1/ui", tag = "system",
+    responses((status = 200, body = banger_api::UiInfo)))]
+pub async fn ui(State(d): State<AppState>) -> Json<banger_api::UiInfo> {
+    Json(banger_api::UiInfo {
+        url: d.ui.url(),
+        error: d.ui.error.clone(),
+    })
+}

@@ -1,0 +1,329 @@
+//! The web dashboard in a real headless Chromium (Debian's chromium and
+//! chromedriver, over WebDriver) against a real daemon whose VMs live in a
+//! network namespace the test makes; the dashboard listens on the host's
+//! loopback. Screenshots go to target/test-artifacts/. Needs root.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use banger_api::{UiInfo, Vm, VmState};
+use banger_tests::{free_port, poll, stderr, stdout, test_image, TestDaemon, TestNetns};
+use fantoccini::{Client, ClientBuilder, Locator};
+
+fn artifacts() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// `curl` a dashboard URL; returns (status, headers+body).
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "5"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+struct Driver(Child);
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn text_of(c: &Client, css: &str) -> Option<String> {
+    c.find(Locator::Css(css)).await.ok()?.text().await.ok()
+}
+
+/// Polls the page (bounded) until `css` has text satisfying `ok`.
+async fn wait_text(
+    c: &Client,
+    css: &str,
+    what: &str,
+    timeout: Duration,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Some(t) = text_of(c, css).await {
+            if ok(&t) {
+                return t;
+            }
+        }
+        if t0.elapsed() > timeout {
+            let src = c.source().await.unwrap_or_default();
+            panic!(
+                "timed out after {timeout:?} waiting for {what} ({css}); page: {}",
+                &src[..src.len().min(3000)]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(artifacts().join(format!("dashboard-{name}.png")), png).unwrap();
+}
+
+#[test]
+fn guest_dashboard_token_origin_create_stop_and_live_session_logs() {
+    let img = test_image();
+    let ns = TestNetns::new();
+    let port = free_port();
+    let d = TestDaemon::start_in_with(&ns, &format!("[ui]\nlisten = \"127.0.0.1:{port}\"\n"), &[]);
+    d.import_test_image(&img, "default");
+    let info: UiInfo = d.banger_json(&["ui"]);
+    let url = info.url.expect("dashboard URL");
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(url.starts_with(&format!("{base}/?token=")), "{url}");
+    let token = url.rsplit('=').next().unwrap().to_string();
+
+    // Refused without the token, with a wrong one, with a foreign Host or Origin.
+    assert_eq!(curl(&[&format!("{base}/")]).0, 401);
+    assert_eq!(curl(&[&format!("{base}/v1/vms")]).0, 401);
+    assert_eq!(curl(&[&format!("{base}/?token=nope")]).0, 401);
+    let (status, head) = curl(&[&url]);
+    assert_eq!(status, 303);
+    assert!(
+        head.contains(&format!("banger_ui={token}; HttpOnly; SameSite=Strict")),
+        "{head}"
+    );
+    let cookie = format!("banger_ui={token}");
+    assert_eq!(curl(&["-b", &cookie, &format!("{base}/v1/vms")]).0, 200);
+    assert_eq!(
+        curl(&["-H", &format!("Host: evil.example:{port}"), &url]).0,
+        403
+    );
+    assert_eq!(
+        curl(&[
+            "-H",
+            "Host: evil.example",
+            "-b",
+            &cookie,
+            &format!("{base}/v1/vms")
+        ])
+        .0,
+        403
+    );
+    let create = r#"{"name":"sneaky"}"#;
+    let (status, _) = curl(&[
+        "-b",
+        &cookie,
+        "-H",
+        "Origin: http://evil.example",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        create,
+        &format!("{base}/v1/vms"),
+    ]);
+    assert_eq!(status, 403);
+    let (status, _) = curl(&[
+        "-b",
+        &cookie,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        create,
+        &format!("{base}/v1/vms"),
+    ]);
+    assert_eq!(status, 403, "a POST without Origin is refused");
+    assert!(
+        d.banger(&["vm", "show", "sneaky"]).status.code() == Some(1),
+        "a refused request created a VM"
+    );
+
+    // A real browser.
+    let wd_port = free_port();
+    let _driver = Driver(
+        Command::new("chromedriver")
+            .arg(format!("--port={wd_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver)"),
+    );
+    poll("chromedriver", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", wd_port)).ok()
+    });
+    banger_tests::block_on(async {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"],
+            }),
+        );
+        let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{wd_port}"))
+            .await
+            .expect("a WebDriver session");
+
+        // Without the token: refused.
+        c.goto(&format!("{base}/")).await.unwrap();
+        let body = text_of(&c, "body").await.unwrap_or_default();
+        assert!(body.contains("needs its access token"), "{body}");
+
+        // With it: the page loads, the token leaves the address bar.
+        c.goto(&url).await.unwrap();
+        wait_text(
+            &c,
+            "#vm-rows",
+            "the VM list",
+            Duration::from_secs(10),
+            |t| t.contains("No VMs yet"),
+        )
+        .await;
+        assert!(!c.current_url().await.unwrap().as_str().contains("token"));
+        shot(&c, "1-empty").await;
+
+        // Create a VM through the form: it appears and reaches running
+        // without a reload.
+        c.find(Locator::Css("#create-form input[name=name]"))
+            .await
+            .unwrap()
+            .send_keys("web1")
+            .await
+            .unwrap();
+        c.find(Locator::Css("#create-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(
+            &c,
+            "tr[data-vm=web1] td[data-state]",
+            "web1 to be listed",
+            Duration::from_secs(10),
+            |_| true,
+        )
+        .await;
+        wait_text(
+            &c,
+            "tr[data-vm=web1] td[data-state]",
+            "web1 to run",
+            Duration::from_secs(120),
+            |t| t == "running",
+        )
+        .await;
+        shot(&c, "2-running").await;
+        let v: Vm = d.banger_json(&["vm", "show", "web1"]);
+        assert_eq!(v.state, VmState::Running);
+
+        // A bad name: the API's error is shown.
+        c.find(Locator::Css("#create-form input[name=name]"))
+            .await
+            .unwrap()
+            .send_keys("web1")
+            .await
+            .unwrap();
+        c.find(Locator::Css("#create-form button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(
+            &c,
+            "#errors",
+            "the API's error",
+            Duration::from_secs(10),
+            |t| t.contains("already exists"),
+        )
+        .await;
+
+        // Stop through the page: the store says stopped, the page follows.
+        c.find(Locator::Css("button[data-action=stop][data-vm=web1]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait_text(
+            &c,
+            "tr[data-vm=web1] td[data-state]",
+            "web1 to stop",
+            Duration::from_secs(60),
+            |t| t == "stopped",
+        )
+        .await;
+        let v: Vm = d.banger_json(&["vm", "show", "web1"]);
+        assert_eq!(v.state, VmState::Stopped);
+        shot(&c, "3-stopped").await;
+
+        // A session's output appears live on the VM's page.
+        let out = d.banger(&["vm", "start", "web1"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = d.banger(&[
+            "session",
+            "start",
+            "web1",
+            "--name",
+            "ticker",
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 1 40); do echo tick$i; sleep 0.5; done",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        c.goto(&format!("{base}/#/vm/web1")).await.unwrap();
+        wait_text(
+            &c,
+            "#vm-state",
+            "the VM page",
+            Duration::from_secs(10),
+            |t| t.starts_with("running"),
+        )
+        .await;
+        let btn = loop {
+            if let Ok(b) = c.find(Locator::Css("button[data-logs=ticker]")).await {
+                break b;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        btn.click().await.unwrap();
+        let first = wait_text(
+            &c,
+            "#session-log",
+            "session output",
+            Duration::from_secs(20),
+            |t| t.contains("tick2"),
+        )
+        .await;
+        let n = first.lines().count();
+        wait_text(
+            &c,
+            "#session-log",
+            "more output, live",
+            Duration::from_secs(20),
+            |t| t.lines().count() >= n + 3,
+        )
+        .await;
+        wait_text(
+            &c,
+            "#ports",
+            "the listening ports",
+            Duration::from_secs(20),
+            |t| t.contains("sshd"),
+        )
+        .await;
+        shot(&c, "4-session").await;
+        c.close().await.unwrap();
+    });
+}
