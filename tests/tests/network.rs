@@ -233,7 +233,7 @@ fn guest_network_nat_isolation_egress_reconcile_and_uninstall() {
             let l: banger_api::VmPortList = d.banger_json(&["vm", "ports", "b"]);
             l.ports
                 .into_iter()
-                .find(|p| p.port == 8000 && p.proto == "tcp")
+                .find(|p| p.port == 8000 && p.proto == "tcp" && p.process.is_some())
         },
     );
     assert_eq!(port.process.as_deref(), Some("python3"));
