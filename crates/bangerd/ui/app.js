@@ -69,7 +69,9 @@ const stateEl = (s) => h("span", { class: `state state-${s}` }, s);
 
 function spark(values, max) {
   const w = 120, hgt = 24;
-  const pts = values.map((v, i) => `${(i / 59) * w},${hgt - Math.min(1, (v || 0) / (max || 1)) * (hgt - 2) - 1}`).join(" ");
+  // The newest value at the right edge; one minute across.
+  const n = values.length;
+  const pts = values.map((v, i) => `${w - ((n - 1 - i) / 59) * w},${hgt - Math.min(1, (v || 0) / (max || 1)) * (hgt - 2) - 1}`).join(" ");
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("class", "spark");
   svg.setAttribute("viewBox", `0 0 ${w} ${hgt}`);
@@ -105,7 +107,7 @@ function opSummary(op) {
 }
 
 // ---- VMs ----------------------------------------------------------------
-const history = {}; // vm name -> {cpu: [], mem: []}
+const samples = {}; // vm name -> {cpu: [], mem: []}
 
 async function vmAction(name, action) {
   if (action === "rm") {
@@ -168,7 +170,7 @@ async function pageVms() {
     vms: (snap) => {
       $("#live").textContent = "live";
       tbody.replaceChildren(...snap.vms.map(({ vm, cpu_percent, rss_bytes }) => {
-        const hist = history[vm.name] || (history[vm.name] = { cpu: [], mem: [] });
+        const hist = samples[vm.name] || (samples[vm.name] = { cpu: [], mem: [] });
         hist.cpu.push(cpu_percent || 0); hist.mem.push(rss_bytes || 0);
         if (hist.cpu.length > 60) { hist.cpu.shift(); hist.mem.shift(); }
         return h("tr", { "data-vm": vm.name },
@@ -199,7 +201,7 @@ async function pageVm(name) {
       h("dt", {}, "Backend"), h("dd", {}, `${v.backend} (${v.accel})`),
       h("dt", {}, "Resources"), h("dd", {}, `${v.cpus} CPUs, ${fmtBytes(v.memory_mib * 1048576)}, work disk ${fmtBytes(v.work_disk_bytes)}`),
       h("dt", {}, "Network"), h("dd", {}, v.isolated ? "isolated" : "not isolated", v.egress_allow ? `, egress only to ${v.egress_allow.join(", ") || "nothing"}` : ""),
-      v.agent ? [h("dt", {}, "Agent"), h("dd", {}, v.agent)] : null);
+      ...(v.agent ? [h("dt", {}, "Agent"), h("dd", {}, v.agent)] : []));
     acts.replaceChildren(actions(v));
   };
   render(vm);
@@ -300,6 +302,7 @@ async function pageOps() {
 
 // ---- Router ---------------------------------------------------------------
 async function route() {
+  $("#errors").replaceChildren();
   for (const c of cleanups) c();
   cleanups = [];
   $("#live").textContent = "";
