@@ -886,3 +886,22 @@ pub fn in_netns(ns: &TestNetns, args: &[&str]) -> Output {
         .output()
         .expect("ip netns exec")
 }
+
+/// Runs git in `dir` (as "Test Host" when it commits); asserts success,
+/// returns trimmed stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=Test Host",
+            "-c",
+            "user.email=host@example.com",
+        ])
+        .args(args)
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+    stdout(&out).trim().to_string()
+}

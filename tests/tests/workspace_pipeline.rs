@@ -11,22 +11,7 @@ use std::process::{Command, Stdio};
 
 use banger::workspace as ws;
 use banger_core::workspaces::script;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use banger_tests::git;
 
 fn bash(script: &str, stdin: &[u8]) -> std::process::Output {
     let mut child = Command::new("bash")

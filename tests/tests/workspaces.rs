@@ -5,30 +5,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use banger_api::{Session, Vm};
-use banger_tests::{poll, stderr, stdout, test_image, TestDaemon, TestNetns};
+use banger_tests::{git, poll, stderr, stdout, test_image, TestDaemon, TestNetns};
 
 const SECRET_FILE: &str = "s3cr3t-file-7f1c9a";
 const SECRET_TOKEN: &str = "ghp_s3cr3tTOKEN42b7";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Host", "-c", "user.email=host@example.com"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 fn ssh(d: &TestDaemon, cmd: &str) -> String {
     let out = d.banger(&["vm", "ssh", "dev", "--", cmd]);

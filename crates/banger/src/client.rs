@@ -117,7 +117,13 @@ impl Client {
             })
     }
 
-    async fn connect(&self) -> Result<Sender, ClientError> {
+    /// An HTTP/1 connection for requests with body type `B`.
+    async fn handshake<B>(&self) -> Result<hyper::client::conn::http1::SendRequest<B>, ClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = self.connect_stream().await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -126,6 +132,10 @@ impl Client {
             let _ = conn.await;
         });
         Ok(sender)
+    }
+
+    async fn connect(&self) -> Result<Sender, ClientError> {
+        self.handshake().await
     }
 
     async fn send(
@@ -295,13 +305,7 @@ impl Client {
         let frames = tokio_util::io::ReaderStream::with_capacity(f, 256 << 10)
             .map_ok(hyper::body::Frame::data);
         let body = http_body_util::StreamBody::new(frames);
-        let stream = self.connect_stream().await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Protocol(format!("handshake: {e}")))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = self.handshake().await?;
         let req = Request::builder()
             .method(Method::POST)
             .uri(path)

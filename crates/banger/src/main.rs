@@ -140,6 +140,36 @@ enum SessionCommand {
     },
 }
 
+/// A VM's network policy flags (`vm create`, `vm set`).
+#[derive(Debug, clap::Args)]
+struct NetPolicy {
+    /// Isolate the VM: no traffic to or from other VMs, only DNS and ping to the host.
+    #[arg(long)]
+    isolate: bool,
+    /// Allow outbound traffic only to these IPv4 addresses or CIDRs (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "CIDR,...",
+        conflicts_with = "no_egress"
+    )]
+    egress_allow: Option<Vec<String>>,
+    /// No outbound traffic at all (DNS to the host still works).
+    #[arg(long)]
+    no_egress: bool,
+}
+
+impl NetPolicy {
+    /// The allow-list to send: `--no-egress` is an empty one.
+    fn egress(&self) -> Option<Vec<String>> {
+        if self.no_egress {
+            Some(Vec::new())
+        } else {
+            self.egress_allow.clone()
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum VmCommand {
     /// Create a VM and boot it (waits until SSH is ready).
@@ -166,20 +196,8 @@ enum VmCommand {
         /// a profile in the daemon's agents.dir (default: the image's agent).
         #[arg(long)]
         agent: Option<String>,
-        /// Isolate the VM: no traffic to or from other VMs, only DNS and ping to the host.
-        #[arg(long)]
-        isolate: bool,
-        /// Allow outbound traffic only to these IPv4 addresses or CIDRs (comma-separated).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            value_name = "CIDR,...",
-            conflicts_with = "no_egress"
-        )]
-        egress_allow: Option<Vec<String>>,
-        /// No outbound traffic at all (DNS to the host still works).
-        #[arg(long)]
-        no_egress: bool,
+        #[command(flatten)]
+        net: NetPolicy,
         /// Create the disks but do not boot.
         #[arg(long)]
         no_start: bool,
@@ -238,20 +256,8 @@ enum VmCommand {
         /// New work disk size (grow only).
         #[arg(long)]
         work_disk_size: Option<String>,
-        /// Isolate the VM: no traffic to or from other VMs, only DNS and ping to the host.
-        #[arg(long)]
-        isolate: bool,
-        /// Allow outbound traffic only to these IPv4 addresses or CIDRs (comma-separated).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            value_name = "CIDR,...",
-            conflicts_with = "no_egress"
-        )]
-        egress_allow: Option<Vec<String>>,
-        /// No outbound traffic at all (DNS to the host still works).
-        #[arg(long)]
-        no_egress: bool,
+        #[command(flatten)]
+        net: NetPolicy,
         /// Stop isolating the VM.
         #[arg(long, conflicts_with = "isolate")]
         no_isolate: bool,
@@ -910,19 +916,13 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
             disk_size,
             backend,
             agent,
-            isolate,
-            egress_allow,
-            no_egress,
+            net,
             no_start,
             wait,
         } => {
             let req = banger_api::VmCreateRequest {
-                isolated: isolate,
-                egress_allow: if no_egress {
-                    Some(Vec::new())
-                } else {
-                    egress_allow
-                },
+                isolated: net.isolate,
+                egress_allow: net.egress(),
                 name,
                 image,
                 cpus,
@@ -1236,9 +1236,7 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
             memory,
             disk_size,
             work_disk_size,
-            isolate,
-            egress_allow,
-            no_egress,
+            net,
             no_isolate,
             egress_all,
         } => {
@@ -1250,18 +1248,14 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
                         memory,
                         disk_size,
                         work_disk_size,
-                        isolated: if isolate {
+                        isolated: if net.isolate {
                             Some(true)
                         } else if no_isolate {
                             Some(false)
                         } else {
                             None
                         },
-                        egress_allow: if no_egress {
-                            Some(Vec::new())
-                        } else {
-                            egress_allow
-                        },
+                        egress_allow: net.egress(),
                         egress_all,
                     },
                 )

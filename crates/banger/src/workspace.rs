@@ -15,9 +15,9 @@ fn local(message: impl Into<String>, hint: Option<&str>) -> ClientError {
     }
 }
 
-/// Runs git in `repo`; its stdout, or an error with its stderr.
-pub fn git(repo: &Path, args: &[&str]) -> Result<Vec<u8>, ClientError> {
-    let out = Command::new("git")
+/// Runs git in `repo` (any exit status).
+fn git_output(repo: &Path, args: &[&str]) -> Result<std::process::Output, ClientError> {
+    Command::new("git")
         .arg("-C")
         .arg(repo)
         .args(args)
@@ -27,7 +27,12 @@ pub fn git(repo: &Path, args: &[&str]) -> Result<Vec<u8>, ClientError> {
                 format!("Cannot run git: {e}"),
                 Some("Install git: sudo apt-get install git"),
             )
-        })?;
+        })
+}
+
+/// Runs git in `repo`; its stdout, or an error with its stderr.
+pub fn git(repo: &Path, args: &[&str]) -> Result<Vec<u8>, ClientError> {
+    let out = git_output(repo, args)?;
     if !out.status.success() {
         return Err(local(
             format!(
@@ -52,17 +57,7 @@ fn git_line(repo: &Path, args: &[&str]) -> Result<String, ClientError> {
 pub fn repo_root(path: &Path) -> Result<PathBuf, ClientError> {
     let abs = std::fs::canonicalize(path)
         .map_err(|e| local(format!("Cannot open {}: {e}", path.display()), None))?;
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(&abs)
-        .args(["rev-parse", "--show-toplevel"])
-        .output()
-        .map_err(|e| {
-            local(
-                format!("Cannot run git: {e}"),
-                Some("Install git: sudo apt-get install git"),
-            )
-        })?;
+    let out = git_output(&abs, &["rev-parse", "--show-toplevel"])?;
     if !out.status.success() {
         return Err(local(
             format!("{} is not inside a git repository", abs.display()),
@@ -131,11 +126,7 @@ pub fn pack(root: &Path) -> Result<Packed, ClientError> {
             Some("Commit once (git commit), then push"),
         )
     })?;
-    let branch = Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args(["symbolic-ref", "-q", "--short", "HEAD"])
-        .output()
+    let branch = git_output(root, &["symbolic-ref", "-q", "--short", "HEAD"])
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
