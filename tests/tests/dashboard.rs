@@ -73,6 +73,20 @@ async fn wait_text(
     }
 }
 
+/// Types `name` into the create form and submits it.
+async fn submit_create(c: &Client, name: &str) {
+    let input = c
+        .find(Locator::Css("#create-form input[name=name]"))
+        .await
+        .unwrap();
+    input.send_keys(name).await.unwrap();
+    let submit = c
+        .find(Locator::Css("#create-form button[type=submit]"))
+        .await
+        .unwrap();
+    submit.click().await.unwrap();
+}
+
 async fn shot(c: &Client, name: &str) {
     let png = c.screenshot().await.unwrap();
     std::fs::write(artifacts().join(format!("dashboard-{name}.png")), png).unwrap();
@@ -194,18 +208,7 @@ fn guest_dashboard_token_origin_create_stop_and_live_session_logs() {
 
         // Create a VM through the form: it appears and reaches running
         // without a reload.
-        c.find(Locator::Css("#create-form input[name=name]"))
-            .await
-            .unwrap()
-            .send_keys("web1")
-            .await
-            .unwrap();
-        c.find(Locator::Css("#create-form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        submit_create(&c, "web1").await;
         wait_text(
             &c,
             "tr[data-vm=web1] td[data-state]",
@@ -227,18 +230,7 @@ fn guest_dashboard_token_origin_create_stop_and_live_session_logs() {
         assert_eq!(v.state, VmState::Running);
 
         // A bad name: the API's error is shown.
-        c.find(Locator::Css("#create-form input[name=name]"))
-            .await
-            .unwrap()
-            .send_keys("web1")
-            .await
-            .unwrap();
-        c.find(Locator::Css("#create-form button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        submit_create(&c, "web1").await;
         wait_text(
             &c,
             "#errors",
