@@ -36,11 +36,14 @@ fn insert_vms(d: &TestDaemon, from: usize, n: usize) {
         ));
     }
     sql.push_str("COMMIT;");
-    let st = Command::new("sqlite3")
+    // On stdin: 1,000 rows are more than one argument may hold.
+    let mut child = Command::new("sqlite3")
         .arg(d.state_dir.join("banger.db"))
-        .arg(&sql)
-        .status()
+        .stdin(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), sql.as_bytes()).unwrap();
+    let st = child.wait().unwrap();
     assert!(st.success());
 }
 
