@@ -31,5 +31,7 @@ check "$out/image_build.json" bench cold_s warm_s ratio_warm_over_cold machine
 check "$out/vm_create.json" bench runs banger_create_to_ssh hand_run_qemu_to_ssh ratio target_ratio_max root_disk_clone machine
 ./target/debug/tap_pool $mode > "$out/tap_pool.json"
 check "$out/tap_pool.json" bench runs warm_pool no_pool ratio network_step_ratio machine
+./target/debug/warm_pool $mode > "$out/warm_pool.json"
+check "$out/warm_pool.json" bench runs from_pool cold ratio target_ratio_max machine
 ./target/debug/fleet $mode > "$out/fleet.json"
 check "$out/fleet.json" bench vm_ls_latency_ms daemon_rss_kib concurrent_creates_s machine

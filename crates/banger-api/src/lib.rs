@@ -27,8 +27,9 @@ pub use sessions::{
 };
 pub use system::{FleetSnapshot, UiInfo, VersionInfo, VmLive};
 pub use vms::{
-    Forward, ForwardList, ForwardRequest, GuestStats, HostStats, SshClientKey, Vm, VmCreateRequest,
-    VmList, VmPort, VmPortList, VmSetRequest, VmSshInfo, VmState, VmStats, VmStopRequest,
+    Forward, ForwardList, ForwardRequest, GuestStats, HostStats, PoolList, PoolSetRequest,
+    PoolStatus, SshClientKey, Vm, VmCreateRequest, VmList, VmPort, VmPortList, VmSetRequest,
+    VmSshInfo, VmState, VmStats, VmStopRequest,
 };
 
 pub use workspaces::{

@@ -285,3 +285,44 @@ pub struct ForwardRequest {
     pub host_port: u16,
     pub guest_port: u16,
 }
+
+/// A warm pool entry (`GET /v1/pools`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolStatus {
+    pub image: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub work_disk_bytes: u64,
+    /// How many to keep booted.
+    pub size: u32,
+    /// Booted and waiting for a `vm create`.
+    pub ready: u32,
+    pub booting: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolList {
+    pub pools: Vec<PoolStatus>,
+    /// `pool.memory_budget` from the config.
+    pub memory_budget_mib: u64,
+    /// Memory of the pool's VMs now.
+    pub memory_used_mib: u64,
+}
+
+/// `POST /v1/pools`: keep `size` VMs of an image and size booted (0: none).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSetRequest {
+    /// Default: `vm.default_image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_disk_size: Option<String>,
+    pub size: u32,
+}

@@ -73,6 +73,11 @@ chroot_base = ""
 uid = 65534
 gid = 65534
 
+[pool]
+# The warm pool (`banger pool set IMAGE --size N`) keeps VMs booted so that
+# `vm create` hands one out at once; its VMs take at most this much memory.
+memory_budget = "4G"
+
 [ui]
 # The web dashboard: an address on the loopback (127.0.0.0/8 or ::1) and
 # port, in the host's own network namespace. Empty: no dashboard. Access
@@ -116,10 +121,25 @@ pub struct Config {
     pub network: NetworkConfig,
     pub vm: VmConfig,
     pub firecracker: FirecrackerConfig,
+    pub pool: PoolConfig,
     pub ui: UiConfig,
     pub agents: AgentsConfig,
     pub auth: AuthConfig,
     pub debug: DebugConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    pub memory_budget: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            memory_budget: "4G".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -496,6 +516,7 @@ impl Config {
         for (key, val) in [
             ("vm.memory", &v.memory),
             ("vm.work_disk_size", &v.work_disk_size),
+            ("pool.memory_budget", &self.pool.memory_budget),
         ] {
             if let Err(e) = crate::units::parse_size(val) {
                 return Err(invalid(key, e.to_string()));

@@ -127,6 +127,19 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     ) STRICT;
     "#,
+    // 7: the warm pool: pool VMs are ordinary rows marked `pool`, hidden
+    // from users until a create claims one; `pools` says how many to keep.
+    r#"
+    ALTER TABLE vms ADD COLUMN pool INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE pools (
+        image      TEXT NOT NULL,
+        cpus       INTEGER NOT NULL,
+        memory_mib INTEGER NOT NULL,
+        work_bytes INTEGER NOT NULL,
+        size       INTEGER NOT NULL,
+        PRIMARY KEY (image, cpus, memory_mib, work_bytes)
+    ) STRICT;
+    "#,
 ];
 
 #[derive(Debug, Error)]

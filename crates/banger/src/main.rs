@@ -66,6 +66,9 @@ enum Command {
     /// Coding agents: run one on a prompt in a VM, on a workspace.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// The warm pool: VMs booted ahead of time so `vm create` is instant.
+    #[command(subcommand)]
+    Pool(PoolCommand),
     /// Print the web dashboard's URL (with its access token); --open opens it.
     Ui {
         /// Open it in the default browser (xdg-open).
@@ -76,6 +79,28 @@ enum Command {
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCommand {
+    /// Pool sizes with their ready and booting VMs, and the memory budget.
+    Ls,
+    /// Keep SIZE VMs of an image and size booted (0: none). A `vm create`
+    /// asking for the same image, cpus, memory and work disk takes one.
+    Set {
+        /// Image (default: the daemon's vm.default_image).
+        image: Option<String>,
+        #[arg(long)]
+        size: u32,
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// e.g. 1G.
+        #[arg(long)]
+        memory: Option<String>,
+        /// e.g. 1G.
+        #[arg(long)]
+        work_disk_size: Option<String>,
     },
 }
 
@@ -490,6 +515,82 @@ async fn run(client: &Client, json: bool, command: Command) -> Result<u8, Client
         Command::Workspace(cmd) => cmd_workspace::workspace(client, json, &style, cmd).await,
         Command::Auth(cmd) => cmd_workspace::auth(client, json, cmd).await,
         Command::Agent(cmd) => cmd_workspace::agent(client, json, cmd).await,
+        Command::Pool(PoolCommand::Ls) => {
+            let l: banger_api::PoolList = client.get("/v1/pools").await?;
+            if json {
+                output::print_json(&l);
+                return Ok(exit::OK);
+            }
+            let rows: Vec<Vec<String>> = l
+                .pools
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.image.clone(),
+                        p.cpus.to_string(),
+                        output::size(u64::from(p.memory_mib) << 20),
+                        output::size(p.work_disk_bytes),
+                        p.size.to_string(),
+                        p.ready.to_string(),
+                        p.booting.to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(
+                    &[
+                        "IMAGE",
+                        "CPUS",
+                        "MEMORY",
+                        "WORK DISK",
+                        "SIZE",
+                        "READY",
+                        "BOOTING"
+                    ],
+                    &rows
+                )
+            );
+            println!(
+                "memory: {} of {} used",
+                output::size(l.memory_used_mib << 20),
+                output::size(l.memory_budget_mib << 20)
+            );
+            Ok(exit::OK)
+        }
+        Command::Pool(PoolCommand::Set {
+            image,
+            size,
+            cpus,
+            memory,
+            work_disk_size,
+        }) => {
+            let p: banger_api::PoolStatus = client
+                .post(
+                    "/v1/pools",
+                    &banger_api::PoolSetRequest {
+                        image,
+                        cpus,
+                        memory,
+                        work_disk_size,
+                        size,
+                    },
+                )
+                .await?;
+            if json {
+                output::print_json(&p);
+            } else {
+                println!(
+                    "pool {}: {} VM(s) of {} cpus, {}, work disk {} (refilling in the background)",
+                    p.image,
+                    p.size,
+                    p.cpus,
+                    output::size(u64::from(p.memory_mib) << 20),
+                    output::size(p.work_disk_bytes)
+                );
+            }
+            Ok(exit::OK)
+        }
         Command::Ui { open } => {
             let info: banger_api::UiInfo = client.get("/v1/ui").await?;
             if json {

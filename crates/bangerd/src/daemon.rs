@@ -81,6 +81,7 @@ fn vms_config(config: &Config) -> anyhow::Result<VmsConfig> {
         jail_gid: config.firecracker.gid,
         agents: banger_core::agents::Agents::new(&config.agents.dir),
         tap_pool: config.network.tap_pool,
+        pool_memory_budget: size(&config.pool.memory_budget)?,
     })
 }
 
@@ -118,6 +119,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         vms_config,
     );
     vms.reconcile()?;
+    vms.refill_pools();
     let sessions = banger_core::sessions::Sessions::new(store.clone(), vms.clone());
     let workspaces = banger_core::workspaces::Workspaces::new(store.clone(), vms.clone());
     let forwards = banger_core::forwards::Forwards::new(store.clone(), vms.clone());

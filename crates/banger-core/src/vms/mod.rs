@@ -15,6 +15,7 @@
 pub mod kvm_probe;
 pub mod qemu;
 
+pub mod pool;
 pub mod ports;
 pub mod stats;
 pub mod vmm;
@@ -175,6 +176,8 @@ pub struct VmsConfig {
     pub agents: crate::agents::Agents,
     /// TAP devices kept ready (0: none).
     pub tap_pool: usize,
+    /// Memory the warm pool's VMs may take, bytes.
+    pub pool_memory_budget: u64,
 }
 
 struct VmsInner {
@@ -409,10 +412,13 @@ impl Vms {
             what: "image",
             reason: format!("verification task failed: {e}"),
         })??;
-        self.start_create_checked(req)
+        self.start_create_checked(req, false)
     }
 
-    fn start_create_checked(&self, req: VmCreateRequest) -> Result<Operation, VmError> {
+    /// Plans a create: checks everything, then either claims a warm pool VM
+    /// that fits (a VM booted ahead of time, renamed and personalized) or
+    /// reserves a new row and boots it. `pool`: this is a pool VM itself.
+    fn start_create_checked(&self, req: VmCreateRequest, pool: bool) -> Result<Operation, VmError> {
         validate_name("VM", &req.name)?;
         let cfg = &self.inner.config;
         let image_name = req
@@ -529,6 +535,18 @@ impl Vms {
             });
         }
         let egress_json = parse_egress(req.egress_allow.as_deref())?;
+        if !pool && !req.no_start && root_bytes.is_none() {
+            let fit = pool::Fit {
+                image: image_name.clone(),
+                cpus,
+                memory_mib: u32::try_from(memory_mib).unwrap_or(u32::MAX),
+                work_bytes,
+                backend: backend.clone(),
+            };
+            if let Some(op) = self.claim_pool_vm(&fit, &req, agent.clone(), egress_json.clone())? {
+                return Ok(op);
+            }
+        }
         let client_key = self.client_key()?;
         // Reserve name and address in one transaction: the `creating` row is
         // what a restarted daemon rolls back.
@@ -550,8 +568,8 @@ impl Vms {
             let ip = subnet.allocate(&used)?;
             let now = chrono::Utc::now();
             tx.execute(
-                &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'creating', NULL, ?13, NULL, NULL, '', ?14, ?15, ?16)"),
-                params![id, name, image_name, image.digest, backend, if backend == "firecracker" { "kvm" } else { accel.as_str() }, cpus, memory_mib, work_bytes as i64, ip.to_string(), network::mac_for(&id), network::tap_name(&id), now.to_rfc3339(), agent, i64::from(req.isolated), egress_json],
+                &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'creating', NULL, ?13, NULL, NULL, '', ?14, ?15, ?16, ?17)"),
+                params![id, name, image_name, image.digest, backend, if backend == "firecracker" { "kvm" } else { accel.as_str() }, cpus, memory_mib, work_bytes as i64, ip.to_string(), network::mac_for(&id), network::tap_name(&id), now.to_rfc3339(), agent, i64::from(req.isolated), egress_json, i64::from(pool)],
             )?;
             tx.query_row(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"), [&id], vm_from_row)?
         })?;
@@ -722,6 +740,9 @@ impl Vms {
             return Ok(serde_json::json!({ "vm": vm.name, "ip": vm.ip, "state": "stopped" }));
         }
         let t = self.boot(h, vm).await?;
+        if self.is_pool(&vm.id) {
+            self.warm_pool_connection(vm).await;
+        }
         Ok(serde_json::json!({ "vm": vm.name, "ip": vm.ip, "state": "running", "boot_seconds": t }))
     }
 
@@ -991,12 +1012,13 @@ impl Vms {
             work_mount: Some("/work".into()),
             grow_root,
         };
-        configdisk::write(&disk, &dir.join("config.ext4"), &dir.join("config.d")).map_err(|e| {
-            VmError::Invalid {
-                what: "config disk",
-                reason: crate::error::error_chain(&e),
-            }
+        // Made aside and renamed in: a running VMM keeps reading the old one.
+        let (tmp, out) = (dir.join("config.ext4.new"), dir.join("config.ext4"));
+        configdisk::write(&disk, &tmp, &dir.join("config.d")).map_err(|e| VmError::Invalid {
+            what: "config disk",
+            reason: crate::error::error_chain(&e),
         })?;
+        std::fs::rename(&tmp, &out).map_err(|source| VmError::Io { path: out, source })?;
         Ok(host_pub)
     }
 
@@ -1229,7 +1251,11 @@ impl Vms {
                     "-o",
                     "ControlMaster=yes",
                     "-o",
-                    "ControlPersist=600",
+                    "ControlPersist=3600",
+                    "-o",
+                    "ServerAliveInterval=15",
+                    "-o",
+                    "ServerAliveCountMax=3",
                     "-N",
                     "-f",
                 ])
@@ -2105,7 +2131,7 @@ pub enum GuestInput {
     Reader(Box<dyn tokio::io::AsyncRead + Send + Unpin>),
 }
 
-const VM_COLUMNS: &str = "id, name, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, ip, mac, tap, state, pid, created_at, started_at, stop_reason, host_key, agent, isolated, egress";
+const VM_COLUMNS: &str = "id, name, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, ip, mac, tap, state, pid, created_at, started_at, stop_reason, host_key, agent, isolated, egress, pool";
 
 fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Vm, VmError>> {
     let state: String = r.get(12)?;

@@ -109,6 +109,8 @@ where
         system::openapi,
         system::ui,
         vms::stream,
+        vms::pools,
+        vms::pool_set,
         ops::list,
         ops::show,
         ops::events,
@@ -250,6 +252,7 @@ pub fn v1_routes(daemon: &AppState) -> Router<AppState> {
     }
     v1.route("/ui", get(system::ui))
         .route("/vms/stream", get(vms::stream))
+        .route("/pools", get(vms::pools).post(vms::pool_set))
 }
 
 /// The API on the Unix socket: every request's peer credentials checked.

@@ -16,7 +16,9 @@ use super::{ApiJson, ApiResult, AppState};
 /// All VMs, by name.
 #[utoipa::path(get, path = "/v1/vms", tag = "vms", responses((status = 200, body = VmList)))]
 pub async fn list(State(d): State<AppState>) -> ApiResult<Json<VmList>> {
-    Ok(Json(VmList { vms: d.vms.list()? }))
+    Ok(Json(VmList {
+        vms: d.vms.list_user()?,
+    }))
 }
 
 /// One VM.
@@ -201,7 +203,7 @@ pub async fn stream(
                     _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 }
             }
-            let vms = d.vms.list().unwrap_or_default();
+            let vms = d.vms.list_user().unwrap_or_default();
             let mut live = Vec::new();
             let mut next = Prev::new();
             for vm in vms {
@@ -235,4 +237,21 @@ pub async fn stream(
         },
     );
     Sse::new(events).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+}
+
+/// The warm pool: sizes per image and size, with ready and booting counts.
+#[utoipa::path(get, path = "/v1/pools", tag = "vms", responses((status = 200, body = banger_api::PoolList)))]
+pub async fn pools(State(d): State<AppState>) -> ApiResult<Json<banger_api::PoolList>> {
+    Ok(Json(d.vms.pool_list()?))
+}
+
+/// Keeps `size` VMs of an image and size booted for `vm create` (0: none);
+/// refills in the background within `pool.memory_budget`.
+#[utoipa::path(post, path = "/v1/pools", tag = "vms", request_body = banger_api::PoolSetRequest,
+    responses((status = 200, body = banger_api::PoolStatus), (status = 400, body = ApiError)))]
+pub async fn pool_set(
+    State(d): State<AppState>,
+    ApiJson(req): ApiJson<banger_api::PoolSetRequest>,
+) -> ApiResult<Json<banger_api::PoolStatus>> {
+    Ok(Json(d.vms.pool_set(&req)?))
 }
