@@ -277,9 +277,15 @@ pub fn builder_lock() -> BuilderLock {
 }
 
 /// The persistent daemon that builds test images (outside any namespace:
-/// building needs the package mirror). Caller holds the builder lock.
+/// building needs the package mirror). Caller holds the builder lock. Its
+/// state is per store schema, so checkouts of different versions on one
+/// machine never migrate each other's database.
 pub fn builder_daemon() -> TestDaemon {
-    let mut d = TestDaemon::at(&Path::new(TEST_CACHE).join("builder"), "");
+    let dir = format!(
+        "builder-s{}",
+        banger_core::store::Store::latest_schema_version()
+    );
+    let mut d = TestDaemon::at(&Path::new(TEST_CACHE).join(dir), "");
     d.spawn();
     d
 }
