@@ -444,12 +444,7 @@ impl Vms {
             .cpus
             .or(profile.as_ref().and_then(|p| p.cpus))
             .unwrap_or(cfg.cpus);
-        if !(1..=32).contains(&cpus) {
-            return Err(VmError::Invalid {
-                what: "cpus",
-                reason: format!("{cpus} is not in 1..=32"),
-            });
-        }
+        check_cpus(cpus)?;
         let memory_mib = match req
             .memory
             .as_ref()
@@ -1380,12 +1375,7 @@ impl Vms {
             });
         }
         let cpus = req.cpus.unwrap_or(vm.cpus);
-        if !(1..=32).contains(&cpus) {
-            return Err(VmError::Invalid {
-                what: "cpus",
-                reason: format!("{cpus} is not in 1..=32"),
-            });
-        }
+        check_cpus(cpus)?;
         let memory_mib = match &req.memory {
             Some(m) => u32::try_from(
                 parse_size(m).map_err(|e| VmError::Invalid {
@@ -1402,19 +1392,9 @@ impl Vms {
                 reason: format!("{memory_mib} MiB is not in 128 MiB..=64 GiB"),
             });
         }
-        let size_of = |what: &'static str, s: &Option<String>| -> Result<Option<u64>, VmError> {
-            s.as_deref()
-                .map(|s| {
-                    parse_size(s).map_err(|e| VmError::Invalid {
-                        what,
-                        reason: e.to_string(),
-                    })
-                })
-                .transpose()
-        };
         let (root_size, work_size) = (
-            size_of("disk size", &req.disk_size)?,
-            size_of("work disk size", &req.work_disk_size)?,
+            opt_size("disk size", &req.disk_size)?,
+            opt_size("work disk size", &req.work_disk_size)?,
         );
         let p = self.paths(&vm.id);
         let mut work_bytes = vm.work_disk_bytes;
@@ -2105,6 +2085,30 @@ fn kill_pid(pid: u32) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+/// A VM's CPU count must be 1..=32. Pure.
+fn check_cpus(cpus: u32) -> Result<(), VmError> {
+    if (1..=32).contains(&cpus) {
+        Ok(())
+    } else {
+        Err(VmError::Invalid {
+            what: "cpus",
+            reason: format!("{cpus} is not in 1..=32"),
+        })
+    }
+}
+
+/// An optional size from the API (`2G`, `512M`), parsed. Pure.
+fn opt_size(what: &'static str, s: &Option<String>) -> Result<Option<u64>, VmError> {
+    s.as_deref()
+        .map(|s| {
+            parse_size(s).map_err(|e| VmError::Invalid {
+                what,
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
 }
 
 /// An egress allow-list from the API, checked and normalized, as stored

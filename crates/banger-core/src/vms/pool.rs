@@ -9,11 +9,10 @@
 use banger_api::{Operation, PoolSetRequest, PoolStatus, VmCreateRequest};
 use rusqlite::{params, OptionalExtension};
 
-use super::{api, VmError, VmState, Vms};
+use super::{api, check_cpus, opt_size, VmError, VmState, Vms};
 use crate::names::validate_name;
 use crate::ops::StepSpec;
 use crate::shell::quote;
-use crate::units::parse_size;
 
 /// What a create asks for, resolved; a pool VM fits when all are equal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,24 +201,10 @@ impl Vms {
         validate_name("image", &image)?;
         self.inner.images.get(&image)?;
         let cpus = req.cpus.unwrap_or(cfg.cpus);
-        if !(1..=32).contains(&cpus) {
-            return Err(VmError::Invalid {
-                what: "cpus",
-                reason: format!("{cpus} is not in 1..=32"),
-            });
-        }
-        let size_of =
-            |what: &'static str, s: &Option<String>, default: u64| -> Result<u64, VmError> {
-                s.as_deref()
-                    .map(|s| {
-                        parse_size(s).map_err(|e| VmError::Invalid {
-                            what,
-                            reason: e.to_string(),
-                        })
-                    })
-                    .transpose()
-                    .map(|v| v.unwrap_or(default))
-            };
+        check_cpus(cpus)?;
+        let size_of = |what: &'static str, s: &Option<String>, default: u64| {
+            opt_size(what, s).map(|v| v.unwrap_or(default))
+        };
         let memory_mib =
             u32::try_from(size_of("memory", &req.memory, u64::from(cfg.memory_mib) << 20)? >> 20)
                 .unwrap_or(u32::MAX);
