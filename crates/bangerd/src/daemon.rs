@@ -125,7 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let forwards = banger_core::forwards::Forwards::new(store.clone(), vms.clone());
     forwards.restore();
     let dns = banger_core::dns::Dns::new(
-        store.clone(),
+        vms.clone(),
         subnet,
         &config.network.bridge,
         !config.network.netns.is_empty(),

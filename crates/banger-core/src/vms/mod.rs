@@ -302,8 +302,19 @@ impl Vms {
     }
 
     pub fn list(&self) -> Result<Vec<Vm>, VmError> {
+        self.list_where("1")
+    }
+
+    /// VMs users see: unclaimed warm-pool VMs are hidden.
+    pub fn list_user(&self) -> Result<Vec<Vm>, VmError> {
+        self.list_where("pool = 0")
+    }
+
+    fn list_where(&self, filter: &'static str) -> Result<Vec<Vm>, VmError> {
         self.inner.store.read(|c| -> Result<Vec<Vm>, VmError> {
-            let mut stmt = c.prepare(&format!("SELECT {VM_COLUMNS} FROM vms ORDER BY name"))?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {VM_COLUMNS} FROM vms WHERE {filter} ORDER BY name"
+            ))?;
             let rows = stmt.query_map([], vm_from_row)?;
             let mut v = Vec::new();
             for r in rows {
@@ -311,6 +322,52 @@ impl Vms {
             }
             Ok(v)
         })
+    }
+
+    /// A VM by id.
+    fn get_by_id(&self, id: &str) -> Result<Vm, VmError> {
+        self.inner
+            .store
+            .read(|c| {
+                c.query_row(
+                    &format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"),
+                    [id],
+                    vm_from_row,
+                )
+                .optional()
+            })?
+            .transpose()?
+            .ok_or_else(|| VmError::NotFound(id.into()))
+    }
+
+    /// The address of the VM `name`, if it exists (for `.vm` DNS).
+    pub fn ip_of(&self, name: &str) -> Option<Ipv4Addr> {
+        let ip: Option<String> = self
+            .inner
+            .store
+            .read(|c| {
+                c.query_row("SELECT ip FROM vms WHERE name = ?1", [name], |r| r.get(0))
+                    .optional()
+            })
+            .ok()
+            .flatten();
+        ip?.parse().ok()
+    }
+
+    /// The name of the VM at `ip`, if any (for reverse DNS).
+    pub fn name_at(&self, ip: Ipv4Addr) -> Option<String> {
+        self.inner
+            .store
+            .read(|c| {
+                c.query_row(
+                    "SELECT name FROM vms WHERE ip = ?1",
+                    [ip.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .ok()
+            .flatten()
     }
 
     pub fn get(&self, name: &str) -> Result<Vm, VmError> {
@@ -2000,8 +2057,11 @@ impl Vms {
                 }
             }
         }
-        let taps: std::collections::HashSet<String> =
-            ids.iter().map(|id| self.tap_of(id)).collect();
+        let taps: std::collections::HashSet<String> = self.inner.store.read(|c| {
+            let mut stmt = c.prepare("SELECT tap FROM vms")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()
+        })?;
         for link in network::list_links() {
             if link.starts_with("bg-") && !taps.contains(&link) {
                 tracing::warn!(tap = %link, "removing a TAP no VM owns");

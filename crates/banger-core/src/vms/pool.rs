@@ -24,6 +24,14 @@ pub struct Fit {
     pub backend: String,
 }
 
+/// Whether a pool VM is of this pool entry's image and size. Pure.
+fn fits(vm: &banger_api::Vm, image: &str, cpus: u32, memory_mib: u32, work: u64) -> bool {
+    vm.image == image
+        && vm.cpus == cpus
+        && vm.memory_mib == memory_mib
+        && vm.work_disk_bytes == work
+}
+
 /// The guest script that takes on a new name. Pure.
 pub fn rename_script(name: &str) -> String {
     format!(
@@ -40,20 +48,6 @@ pub fn pool_vm_name() -> String {
 }
 
 impl Vms {
-    /// VMs users see (pool VMs not yet claimed are hidden).
-    pub fn list_user(&self) -> Result<Vec<banger_api::Vm>, VmError> {
-        let hidden: std::collections::HashSet<String> = self.inner.store.read(|c| {
-            let mut stmt = c.prepare("SELECT id FROM vms WHERE pool = 1")?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()
-        })?;
-        Ok(self
-            .list()?
-            .into_iter()
-            .filter(|v| !hidden.contains(&v.id))
-            .collect())
-    }
-
     /// Claims a running pool VM that fits, renamed to `req.name`, and
     /// returns the operation that personalizes it; `None` when none fits.
     pub(super) fn claim_pool_vm(
@@ -85,11 +79,7 @@ impl Vms {
             Ok(id)
         })?;
         let Some(id) = claimed else { return Ok(None) };
-        let vm = self
-            .list()?
-            .into_iter()
-            .find(|v| v.id == id)
-            .ok_or_else(|| VmError::NotFound(name.clone()))?;
+        let vm = self.get_by_id(&id)?;
         tracing::info!(vm = %vm.name, id = %vm.id, "claimed a warm pool VM");
         let steps = vec![
             StepSpec::new("claim", "Take a VM from the warm pool"),
@@ -141,53 +131,48 @@ impl Vms {
 
     /// Pool sizes with their ready and booting counts.
     pub fn pool_list(&self) -> Result<banger_api::PoolList, VmError> {
+        Ok(self.pool_state()?.0)
+    }
+
+    /// The pools, and the pool VMs they were counted from.
+    fn pool_state(&self) -> Result<(banger_api::PoolList, Vec<banger_api::Vm>), VmError> {
         let rows: Vec<(String, u32, u32, i64, u32)> = self.inner.store.read(|c| {
             let mut stmt = c.prepare("SELECT image, cpus, memory_mib, work_bytes, size FROM pools ORDER BY image, cpus, memory_mib, work_bytes")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
             rows.collect::<rusqlite::Result<_>>()
         })?;
-        let members: Vec<(String, u32, u32, i64, String)> = self.inner.store.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT image, cpus, memory_mib, work_bytes, state FROM vms WHERE pool = 1",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?;
-            rows.collect::<rusqlite::Result<_>>()
-        })?;
-        let used: u64 = members.iter().map(|m| u64::from(m.2)).sum();
+        let members = self.list_where("pool = 1")?;
+        let used: u64 = members.iter().map(|m| u64::from(m.memory_mib)).sum();
         let pools = rows
             .into_iter()
             .map(|(image, cpus, memory_mib, work, size)| {
-                let of = |st: &[&str]| {
+                let work = u64::try_from(work).unwrap_or(0);
+                let of = |st: &[VmState]| {
                     let n = members
                         .iter()
                         .filter(|m| {
-                            m.0 == image
-                                && m.1 == cpus
-                                && m.2 == memory_mib
-                                && m.3 == work
-                                && st.contains(&m.4.as_str())
+                            fits(m, &image, cpus, memory_mib, work) && st.contains(&m.state)
                         })
                         .count();
                     u32::try_from(n).unwrap_or(u32::MAX)
                 };
                 PoolStatus {
-                    ready: of(&["running"]),
-                    booting: of(&["creating", "starting"]),
+                    ready: of(&[VmState::Running]),
+                    booting: of(&[VmState::Creating, VmState::Starting]),
                     image,
                     cpus,
                     memory_mib,
-                    work_disk_bytes: u64::try_from(work).unwrap_or(0),
+                    work_disk_bytes: work,
                     size,
                 }
             })
             .collect();
-        Ok(banger_api::PoolList {
+        let list = banger_api::PoolList {
             pools,
             memory_budget_mib: self.pool_budget_mib(),
             memory_used_mib: used,
-        })
+        };
+        Ok((list, members))
     }
 
     /// Sets how many VMs of an image and size to keep ready (0 removes the
@@ -255,7 +240,7 @@ impl Vms {
     /// Starts creates for missing pool VMs (within the budget) and removes
     /// pool VMs no pool wants or that stopped.
     pub fn refill_pools(&self) {
-        let list = match self.pool_list() {
+        let (list, members) = match self.pool_state() {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the pools");
@@ -263,24 +248,13 @@ impl Vms {
             }
         };
         // Pool VMs that stopped, or that no pool wants any more.
-        let members: Vec<(String, String, String, u32, u32, i64)> = self
-            .inner
-            .store
-            .read(|c| {
-                let mut stmt = c.prepare("SELECT name, state, image, cpus, memory_mib, work_bytes FROM vms WHERE pool = 1")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .unwrap_or_default();
-        for (name, state, image, cpus, mem, work) in &members {
-            let wanted = list.pools.iter().any(|p| {
-                &p.image == image
-                    && p.cpus == *cpus
-                    && p.memory_mib == *mem
-                    && p.work_disk_bytes == u64::try_from(*work).unwrap_or(0)
-            });
-            if !wanted || state == VmState::Stopped.as_str() {
-                let (this, name) = (self.clone(), name.clone());
+        for m in &members {
+            let wanted = list
+                .pools
+                .iter()
+                .any(|p| fits(m, &p.image, p.cpus, p.memory_mib, p.work_disk_bytes));
+            if !wanted || m.state == VmState::Stopped {
+                let (this, name) = (self.clone(), m.name.clone());
                 tokio::spawn(async move {
                     if let Err(e) = this.remove(&name, true).await {
                         tracing::warn!(vm = %name, error = %e, "cannot remove a pool VM");
