@@ -69,3 +69,21 @@ pub fn median(v: &[f64]) -> f64 {
 pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
+
+/// (seconds until `vm create` returns, seconds until a first `vm ssh -- true`
+/// has run: a new SSH connection from the client, about a second under TCG).
+pub fn create_to_ssh(d: &banger_tests::TestDaemon, name: &str, extra: &[&str]) -> (f64, f64) {
+    let t0 = std::time::Instant::now();
+    let mut args = vec!["vm", "create", name];
+    args.extend_from_slice(extra);
+    let out = d.banger(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created = t0.elapsed().as_secs_f64();
+    let ssh = d.banger(&["vm", "ssh", name, "--", "true"]);
+    assert!(ssh.status.success());
+    (created, t0.elapsed().as_secs_f64())
+}

@@ -9,7 +9,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use banger_bench::{machine, median, quick, round3, runs};
+use banger_bench::{create_to_ssh, machine, median, quick, round3, runs};
 use banger_tests::{boot_direct, test_image, BootOpts, TestDaemon, TestNetns};
 use serde_json::json;
 
@@ -47,20 +47,7 @@ fn main() {
     let (mut banger, mut direct) = (Vec::new(), Vec::new());
     for i in 0..n {
         let name = format!("bench{i}");
-        let t0 = Instant::now();
-        let out = d.banger(&["vm", "create", &name]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = d.banger(&["vm", "ssh", &name, "--", "true"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        banger.push(t0.elapsed().as_secs_f64());
+        banger.push(create_to_ssh(&d, &name, &[]).1);
         assert!(d.banger(&["vm", "rm", "--force", &name]).status.success());
 
         let t0 = Instant::now();

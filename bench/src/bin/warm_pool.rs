@@ -4,29 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use banger_bench::{machine, median, quick, round3, runs};
+use banger_bench::{create_to_ssh, machine, median, quick, round3, runs};
 use banger_tests::{poll, test_image, TestDaemon, TestNetns};
 use serde_json::json;
-
-/// (seconds until `vm create` returns, seconds until a first `vm ssh -- true`
-/// has run: a new SSH connection from the client, about a second under TCG).
-fn create_to_ssh(d: &TestDaemon, name: &str, extra: &[&str]) -> (f64, f64) {
-    let t0 = Instant::now();
-    let mut args = vec!["vm", "create", name];
-    args.extend_from_slice(extra);
-    let out = d.banger(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let created = t0.elapsed().as_secs_f64();
-    let ssh = d.banger(&["vm", "ssh", name, "--", "true"]);
-    assert!(ssh.status.success());
-    (created, t0.elapsed().as_secs_f64())
-}
 
 fn main() {
     let n = if quick() { 1 } else { runs(3) };
