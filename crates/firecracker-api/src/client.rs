@@ -160,6 +160,9 @@ impl Client {
     pub fn snapshot_create(&self, p: &SnapshotCreateParams) -> Result<(), ClientError> {
         self.call("PUT", "/snapshot/create", p)
     }
+    pub fn snapshot_load(&self, p: &SnapshotLoadParams) -> Result<(), ClientError> {
+        self.call("PUT", "/snapshot/load", p)
+    }
     pub fn describe(&self) -> Result<InstanceInfo, ClientError> {
         self.get("/")
     }

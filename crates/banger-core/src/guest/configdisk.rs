@@ -27,6 +27,9 @@ pub struct ConfigDisk {
     /// CIDR, e.g. `172.30.0.2/24`; `None` leaves the network unconfigured.
     pub address: Option<String>,
     pub gateway: Option<String>,
+    /// The NIC's MAC; applied by the agent after a restore (at boot the VMM
+    /// already gives the NIC its MAC).
+    pub mac: Option<String>,
     pub dns: Vec<String>,
     pub authorized_keys: Vec<String>,
     /// OpenSSH private key text and public key line.
@@ -93,6 +96,10 @@ impl ConfigDisk {
         if let Some(g) = &self.gateway {
             plain("gateway", g, ".:")?;
             net.push_str(&format!("GATEWAY={}\n", quote(g)));
+        }
+        if let Some(m) = &self.mac {
+            plain("MAC", m, ":")?;
+            net.push_str(&format!("MAC={}\n", quote(m)));
         }
         for d in &self.dns {
             plain("DNS server", d, ".:")?;
@@ -214,6 +221,7 @@ mod tests {
             hostname: "dev-1".into(),
             address: Some("172.30.0.2/24".into()),
             gateway: Some("172.30.0.1".into()),
+            mac: None,
             dns: vec!["172.30.0.1".into()],
             authorized_keys: vec!["ssh-ed25519 AAAA test".into()],
             host_key: Some((

@@ -105,38 +105,8 @@ else
 fi
 mode=light
 [ -f {GUEST_DIR}/init-mode ] && read mode < {GUEST_DIR}/init-mode
-if [ -f $C/hostname ]; then
-  read h < $C/hostname
-  $B hostname "$h"
-  echo "$h" > /etc/hostname
-  printf '127.0.0.1 localhost\n127.0.1.1 %s\n::1 localhost ip6-localhost ip6-loopback\n' "$h" > /etc/hosts
-fi
-if [ -f $C/network ]; then
-  ADDRESS= GATEWAY= DNS=
-  . $C/network
-  $B ip link set eth0 up
-  [ -n "$ADDRESS" ] && $B ip addr add "$ADDRESS" dev eth0
-  # Announce our MAC: the address may have belonged to another VM before.
-  [ -n "$ADDRESS" ] && $B arping -q -U -c 1 -I eth0 "${{ADDRESS%/*}}" >/dev/null 2>&1 &
-  [ -n "$GATEWAY" ] && $B ip route add default via "$GATEWAY"
-  $B rm -f /etc/resolv.conf
-  for d in $DNS; do echo "nameserver $d" >> /etc/resolv.conf; done
-fi
-if [ -d $C/ssh ]; then
-  $B rm -f /etc/ssh/ssh_host_*
-  $B cp $C/ssh/ssh_host_* /etc/ssh/
-  $B chmod 600 /etc/ssh/ssh_host_*_key
-  $B chmod 644 /etc/ssh/ssh_host_*_key.pub
-fi
-[ -e /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -A >/dev/null 2>&1
-if [ -f $C/authorized_keys ]; then
-  $B mkdir -p /root/.ssh
-  $B chmod 700 /root/.ssh
-  $B cp $C/authorized_keys /root/.ssh/authorized_keys
-  $B chmod 600 /root/.ssh/authorized_keys
-fi
-[ -f $C/environment ] && $B cp $C/environment /etc/environment
-[ -f $C/machine-id ] && $B cp $C/machine-id /etc/machine-id
+{apply}
+apply_config boot
 if [ -f $C/work ]; then
   read wm < $C/work
   wdev=$($B findfs LABEL={WORK_LABEL} 2>/dev/null)
@@ -156,7 +126,133 @@ fi
 [ -e /etc/inittab ] || : > /etc/inittab
 $B mount --bind {GUEST_DIR}/inittab /etc/inittab
 exec $B init
-"#
+"#,
+        apply = apply_config_fn()
+    )
+}
+
+/// The shell function both the guest init (`boot`) and the agent (`live`,
+/// after a restore from a snapshot) use to apply the config disk mounted at
+/// `$C`: hostname, network (live: the MAC too, old addresses dropped), SSH
+/// host keys (live: the listening sshd reloads them), authorized keys,
+/// environment, machine-id. Needs `$B` (busybox) and `$C`.
+pub fn apply_config_fn() -> String {
+    r#"apply_config() {
+  if [ -f $C/hostname ]; then
+    read h < $C/hostname
+    $B hostname "$h"
+    echo "$h" > /etc/hostname
+    printf '127.0.0.1 localhost\n127.0.1.1 %s\n::1 localhost ip6-localhost ip6-loopback\n' "$h" > /etc/hosts
+  fi
+  if [ -f $C/network ]; then
+    ADDRESS= GATEWAY= DNS= MAC=
+    . $C/network
+    if [ "$1" = live ]; then
+      [ -n "$MAC" ] && $B ip link set eth0 address "$MAC"
+      $B ip -4 addr flush dev eth0
+    fi
+    $B ip link set eth0 up
+    [ -n "$ADDRESS" ] && $B ip addr add "$ADDRESS" dev eth0
+    # Announce our MAC: the address may have belonged to another VM before.
+    [ -n "$ADDRESS" ] && $B arping -q -U -c 1 -I eth0 "${ADDRESS%/*}" >/dev/null 2>&1 &
+    [ -n "$GATEWAY" ] && $B ip route replace default via "$GATEWAY"
+    $B rm -f /etc/resolv.conf
+    for d in $DNS; do echo "nameserver $d" >> /etc/resolv.conf; done
+  fi
+  if [ -d $C/ssh ]; then
+    $B rm -f /etc/ssh/ssh_host_*
+    $B cp $C/ssh/ssh_host_* /etc/ssh/
+    $B chmod 600 /etc/ssh/ssh_host_*_key
+    $B chmod 644 /etc/ssh/ssh_host_*_key.pub
+    if [ "$1" = live ]; then
+      # The listening sshd (a child of PID 1) re-executes and reads the new keys.
+      for p in $($B pidof sshd); do
+        pp=$($B awk '/^PPid:/ {print $2}' /proc/$p/status 2>/dev/null)
+        [ "$pp" = 1 ] && kill -HUP "$p"
+      done
+    fi
+  fi
+  [ -e /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -A >/dev/null 2>&1
+  if [ -f $C/authorized_keys ]; then
+    $B mkdir -p /root/.ssh
+    $B chmod 700 /root/.ssh
+    $B cp $C/authorized_keys /root/.ssh/authorized_keys
+    $B chmod 600 /root/.ssh/authorized_keys
+  fi
+  [ -f $C/environment ] && $B cp $C/environment /etc/environment
+  [ -f $C/machine-id ] && $B cp $C/machine-id /etc/machine-id
+  return 0
+}"#
+    .to_string()
+}
+
+/// The name of the agent's virtio-serial port (QEMU).
+pub const AGENT_PORT_NAME: &str = "org.banger.agent";
+/// The agent's vsock port (Firecracker).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// banger's guest agent: answers the daemon, one request per line, over a
+/// virtio-serial port (QEMU) or vsock (Firecracker, through socat):
+///
+/// - `ping NONCE` -> `ok NONCE`
+/// - `reload NONCE EPOCH SEED` -> `ok NONCE` once the guest has re-read its
+///   config disk (the daemon swapped it under a guest restored from a
+///   snapshot) and applied it live; the clock is set to EPOCH and SEED
+///   (hex) is mixed into the kernel's random pool, as a restored guest
+///   shares both with its snapshot. `err NONCE REASON` on failure.
+pub fn agent_script() -> String {
+    format!(
+        r#"#!{GUEST_BUSYBOX} sh
+# banger guest agent (see banger's guest module for the protocol).
+B={GUEST_BUSYBOX}
+C=/run/banger/config
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+{apply}
+reload() {{
+  case "$1" in *[!0-9]*|'') return 1;; esac
+  $B date -s "@$1" >/dev/null || return 1
+  printf '%s' "$2" > /dev/urandom
+  dev=$($B findfs LABEL={CONFIG_LABEL} 2>/dev/null) || return 1
+  $B umount $C 2>/dev/null || $B umount -l $C 2>/dev/null
+  # The disk under the guest changed: drop what the guest cached of it.
+  $B blockdev --flushbufs "$dev"
+  echo 3 > /proc/sys/vm/drop_caches
+  $B mount -t ext4 -o ro,nosuid,nodev,noexec "$dev" $C || return 1
+  apply_config live
+}}
+handle() {{
+  while read -r cmd nonce a b; do
+    case "$cmd" in
+      ping) echo "ok $nonce" ;;
+      reload)
+        if out=$(reload "$a" "$b" 2>&1); then echo "ok $nonce"
+        else echo "err $nonce reload failed: $(echo $out)"; fi ;;
+      *) echo "err $nonce unknown request" ;;
+    esac
+  done
+}}
+[ "$1" = handle ] && {{ handle; exit 0; }}
+dev=
+for p in /sys/class/virtio-ports/*; do
+  [ "$(cat $p/name 2>/dev/null)" = {AGENT_PORT_NAME} ] && dev=/dev/${{p##*/}}
+done
+if [ -n "$dev" ]; then
+  exec 3<>"$dev"
+  handle <&3 >&3
+elif [ -e /dev/vsock ] && command -v socat >/dev/null 2>&1; then
+  exec socat VSOCK-LISTEN:{AGENT_VSOCK_PORT},reuseaddr,fork EXEC:"{GUEST_DIR}/agent handle"
+fi
+# No channel (or it closed): wait, so that init does not respawn us in a loop.
+exec $B sleep 3600
+"#,
+        apply = apply_config_fn()
+    )
+}
+
+/// The agent as a systemd unit (systemd mode).
+pub fn agent_unit() -> String {
+    format!(
+        "[Unit]\nDescription=banger guest agent\n\n[Service]\nExecStart={GUEST_DIR}/agent\nRestart=always\nRestartSec=1\n\n[Install]\nWantedBy=multi-user.target\n"
     )
 }
 
@@ -166,6 +262,7 @@ pub fn inittab() -> String {
         "# banger light init: sshd, the readiness notifier, clean poweroff on Ctrl-Alt-Del.\n\
          ::sysinit:{GUEST_BUSYBOX} true\n\
          ::respawn:/usr/sbin/sshd -D -e\n\
+         ::respawn:{GUEST_DIR}/agent\n\
          ::once:{GUEST_DIR}/ready\n\
          ::ctrlaltdel:{GUEST_BUSYBOX} poweroff\n\
          ::shutdown:{GUEST_BUSYBOX} sync\n\
@@ -225,6 +322,7 @@ mod tests {
         sh_syntax_ok(&initrd_init());
         sh_syntax_ok(&guest_init());
         sh_syntax_ok(&ready_script());
+        sh_syntax_ok(&agent_script());
     }
 
     #[test]

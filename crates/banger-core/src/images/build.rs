@@ -302,6 +302,7 @@ pub fn guest_files(init: InitMode) -> Vec<(&'static str, String, u32)> {
         ("usr/lib/banger/init", guest::guest_init(), 0o755),
         ("usr/lib/banger/inittab", guest::inittab(), 0o644),
         ("usr/lib/banger/ready", guest::ready_script(), 0o755),
+        ("usr/lib/banger/agent", guest::agent_script(), 0o755),
         (
             "usr/lib/banger/init-mode",
             match init {
@@ -311,6 +312,7 @@ pub fn guest_files(init: InitMode) -> Vec<(&'static str, String, u32)> {
             0o644,
         ),
         ("etc/systemd/system/banger-ready.service", guest::ready_unit(), 0o644),
+        ("etc/systemd/system/banger-agent.service", guest::agent_unit(), 0o644),
         (
             "etc/ssh/sshd_config.d/banger.conf",
             "# banger: key-only root login, no reverse DNS of clients.\nUseDNS no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
@@ -344,10 +346,12 @@ pub fn install_guest_files(
     std::fs::set_permissions(&bb, std::fs::Permissions::from_mode(0o755)).map_err(io_err(&bb))?;
     let wants = rootfs.join("etc/systemd/system/multi-user.target.wants");
     std::fs::create_dir_all(&wants).map_err(io_err(&wants))?;
-    let link = wants.join("banger-ready.service");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink("/etc/systemd/system/banger-ready.service", &link)
-        .map_err(io_err(&link))?;
+    for unit in ["banger-ready.service", "banger-agent.service"] {
+        let link = wants.join(unit);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), &link)
+            .map_err(io_err(&link))?;
+    }
     // Timers and waits that slow a VM's boot or wake it up for nothing.
     for unit in [
         "apt-daily.timer",

@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::units::{parse_size, SizeError};
 
 /// Bump when the build steps change what they produce.
-pub const BUILDER_VERSION: u32 = 4;
+pub const BUILDER_VERSION: u32 = 5;
 
 /// The smallest root filesystem banger accepts.
 pub const MIN_IMAGE_SIZE: u64 = 256 << 20;
@@ -159,6 +159,8 @@ impl Distro {
             "kmod",
             "procps",
             "less",
+            // The guest agent's vsock listener (Firecracker).
+            "socat",
             "systemd-sysv",
         ]
     }

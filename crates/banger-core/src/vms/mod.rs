@@ -15,8 +15,10 @@
 pub mod kvm_probe;
 pub mod qemu;
 
+pub mod agent;
 pub mod pool;
 pub mod ports;
+pub mod snapshots;
 pub mod stats;
 pub mod vmm;
 
@@ -1056,6 +1058,7 @@ impl Vms {
             hostname: vm.name.clone(),
             address: Some(format!("{}/{}", vm.ip, self.inner.config.subnet.prefix)),
             gateway: Some(gateway.clone()),
+            mac: Some(vm.mac.clone()),
             dns: vec![gateway],
             authorized_keys: vec![read(key.with_extension("pub"))?.trim().to_string()],
             host_key: Some((read(dir.join("ssh_host_ed25519_key"))?, host_pub.clone())),

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::guest::{GUEST_INIT, KERNEL_CMDLINE};
+use crate::guest::{AGENT_PORT_NAME, GUEST_INIT, KERNEL_CMDLINE};
+use crate::shell::quote;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -48,6 +49,11 @@ pub struct QemuSpec {
     pub console_log: PathBuf,
     pub qmp_socket: PathBuf,
     pub pid_file: PathBuf,
+    /// The agent's channel: FIFOs `<this>.in` and `<this>.out`, the host
+    /// side of the guest's virtio-serial port [`AGENT_PORT_NAME`].
+    pub agent_pipe: PathBuf,
+    /// Load this saved state (a migration stream) instead of booting.
+    pub incoming: Option<PathBuf>,
 }
 
 /// The argv after the program name. Pure.
@@ -120,7 +126,26 @@ pub fn qemu_args(s: &QemuSpec) -> Vec<String> {
     push(&format!("virtio-net-pci,netdev=n0,mac={}", s.mac));
     push("-device");
     push("virtio-rng-pci");
+    // The guest agent's channel. Always present: a restore needs the same
+    // devices as the VM its state was saved from.
+    push("-chardev");
+    push(&format!("pipe,id=agent,path={}", s.agent_pipe.display()));
+    push("-device");
+    push("virtio-serial-pci,id=vser0");
+    push("-device");
+    push(&format!(
+        "virtserialport,bus=vser0.0,chardev=agent,name={AGENT_PORT_NAME}"
+    ));
+    if let Some(state) = &s.incoming {
+        push("-incoming");
+        push(&format!("exec:cat {}", quote(&state.display().to_string())));
+    }
     a
+}
+
+/// The QMP `migrate` URI that writes the state to `path`. Pure.
+pub fn save_uri(path: &Path) -> String {
+    format!("exec:cat > {}", quote(&path.display().to_string()))
 }
 
 #[derive(Debug, Error)]
@@ -175,6 +200,63 @@ pub fn qmp(
     call(serde_json::json!({"execute": command, "arguments": arguments}))
 }
 
+/// Pauses the VM and writes its device and memory state to `path` (a
+/// migration to a file); the VM stays paused (resume with `cont`). Its
+/// disks are flushed and consistent with the state when this returns.
+pub fn save_state(socket: &Path, path: &Path, timeout: Duration) -> Result<(), QmpError> {
+    qmp(socket, "stop", serde_json::json!({}))?;
+    // The default bandwidth cap (128 MiB/s) is for live migration over a
+    // network; a file takes what the disk can.
+    qmp(
+        socket,
+        "migrate-set-parameters",
+        serde_json::json!({"max-bandwidth": 16u64 << 30}),
+    )?;
+    qmp(
+        socket,
+        "migrate",
+        serde_json::json!({"uri": save_uri(path)}),
+    )?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let r = qmp(socket, "query-migrate", serde_json::json!({}))?;
+        match r.get("status").and_then(|s| s.as_str()) {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => {
+                return Err(QmpError::Command(format!(
+                    "saving the state failed: {}",
+                    r.get("error-desc")
+                        .and_then(|e| e.as_str())
+                        .unwrap_or("no reason given")
+                )))
+            }
+            _ => {}
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = qmp(socket, "migrate_cancel", serde_json::json!({}));
+            return Err(QmpError::Command(format!(
+                "saving the state did not finish within {} s",
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The VM's run state (`running`, `paused`, `inmigrate`, ...).
+pub fn status(socket: &Path) -> Result<String, QmpError> {
+    let r = qmp(socket, "query-status", serde_json::json!({}))?;
+    r.get("status")
+        .and_then(|s| s.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| QmpError::Command(format!("query-status answered {r}")))
+}
+
+/// Resumes a paused VM.
+pub fn cont(socket: &Path) -> Result<(), QmpError> {
+    qmp(socket, "cont", serde_json::json!({})).map(|_| ())
+}
+
 /// Asks the guest to power off: Ctrl-Alt-Del (banger's guest init powers off
 /// on it), plus an ACPI power-button press for systemd guests.
 pub fn request_poweroff(socket: &Path) -> Result<(), QmpError> {
@@ -208,6 +290,8 @@ mod tests {
             console_log: "/v/console.log".into(),
             qmp_socket: "/r/qmp.sock".into(),
             pid_file: "/r/qemu.pid".into(),
+            agent_pipe: "/r/agent".into(),
+            incoming: None,
         }
     }
 
@@ -235,6 +319,28 @@ mod tests {
         );
         assert!(after(&a, "-append")[0].contains("init=/usr/lib/banger/init"));
         assert_eq!(after(&a, "-serial"), ["file:/v/console.log"]);
+        assert_eq!(after(&a, "-chardev"), ["pipe,id=agent,path=/r/agent"]);
+        assert!(after(&a, "-device")
+            .contains(&"virtserialport,bus=vser0.0,chardev=agent,name=org.banger.agent"));
+        assert!(!a.iter().any(|x| x == "-incoming"));
+    }
+
+    #[test]
+    fn a_restore_loads_the_state_with_the_same_devices() {
+        let boot = qemu_args(&spec());
+        let restore = qemu_args(&QemuSpec {
+            incoming: Some("/s/it's/state.bin".into()),
+            ..spec()
+        });
+        assert_eq!(
+            after(&restore, "-incoming"),
+            ["exec:cat '/s/it'\\''s/state.bin'"]
+        );
+        assert_eq!(after(&boot, "-device"), after(&restore, "-device"));
+        assert_eq!(
+            save_uri(Path::new("/s/a b/state.bin")),
+            "exec:cat > '/s/a b/state.bin'"
+        );
     }
 
     #[test]

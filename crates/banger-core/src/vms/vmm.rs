@@ -11,15 +11,18 @@
 //!   SendCtrlAltDel. Its serial console is its stdout, sent to the console log.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use firecracker_api::model::{
-    ActionType, BootSource, Drive, Logger, MachineConfiguration, Metrics, NetworkInterface,
+    ActionType, BootSource, Drive, Logger, MachineConfiguration, MemoryBackend, Metrics,
+    NetworkInterface, NetworkOverride, SnapshotCreateParams, SnapshotLoadParams,
+    VmState as FcVmState, Vsock, VsockOverride,
 };
 use thiserror::Error;
 
+use super::agent::{AgentError, AgentLink};
 use super::qemu::{self, Accel, QemuSpec};
 use crate::guest::{GUEST_INIT, KERNEL_CMDLINE};
 
@@ -39,6 +42,10 @@ pub enum VmmError {
     Api(#[from] firecracker_api::ClientError),
     #[error("QEMU control failed")]
     Qmp(#[from] qemu::QmpError),
+    #[error("The guest agent failed")]
+    Agent(#[from] AgentError),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("VM file I/O failed on {path}")]
     Io {
         path: PathBuf,
@@ -89,6 +96,27 @@ pub trait Vmm: Send + Sync {
     /// Removes what the backend made for the VM outside its directories
     /// (a jail). Called after the VMM exited; idempotent.
     fn cleanup(&self, _vm_id: &str) {}
+    /// How the daemon talks to the VM's guest agent.
+    fn agent(&self, spec: &LaunchSpec) -> AgentLink;
+    /// Pauses the VM and writes its device and memory state into `dir`
+    /// ([`Vmm::state_files`]); the VM stays paused, its disks consistent
+    /// with the state, until [`Vmm::resume`]. Blocking.
+    fn save_state(&self, spec: &LaunchSpec, dir: &Path) -> Result<(), VmmError>;
+    /// Resumes a paused VM.
+    fn resume(&self, spec: &LaunchSpec) -> Result<(), VmmError>;
+    /// Starts a VMM that loads the state in `dir` instead of booting; the
+    /// guest runs when this returns. `spec` must have the devices of the
+    /// saved VM; its disks, TAP and sockets are this VM's own. Blocking.
+    fn restore(&self, spec: &LaunchSpec, dir: &Path) -> Result<Child, VmmError>;
+}
+
+/// The files [`Vmm::save_state`] writes, per backend.
+pub fn state_files(backend: &str) -> &'static [&'static str] {
+    if backend == "firecracker" {
+        &[FC_STATE, FC_MEMORY]
+    } else {
+        &[QEMU_STATE]
+    }
 }
 
 fn spawn(
@@ -96,6 +124,7 @@ fn spawn(
     args: &[String],
     spec: &LaunchSpec,
     stdout_to_console: bool,
+    cwd: Option<&Path>,
 ) -> Result<Child, VmmError> {
     let io = |path: &PathBuf| {
         let p = path.clone();
@@ -109,8 +138,11 @@ fn spawn(
     } else {
         Stdio::null()
     };
-    Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
@@ -134,13 +166,9 @@ impl QemuVmm {
     }
 }
 
-impl Vmm for QemuVmm {
-    fn name(&self) -> &'static str {
-        "qemu"
-    }
-
-    fn launch(&self, spec: &LaunchSpec) -> Result<Child, VmmError> {
-        let q = QemuSpec {
+impl QemuVmm {
+    fn qemu_spec(spec: &LaunchSpec, incoming: Option<PathBuf>) -> QemuSpec {
+        QemuSpec {
             vm_id: spec.vm_id.clone(),
             name: spec.name.clone(),
             accel: spec.accel,
@@ -157,12 +185,97 @@ impl Vmm for QemuVmm {
             console_log: spec.console_log.clone(),
             qmp_socket: QemuVmm::qmp(spec),
             pid_file: spec.run_dir.join("qemu.pid"),
-        };
-        spawn(&self.binary, &qemu::qemu_args(&q), spec, false)
+            agent_pipe: spec.run_dir.join("agent"),
+            incoming,
+        }
+    }
+
+    fn start(&self, spec: &LaunchSpec, incoming: Option<PathBuf>) -> Result<Child, VmmError> {
+        std::fs::create_dir_all(&spec.run_dir).map_err(|source| VmmError::Io {
+            path: spec.run_dir.clone(),
+            source,
+        })?;
+        super::agent::make_pipe(&spec.run_dir.join("agent"))?;
+        let _ = std::fs::remove_file(QemuVmm::qmp(spec));
+        spawn(
+            &self.binary,
+            &qemu::qemu_args(&QemuVmm::qemu_spec(spec, incoming)),
+            spec,
+            false,
+            None,
+        )
+    }
+}
+
+impl Vmm for QemuVmm {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<Child, VmmError> {
+        self.start(spec, None)
     }
 
     fn request_poweroff(&self, spec: &LaunchSpec) -> Result<(), VmmError> {
         Ok(qemu::request_poweroff(&QemuVmm::qmp(spec))?)
+    }
+
+    fn agent(&self, spec: &LaunchSpec) -> AgentLink {
+        AgentLink::Pipe(spec.run_dir.join("agent"))
+    }
+
+    fn save_state(&self, spec: &LaunchSpec, dir: &Path) -> Result<(), VmmError> {
+        Ok(qemu::save_state(
+            &QemuVmm::qmp(spec),
+            &dir.join(QEMU_STATE),
+            Duration::from_secs(300),
+        )?)
+    }
+
+    fn resume(&self, spec: &LaunchSpec) -> Result<(), VmmError> {
+        Ok(qemu::cont(&QemuVmm::qmp(spec))?)
+    }
+
+    fn restore(&self, spec: &LaunchSpec, dir: &Path) -> Result<Child, VmmError> {
+        let mut child = self.start(spec, Some(dir.join(QEMU_STATE)))?;
+        let qmp = QemuVmm::qmp(spec);
+        let result = (|| {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(VmmError::EarlyExit {
+                        program: "qemu".into(),
+                        stderr: format!(
+                            "{status} while loading the saved state: {}",
+                            std::fs::read_to_string(&spec.stderr_log)
+                                .unwrap_or_default()
+                                .trim()
+                        ),
+                    });
+                }
+                // Until QEMU listens, and while it loads: not yet.
+                match qemu::status(&qmp) {
+                    Ok(s) if s == "paused" || s == "postmigrate" => break,
+                    Ok(s) if s == "running" => return Ok(()),
+                    _ => {}
+                }
+                if Instant::now() > deadline {
+                    return Err(VmmError::Unsupported(
+                        "QEMU did not finish loading the saved state within 120 s".into(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(qemu::cont(&qmp)?)
+        })();
+        match result {
+            Ok(()) => Ok(child),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
     }
 }
 
@@ -384,6 +497,14 @@ impl FirecrackerVmm {
         ));
         seq.push((
             "PUT",
+            "/vsock".to_string(),
+            j(serde_json::to_value(Vsock {
+                guest_cid: 3,
+                uds_path: spec.run_dir.join(FC_VSOCK).display().to_string(),
+            })),
+        ));
+        seq.push((
+            "PUT",
             "/actions".to_string(),
             serde_json::json!({ "action_type": "InstanceStart" }),
         ));
@@ -391,61 +512,95 @@ impl FirecrackerVmm {
     }
 }
 
-impl Vmm for FirecrackerVmm {
-    fn name(&self) -> &'static str {
-        "firecracker"
-    }
-
-    fn launch(&self, spec: &LaunchSpec) -> Result<Child, VmmError> {
+impl FirecrackerVmm {
+    /// Starts firecracker (through the jailer when configured) and waits
+    /// for its API socket. Returns the process and the spec as Firecracker
+    /// sees it: paths inside the jail, or the VM's disks relative to its
+    /// working directory (the VM's directory). Relative paths are what
+    /// make a snapshot loadable by another VM: Firecracker cannot rename
+    /// the drives it restores, and the snapshot records their paths.
+    fn start_process(
+        &self,
+        spec: &LaunchSpec,
+        extra_jail_files: &[(PathBuf, &str)],
+    ) -> Result<(Child, LaunchSpec), VmmError> {
+        let io = |p: &std::path::Path| {
+            let p = p.to_path_buf();
+            move |source| VmmError::Io { path: p, source }
+        };
         let sock = self.host_api_socket(spec);
         let _ = std::fs::remove_file(&sock);
-        let (program, args, api_spec) = match &self.jailer {
-            Some(j) => (
-                j.binary.clone(),
-                j.args(&self.binary, &spec.vm_id),
-                self.prepare_jail(j, spec)?,
-            ),
+        let _ = std::fs::remove_file(self.host_vsock(spec));
+        let (program, args, api_spec, cwd) = match &self.jailer {
+            Some(j) => {
+                let jailed = self.prepare_jail(j, spec)?;
+                let root = j.jail_dir(&self.binary, &spec.vm_id).join("root");
+                for (src, name) in extra_jail_files {
+                    let dst = root.join(name);
+                    if std::fs::hard_link(src, &dst).is_err() {
+                        std::fs::copy(src, &dst).map_err(io(&dst))?;
+                    }
+                    std::os::unix::fs::chown(&dst, Some(j.uid), Some(j.gid)).map_err(io(&dst))?;
+                }
+                (
+                    j.binary.clone(),
+                    j.args(&self.binary, &spec.vm_id),
+                    jailed,
+                    None,
+                )
+            }
             None => {
+                std::fs::create_dir_all(&spec.run_dir).map_err(io(&spec.run_dir))?;
                 for f in ["firecracker.log", "firecracker.metrics"] {
                     let p = spec.run_dir.join(f);
-                    std::fs::create_dir_all(&spec.run_dir).map_err(|source| VmmError::Io {
-                        path: spec.run_dir.clone(),
-                        source,
-                    })?;
-                    std::fs::File::create(&p).map_err(|source| VmmError::Io {
-                        path: p.clone(),
-                        source,
-                    })?;
+                    std::fs::File::create(&p).map_err(io(&p))?;
                 }
+                let (dir, relative) = relative_disks(spec)?;
                 (
                     self.binary.clone(),
                     FirecrackerVmm::args(spec),
-                    spec.clone(),
+                    relative,
+                    Some(dir),
                 )
             }
         };
-        let mut child = spawn(&program, &args, spec, true)?;
-        let result = (|| {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            // The socket file appears at bind(), before listen(): wait for a
-            // connection to succeed, not for the file.
-            while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return Err(VmmError::EarlyExit {
-                        program: "firecracker".into(),
-                        stderr: std::fs::read_to_string(&spec.stderr_log)
-                            .unwrap_or_default()
-                            .trim()
-                            .to_string(),
-                    });
-                }
-                if Instant::now() > deadline {
-                    return Err(VmmError::NoSocket(sock.clone()));
-                }
-                std::thread::sleep(Duration::from_millis(5));
+        let mut child = spawn(&program, &args, spec, true, cwd.as_deref())?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // The socket file appears at bind(), before listen(): wait for a
+        // connection to succeed, not for the file.
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.cleanup(&spec.vm_id);
+                return Err(VmmError::EarlyExit {
+                    program: "firecracker".into(),
+                    stderr: std::fs::read_to_string(&spec.stderr_log)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                });
             }
-            let client = firecracker_api::Client::new(&sock);
-            for (method, path, body) in FirecrackerVmm::configure_sequence(&api_spec) {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.cleanup(&spec.vm_id);
+                return Err(VmmError::NoSocket(sock.clone()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok((child, api_spec))
+    }
+
+    /// Sends `calls` in order; on a failure kills the process and removes
+    /// the jail.
+    fn run_calls(
+        &self,
+        mut child: Child,
+        spec: &LaunchSpec,
+        calls: Vec<(&'static str, String, serde_json::Value)>,
+    ) -> Result<Child, VmmError> {
+        let client = firecracker_api::Client::new(self.host_api_socket(spec));
+        let result = (|| {
+            for (method, path, body) in calls {
                 let (status, text) = client.request(method, &path, Some(&body)).map_err(|e| {
                     // A dying VMM closes the connection before its exit is
                     // visible: give it a bounded moment to be reaped.
@@ -497,6 +652,97 @@ impl Vmm for FirecrackerVmm {
         }
     }
 
+    /// The vsock Unix socket on the host.
+    fn host_vsock(&self, spec: &LaunchSpec) -> PathBuf {
+        match &self.jailer {
+            Some(j) => j
+                .jail_dir(&self.binary, &spec.vm_id)
+                .join("root")
+                .join(FC_VSOCK),
+            None => spec.run_dir.join(FC_VSOCK),
+        }
+    }
+
+    /// The restore sequence (method, path, body). Pure; checked against
+    /// the spec by the tests.
+    pub fn restore_sequence(
+        spec: &LaunchSpec,
+        state: &str,
+        memory: &str,
+    ) -> Vec<(&'static str, String, serde_json::Value)> {
+        let mut seq = FirecrackerVmm::configure_sequence(spec);
+        seq.retain(|(_, p, _)| p == "/logger" || p == "/metrics");
+        let load = SnapshotLoadParams {
+            snapshot_path: state.into(),
+            mem_backend: MemoryBackend {
+                backend_type: "File".into(),
+                backend_path: memory.into(),
+            },
+            resume_vm: Some(true),
+            network_overrides: vec![NetworkOverride {
+                iface_id: "eth0".into(),
+                host_dev_name: spec.tap.clone(),
+            }],
+            vsock_override: Some(VsockOverride {
+                uds_path: spec.run_dir.join(FC_VSOCK).display().to_string(),
+            }),
+        };
+        seq.push((
+            "PUT",
+            "/snapshot/load".into(),
+            serde_json::to_value(load).unwrap_or_default(),
+        ));
+        seq
+    }
+}
+
+/// The vsock socket's file name (in the run dir, or the jail's root).
+const FC_VSOCK: &str = "agent.vsock";
+/// Firecracker's snapshot files.
+pub const FC_STATE: &str = "vmstate";
+pub const FC_MEMORY: &str = "memory";
+/// QEMU's saved state (a migration stream).
+pub const QEMU_STATE: &str = "state.bin";
+
+/// The spec with the disks relative to the VM's directory (the directory
+/// of its config disk), and that directory. A disk elsewhere (a
+/// device-mapper root) gets a symlink in the directory.
+fn relative_disks(spec: &LaunchSpec) -> Result<(PathBuf, LaunchSpec), VmmError> {
+    let dir = spec
+        .config_disk
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let mut out = spec.clone();
+    for (disk, link) in [
+        (&mut out.root_disk, "root.dev"),
+        (&mut out.config_disk, "config.dev"),
+        (&mut out.work_disk, "work.dev"),
+    ] {
+        match disk.strip_prefix(&dir) {
+            Ok(rel) => *disk = rel.to_path_buf(),
+            Err(_) => {
+                let l = dir.join(link);
+                let _ = std::fs::remove_file(&l);
+                std::os::unix::fs::symlink(&*disk, &l)
+                    .map_err(|source| VmmError::Io { path: l, source })?;
+                *disk = PathBuf::from(link);
+            }
+        }
+    }
+    Ok((dir, out))
+}
+
+impl Vmm for FirecrackerVmm {
+    fn name(&self) -> &'static str {
+        "firecracker"
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<Child, VmmError> {
+        let (child, api_spec) = self.start_process(spec, &[])?;
+        self.run_calls(child, spec, FirecrackerVmm::configure_sequence(&api_spec))
+    }
+
     fn request_poweroff(&self, spec: &LaunchSpec) -> Result<(), VmmError> {
         Ok(firecracker_api::Client::new(self.host_api_socket(spec))
             .action(ActionType::SendCtrlAltDel)?)
@@ -506,6 +752,73 @@ impl Vmm for FirecrackerVmm {
         if let Some(j) = &self.jailer {
             let _ = std::fs::remove_dir_all(j.jail_dir(&self.binary, vm_id));
         }
+    }
+
+    fn agent(&self, spec: &LaunchSpec) -> AgentLink {
+        AgentLink::Vsock {
+            uds: self.host_vsock(spec),
+            port: crate::guest::AGENT_VSOCK_PORT,
+        }
+    }
+
+    fn save_state(&self, spec: &LaunchSpec, dir: &Path) -> Result<(), VmmError> {
+        let client = firecracker_api::Client::new(self.host_api_socket(spec));
+        client.patch_vm(FcVmState::Paused)?;
+        let (state, memory) = match &self.jailer {
+            Some(_) => (format!("/{FC_STATE}"), format!("/{FC_MEMORY}")),
+            None => (
+                dir.join(FC_STATE).display().to_string(),
+                dir.join(FC_MEMORY).display().to_string(),
+            ),
+        };
+        client.snapshot_create(&SnapshotCreateParams {
+            snapshot_path: state,
+            mem_file_path: memory,
+            snapshot_type: Some("Full".into()),
+        })?;
+        if let Some(j) = &self.jailer {
+            let root = j.jail_dir(&self.binary, &spec.vm_id).join("root");
+            for f in [FC_STATE, FC_MEMORY] {
+                let (src, dst) = (root.join(f), dir.join(f));
+                if std::fs::rename(&src, &dst).is_err() {
+                    std::fs::copy(&src, &dst).map_err(|source| VmmError::Io {
+                        path: dst.clone(),
+                        source,
+                    })?;
+                    let _ = std::fs::remove_file(&src);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resume(&self, spec: &LaunchSpec) -> Result<(), VmmError> {
+        Ok(
+            firecracker_api::Client::new(self.host_api_socket(spec))
+                .patch_vm(FcVmState::Resumed)?,
+        )
+    }
+
+    fn restore(&self, spec: &LaunchSpec, dir: &Path) -> Result<Child, VmmError> {
+        let files = [
+            (dir.join(FC_STATE), FC_STATE),
+            (dir.join(FC_MEMORY), FC_MEMORY),
+        ];
+        let jailed = self.jailer.is_some();
+        let (child, api_spec) = self.start_process(spec, if jailed { &files } else { &[] })?;
+        let (state, memory) = if jailed {
+            (format!("/{FC_STATE}"), format!("/{FC_MEMORY}"))
+        } else {
+            (
+                files[0].0.display().to_string(),
+                files[1].0.display().to_string(),
+            )
+        };
+        self.run_calls(
+            child,
+            spec,
+            FirecrackerVmm::restore_sequence(&api_spec, &state, &memory),
+        )
     }
 }
 
@@ -553,6 +866,7 @@ mod tests {
                 "/drives/config",
                 "/drives/work",
                 "/network-interfaces/eth0",
+                "/vsock",
                 "/actions"
             ]
         );
@@ -566,6 +880,42 @@ mod tests {
                 "--id",
                 "banger-vm-0123abcd"
             ]
+        );
+    }
+
+    #[test]
+    fn firecracker_restore_sequence_is_valid_and_overrides_tap_and_vsock() {
+        let s = firecracker_api::Spec::load().expect("spec");
+        let seq = FirecrackerVmm::restore_sequence(&spec(), "/s/vmstate", "/s/memory");
+        for (m, p, b) in &seq {
+            s.validate_request(m, p, Some(b))
+                .unwrap_or_else(|e| panic!("{m} {p}: {e}"));
+        }
+        let paths: Vec<&str> = seq.iter().map(|(_, p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["/logger", "/metrics", "/snapshot/load"]);
+        let load = &seq[2].2;
+        assert_eq!(load["snapshot_path"], "/s/vmstate");
+        assert_eq!(load["mem_backend"]["backend_path"], "/s/memory");
+        assert_eq!(load["network_overrides"][0]["host_dev_name"], "bg-0123abcd");
+        assert_eq!(load["vsock_override"]["uds_path"], "/r/agent.vsock");
+        assert_eq!(load["resume_vm"], true);
+    }
+
+    #[test]
+    fn firecracker_disks_are_relative_to_the_vm_dir() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut sp = spec();
+        sp.config_disk = dir.path().join("config.ext4");
+        sp.work_disk = dir.path().join("work.ext4");
+        sp.root_disk = "/dev/mapper/banger-x".into();
+        let (d, rel) = relative_disks(&sp).expect("relative");
+        assert_eq!(d, dir.path());
+        assert_eq!(rel.config_disk, PathBuf::from("config.ext4"));
+        assert_eq!(rel.work_disk, PathBuf::from("work.ext4"));
+        assert_eq!(rel.root_disk, PathBuf::from("root.dev"));
+        assert_eq!(
+            std::fs::read_link(dir.path().join("root.dev")).expect("link"),
+            PathBuf::from("/dev/mapper/banger-x")
         );
     }
 

@@ -1,0 +1,303 @@
+//! The host side of banger's guest agent (the guest side is
+//! [`crate::guest::agent_script`]): one request line, one answer line, over
+//! the channel the backend gives the guest.
+//!
+//! - QEMU: a virtio-serial port whose host side is a pair of FIFOs
+//!   (`agent.in` to the guest, `agent.out` from it). QEMU keeps both open,
+//!   so the guest's reads block instead of seeing end-of-file while no one
+//!   talks to it, and answers left unread by an earlier caller are skipped by
+//!   their nonce.
+//! - Firecracker: vsock through its Unix socket (`CONNECT <port>` first).
+//!
+//! Requests: `ping NONCE`, `reload NONCE EPOCH SEED`; answers `ok NONCE` or
+//! `err NONCE REASON`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+/// How the daemon reaches a VM's agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentLink {
+    /// FIFOs `<path>.in` and `<path>.out` (QEMU's `pipe` chardev).
+    Pipe(PathBuf),
+    /// Firecracker's vsock Unix socket and the guest port.
+    Vsock { uds: PathBuf, port: u32 },
+}
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("Cannot reach the guest agent through {path} (is the VMM running?)")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("The guest agent did not answer within {0} s")]
+    Timeout(u64),
+    #[error("The guest agent could not do it: {0}")]
+    Refused(String),
+    #[error("The vsock device did not connect to the guest agent: {0:?}")]
+    Connect(String),
+}
+
+/// One request line. Pure.
+pub fn request_line(verb: &str, nonce: &str, args: &[&str]) -> String {
+    let mut l = format!("{verb} {nonce}");
+    for a in args {
+        l.push(' ');
+        l.push_str(a);
+    }
+    l.push('\n');
+    l
+}
+
+/// What an answer line says about request `nonce`: `None` when it answers
+/// another (an earlier caller's) request or is not an answer. Pure.
+pub fn parse_answer(line: &str, nonce: &str) -> Option<Result<(), String>> {
+    let mut it = line.trim_end().splitn(3, ' ');
+    let (kind, n, rest) = (it.next()?, it.next()?, it.next().unwrap_or(""));
+    if n != nonce {
+        return None;
+    }
+    match kind {
+        "ok" => Some(Ok(())),
+        "err" => Some(Err(rest.to_string())),
+        _ => None,
+    }
+}
+
+/// Sends `verb` with `args` and waits for its answer.
+pub fn request(
+    link: &AgentLink,
+    verb: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<(), AgentError> {
+    let nonce = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+    let line = request_line(verb, &nonce, args);
+    let deadline = Instant::now() + timeout;
+    let answer = match link {
+        AgentLink::Pipe(base) => via_pipe(base, &line, &nonce, deadline),
+        AgentLink::Vsock { uds, port } => via_vsock(uds, *port, &line, &nonce, deadline),
+    }
+    .map_err(|e| match e {
+        // The transports do not know the caller's timeout.
+        AgentError::Timeout(_) => AgentError::Timeout(timeout.as_secs()),
+        e => e,
+    })?;
+    answer.map_err(AgentError::Refused)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
+    move |source| AgentError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn via_pipe(
+    base: &Path,
+    line: &str,
+    nonce: &str,
+    deadline: Instant,
+) -> Result<Result<(), String>, AgentError> {
+    let (inp, out) = (
+        PathBuf::from(format!("{}.in", base.display())),
+        PathBuf::from(format!("{}.out", base.display())),
+    );
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_nonblock())
+        .open(&out)
+        .map_err(io(&out))?;
+    // Answers nobody read (an earlier caller gave up): drop them.
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = reader.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+    // Non-blocking: fails at once (ENXIO) when no VMM holds the FIFO.
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc_nonblock())
+        .open(&inp)
+        .map_err(io(&inp))?;
+    writer.write_all(line.as_bytes()).map_err(io(&inp))?;
+    let mut pending = Vec::new();
+    loop {
+        match reader.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                    let l: Vec<u8> = pending.drain(..=i).collect();
+                    if let Some(a) = parse_answer(&String::from_utf8_lossy(&l), nonce) {
+                        return Ok(a);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(io(&out)(e)),
+        }
+        if Instant::now() > deadline {
+            return Err(AgentError::Timeout(0));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn via_vsock(
+    uds: &Path,
+    port: u32,
+    line: &str,
+    nonce: &str,
+    deadline: Instant,
+) -> Result<Result<(), String>, AgentError> {
+    let mut stream = loop {
+        // The guest's listener may not be up yet right after a resume.
+        match std::os::unix::net::UnixStream::connect(uds) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => return Err(io(uds)(e)),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(10));
+    stream.set_read_timeout(Some(left)).map_err(io(uds))?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(io(uds))?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(io(uds))?);
+    let mut l = String::new();
+    let read = |r: &mut BufReader<_>, l: &mut String| -> Result<usize, AgentError> {
+        l.clear();
+        r.read_line(l).map_err(|e| {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                AgentError::Timeout(0)
+            } else {
+                io(uds)(e)
+            }
+        })
+    };
+    read(&mut reader, &mut l)?;
+    if !l.starts_with("OK ") {
+        return Err(AgentError::Connect(l.trim().to_string()));
+    }
+    stream.write_all(line.as_bytes()).map_err(io(uds))?;
+    loop {
+        if read(&mut reader, &mut l)? == 0 {
+            return Err(AgentError::Connect(
+                "the guest closed the connection".into(),
+            ));
+        }
+        if let Some(a) = parse_answer(&l, nonce) {
+            return Ok(a);
+        }
+    }
+}
+
+/// How long the daemon waits for an agent's answer.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn libc_nonblock() -> i32 {
+    nix::fcntl::OFlag::O_NONBLOCK.bits()
+}
+
+/// Makes the two FIFOs of a [`AgentLink::Pipe`] (before the VMM starts).
+pub fn make_pipe(base: &Path) -> Result<(), AgentError> {
+    for ext in ["in", "out"] {
+        let p = PathBuf::from(format!("{}.{ext}", base.display()));
+        let _ = std::fs::remove_file(&p);
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(|e| {
+            AgentError::Io {
+                path: p.clone(),
+                source: std::io::Error::from(e),
+            }
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_and_answers() {
+        assert_eq!(
+            request_line("reload", "ab12", &["1700000000", "ff00"]),
+            "reload ab12 1700000000 ff00\n"
+        );
+        assert_eq!(request_line("ping", "ab12", &[]), "ping ab12\n");
+        assert_eq!(parse_answer("ok ab12\n", "ab12"), Some(Ok(())));
+        assert_eq!(
+            parse_answer("err ab12 reload failed: no disk\n", "ab12"),
+            Some(Err("reload failed: no disk".into()))
+        );
+        assert_eq!(parse_answer("ok 9999\n", "ab12"), None, "another request");
+        assert_eq!(parse_answer("garbage\n", "ab12"), None);
+        assert_eq!(parse_answer("", "ab12"), None);
+    }
+
+    /// The FIFO transport against a stand-in guest (a thread playing QEMU
+    /// and the agent): a stale answer is skipped, the right one returned.
+    #[test]
+    fn pipe_transport_round_trip() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let base = dir.path().join("agent");
+        make_pipe(&base).expect("fifos");
+        let (inp, out) = (dir.path().join("agent.in"), dir.path().join("agent.out"));
+        // Like QEMU: both ends held open read-write.
+        let mut from_host = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&inp)
+            .expect("in");
+        let mut to_host = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&out)
+            .expect("out");
+        to_host.write_all(b"ok stale\n").expect("stale");
+        let guest = std::thread::spawn(move || {
+            let mut r = BufReader::new(&mut from_host);
+            let mut l = String::new();
+            r.read_line(&mut l).expect("read");
+            let nonce = l.split(' ').nth(1).expect("nonce").trim().to_string();
+            to_host
+                .write_all(format!("ok other\nerr {nonce} no such thing\n").as_bytes())
+                .expect("answer");
+        });
+        let r = request(
+            &AgentLink::Pipe(base.clone()),
+            "ping",
+            &[],
+            Duration::from_secs(5),
+        );
+        guest.join().expect("guest");
+        assert!(
+            matches!(r, Err(AgentError::Refused(ref m)) if m == "no such thing"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_pipe_without_a_vmm_fails_at_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let base = dir.path().join("agent");
+        make_pipe(&base).expect("fifos");
+        let t = Instant::now();
+        let r = request(&AgentLink::Pipe(base), "ping", &[], Duration::from_secs(5));
+        assert!(matches!(r, Err(AgentError::Io { .. })), "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+}
