@@ -432,6 +432,7 @@ pub fn boot_direct(img: &TestImage, opts: BootOpts) -> (DirectGuest, Duration) {
         hostname: "imgtest".into(),
         address: Some("10.0.2.15/24".into()),
         gateway: Some("10.0.2.2".into()),
+        mac: None,
         dns: vec![],
         authorized_keys: vec![std::fs::read_to_string(p("key.pub"))
             .unwrap()

@@ -28,8 +28,9 @@ pub use sessions::{
 pub use system::{FleetSnapshot, UiInfo, VersionInfo, VmLive};
 pub use vms::{
     Forward, ForwardList, ForwardRequest, GuestStats, HostStats, PoolList, PoolSetRequest,
-    PoolStatus, SshClientKey, Vm, VmCreateRequest, VmList, VmPort, VmPortList, VmSetRequest,
-    VmSshInfo, VmState, VmStats, VmStopRequest,
+    PoolStatus, Snapshot, SnapshotList, SshClientKey, Vm, VmCreateRequest, VmForkRequest, VmList,
+    VmPort, VmPortList, VmSetRequest, VmSnapshotRequest, VmSshInfo, VmState, VmStats,
+    VmStopRequest,
 };
 
 pub use workspaces::{

@@ -115,6 +115,59 @@ pub struct VmCreateRequest {
     /// empty list: none). Absent: anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_allow: Option<Vec<String>>,
+    /// Restore this snapshot (`banger vm snapshot`) instead of booting: the
+    /// new VM resumes where the snapshot's VM was, with its own identity
+    /// (name, address, MAC, SSH host key, machine-id). Its image, backend,
+    /// CPUs, memory and disks are the snapshot's: those options must be
+    /// left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
+}
+
+/// A snapshot of a VM: its disks, and its device and memory state when it
+/// was running (`GET /v1/snapshots`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub name: String,
+    /// The VM it was taken of (its name then).
+    pub source_vm: String,
+    pub image: String,
+    pub backend: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub work_disk_bytes: u64,
+    /// Whether it holds the running guest's state (restored without a
+    /// boot); a snapshot of a stopped VM holds only its disks.
+    pub with_memory: bool,
+    /// Bytes it takes on disk.
+    pub size_bytes: u64,
+    /// `creating` or `ready`.
+    pub state: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotList {
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// `POST /v1/vms/{name}/snapshot`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmSnapshotRequest {
+    /// Default: `NAME-YYYYMMDD-HHMMSS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `POST /v1/vms/{name}/fork`: a running copy of a running VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmForkRequest {
+    /// The new VM's name.
+    pub name: String,
 }
 
 /// `POST /v1/vms/{name}/stop`.

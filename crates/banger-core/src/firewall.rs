@@ -108,11 +108,21 @@ impl Cidr {
 pub struct VmNet {
     pub id: String,
     pub ip: Ipv4Addr,
+    pub mac: String,
     pub tap: String,
     /// No traffic to other VMs, and only DNS and ping to the host.
     pub isolated: bool,
     /// `Some`: outbound traffic only to these networks (none: no egress).
     pub egress: Option<Vec<Cidr>>,
+}
+
+/// `aa:bb:cc:dd:ee:ff`, lower- or upper-case hex. Pure.
+pub fn valid_mac(m: &str) -> bool {
+    let parts: Vec<&str> = m.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 fn chain_id(id: &str) -> &str {
@@ -182,8 +192,10 @@ pub fn ruleset(bridge: &str, subnet: &Subnet, vms: &[VmNet]) -> String {
     for vm in &vms {
         let c = chain_id(&vm.id);
         let _ = writeln!(s, "\tchain port-{c} {{");
+        let _ = writeln!(s, "\t\tether saddr != {} drop", vm.mac);
         let _ = writeln!(s, "\t\tether type ip ip saddr != {} drop", vm.ip);
         let _ = writeln!(s, "\t\tether type arp arp saddr ip != {} drop", vm.ip);
+        let _ = writeln!(s, "\t\tether type arp arp saddr ether != {} drop", vm.mac);
         if vm.isolated {
             isolated.push(format!("\"{}\"", vm.tap));
         }
@@ -195,8 +207,11 @@ pub fn ruleset(bridge: &str, subnet: &Subnet, vms: &[VmNet]) -> String {
     s.push_str("\t}\n\tset isolated {\n\t\ttype ifname\n");
     s.push_str(&elements(isolated));
     s.push_str("\t}\n");
-    s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname vmap @ports\n\t}\n");
-    s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname vmap @ports\n\t\tiifname @isolated drop\n\t\toifname @isolated drop\n\t}\n}\n");
+    // Anti-spoofing at prerouting: before the bridge learns the sender's
+    // MAC, so a guest sending as another (a VM restored from a snapshot,
+    // before it took its own identity) cannot pull that VM's traffic.
+    s.push_str("\tchain prerouting {\n\t\ttype filter hook prerouting priority filter; policy accept;\n\t\tiifname vmap @ports\n\t}\n");
+    s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname @isolated drop\n\t\toifname @isolated drop\n\t}\n}\n");
     s
 }
 
@@ -277,6 +292,7 @@ mod tests {
         VmNet {
             id: id.into(),
             ip: Ipv4Addr::from(ip),
+            mac: format!("52:54:00:00:00:{:02x}", ip[3]),
             tap: format!("bg-{id}"),
             isolated,
             egress: egress.map(|l| l.iter().map(|c| Cidr::parse(c).expect("cidr")).collect()),
@@ -334,6 +350,13 @@ mod tests {
         // Every VM's port is pinned to its address; only bbbb is isolated.
         assert!(text.contains("\"bg-aaaa\" : jump port-aaaa"));
         assert!(text.contains("ether type ip ip saddr != 172.30.0.2 drop"));
+        assert!(text.contains("ether saddr != 52:54:00:00:00:02 drop"));
+        assert!(text.contains("arp saddr ether != 52:54:00:00:00:02 drop"));
+        assert!(text.contains("hook prerouting"));
+        assert!(valid_mac("52:54:00:AB:cd:01"));
+        assert!(!valid_mac("52:54:00:ab:cd"));
+        assert!(!valid_mac("52:54:00:ab:cd:0g"));
+        assert!(!valid_mac("52:54:00:ab:cd:01; drop"));
         assert!(text.contains("set isolated {\n\t\ttype ifname\n\t\telements = { \"bg-bbbb\" }"));
         // Each table is deleted and recreated in the same script.
         assert!(text.starts_with("table ip banger\ndelete table ip banger\n"));

@@ -140,6 +140,31 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (image, cpus, memory_mib, work_bytes)
     ) STRICT;
     "#,
+    // 8: snapshots (`vm snapshot`, `vm create --from-snapshot`, `vm fork`).
+    // A `creating` row is removed (files too) by a restarted daemon, which
+    // also resumes `source_id` if the daemon died while it was paused.
+    // `hidden`: a fork's own snapshot, removed when the fork is done.
+    r#"
+    CREATE TABLE snapshots (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL UNIQUE,
+        state        TEXT NOT NULL,
+        source_vm    TEXT NOT NULL,
+        source_id    TEXT NOT NULL,
+        image        TEXT NOT NULL,
+        image_digest TEXT NOT NULL,
+        backend      TEXT NOT NULL,
+        accel        TEXT NOT NULL,
+        cpus         INTEGER NOT NULL,
+        memory_mib   INTEGER NOT NULL,
+        work_bytes   INTEGER NOT NULL,
+        agent        TEXT,
+        with_memory  INTEGER NOT NULL,
+        hidden       INTEGER NOT NULL DEFAULT 0,
+        size_bytes   INTEGER NOT NULL DEFAULT 0,
+        created_at   TEXT NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 #[derive(Debug, Error)]

@@ -69,6 +69,9 @@ enum Command {
     /// The warm pool: VMs booted ahead of time so `vm create` is instant.
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// Snapshots (taken with `vm snapshot`): list, remove.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Print the web dashboard's URL (with its access token); --open opens it.
     Ui {
         /// Open it in the default browser (xdg-open).
@@ -80,6 +83,14 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// List snapshots.
+    Ls,
+    /// Remove a snapshot and its files.
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,7 +237,30 @@ enum VmCommand {
         /// Create the disks but do not boot.
         #[arg(long)]
         no_start: bool,
+        /// Restore this snapshot instead of booting (banger vm snapshot): the
+        /// VM resumes where the snapshot was taken, with its own name,
+        /// address, MAC, host key and machine-id.
+        #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["image", "cpus", "memory", "work_disk_size", "disk_size", "backend", "no_start"])]
+        from_snapshot: Option<String>,
         /// ssh: wait until the guest can take a command (default); none: return the operation id at once.
+        #[arg(long, default_value = "ssh", value_parser = ["ssh", "none"])]
+        wait: String,
+    },
+    /// Snapshot a VM: its disks, and its memory and device state when it
+    /// runs (it is paused meanwhile). Restore with `vm create --from-snapshot`.
+    Snapshot {
+        name: String,
+        /// Snapshot name (default: NAME-YYYYMMDD-HHMMSS).
+        snapshot: Option<String>,
+        #[arg(long, default_value = "ssh", value_parser = ["ssh", "none"])]
+        wait: String,
+    },
+    /// Fork a running VM: a copy with its memory, processes and disks, and
+    /// its own name, address, MAC, host key and machine-id. Both keep running.
+    Fork {
+        name: String,
+        /// The new VM's name.
+        new: String,
         #[arg(long, default_value = "ssh", value_parser = ["ssh", "none"])]
         wait: String,
     },
@@ -515,6 +549,54 @@ async fn run(client: &Client, json: bool, command: Command) -> Result<u8, Client
         Command::Workspace(cmd) => cmd_workspace::workspace(client, json, &style, cmd).await,
         Command::Auth(cmd) => cmd_workspace::auth(client, json, cmd).await,
         Command::Agent(cmd) => cmd_workspace::agent(client, json, cmd).await,
+        Command::Snapshot(SnapshotCommand::Ls) => {
+            let l: banger_api::SnapshotList = client.get("/v1/snapshots").await?;
+            if json {
+                output::print_json(&l);
+                return Ok(exit::OK);
+            }
+            if l.snapshots.is_empty() {
+                println!("No snapshots. Take one with: banger vm snapshot VM");
+                return Ok(exit::OK);
+            }
+            let rows: Vec<Vec<String>> = l
+                .snapshots
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        s.source_vm.clone(),
+                        s.image.clone(),
+                        s.backend.clone(),
+                        if s.with_memory { "running" } else { "disks" }.into(),
+                        s.cpus.to_string(),
+                        output::size(u64::from(s.memory_mib) << 20),
+                        output::size(s.size_bytes),
+                        s.state.clone(),
+                        s.created_at.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(
+                    &[
+                        "NAME", "VM", "IMAGE", "BACKEND", "OF", "CPUS", "MEMORY", "SIZE", "STATE",
+                        "CREATED"
+                    ],
+                    &rows
+                )
+            );
+            Ok(exit::OK)
+        }
+        Command::Snapshot(SnapshotCommand::Rm { name }) => {
+            let (status, body) = client.delete_raw(&format!("/v1/snapshots/{name}")).await?;
+            ClientError::check(status, &body)?;
+            if !json {
+                println!("removed snapshot {name}");
+            }
+            Ok(exit::OK)
+        }
         Command::Pool(PoolCommand::Ls) => {
             let l: banger_api::PoolList = client.get("/v1/pools").await?;
             if json {
@@ -1019,9 +1101,11 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
             agent,
             net,
             no_start,
+            from_snapshot,
             wait,
         } => {
             let req = banger_api::VmCreateRequest {
+                from_snapshot,
                 isolated: net.isolate,
                 egress_allow: net.egress(),
                 name,
@@ -1035,6 +1119,28 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
                 agent,
             };
             let op: Operation = client.post("/v1/vms", &req).await?;
+            run_op(client, json, op, wait == "none").await
+        }
+        VmCommand::Snapshot {
+            name,
+            snapshot,
+            wait,
+        } => {
+            let op: Operation = client
+                .post(
+                    &format!("/v1/vms/{name}/snapshot"),
+                    &banger_api::VmSnapshotRequest { name: snapshot },
+                )
+                .await?;
+            run_op(client, json, op, wait == "none").await
+        }
+        VmCommand::Fork { name, new, wait } => {
+            let op: Operation = client
+                .post(
+                    &format!("/v1/vms/{name}/fork"),
+                    &banger_api::VmForkRequest { name: new },
+                )
+                .await?;
             run_op(client, json, op, wait == "none").await
         }
         VmCommand::Ls => {

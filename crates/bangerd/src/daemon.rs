@@ -119,6 +119,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         vms_config,
     );
     vms.reconcile()?;
+    vms.reconcile_snapshots()?;
     vms.refill_pools();
     let sessions = banger_core::sessions::Sessions::new(store.clone(), vms.clone());
     let workspaces = banger_core::workspaces::Workspaces::new(store.clone(), vms.clone());

@@ -86,6 +86,14 @@ pub enum VmError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Ops(#[from] crate::ops::OpsError),
+    #[error("No snapshot named {0:?}")]
+    SnapshotNotFound(String),
+    #[error("A snapshot named {0:?} already exists")]
+    SnapshotExists(String),
+    #[error("VM {name:?} cannot be snapshotted while running: its guest agent does not answer ({reason})")]
+    NoGuestAgent { name: String, reason: String },
+    #[error(transparent)]
+    Vmm(#[from] vmm::VmmError),
     #[error("VM file I/O failed on {path}")]
     Io {
         path: PathBuf,
@@ -117,8 +125,11 @@ impl ToApiError for VmError {
     fn code(&self) -> ErrorCode {
         match self {
             VmError::Name(_) | VmError::Invalid { .. } => ErrorCode::InvalidRequest,
-            VmError::Exists(_) | VmError::WrongState { .. } => ErrorCode::Conflict,
-            VmError::NotFound(_) => ErrorCode::NotFound,
+            VmError::Exists(_)
+            | VmError::SnapshotExists(_)
+            | VmError::NoGuestAgent { .. }
+            | VmError::WrongState { .. } => ErrorCode::Conflict,
+            VmError::NotFound(_) | VmError::SnapshotNotFound(_) => ErrorCode::NotFound,
             VmError::Backend { .. } => ErrorCode::Unavailable,
             VmError::Image(e) => e.code(),
             VmError::Agent(e) => e.code(),
@@ -135,6 +146,15 @@ impl ToApiError for VmError {
                 Some("Pick another name, or remove the VM first (banger vm rm NAME)".into())
             }
             VmError::NotFound(_) => Some("List VMs with `banger vm ls`".into()),
+            VmError::SnapshotNotFound(_) => {
+                Some("List snapshots with `banger snapshot ls`".into())
+            }
+            VmError::SnapshotExists(_) => Some(
+                "Pick another name, or remove it first (banger snapshot rm NAME)".into(),
+            ),
+            VmError::NoGuestAgent { .. } => Some(
+                "VMs of images built before banger had a guest agent cannot be snapshotted while running: rebuild the image (banger image build), or stop the VM for a disk-only snapshot".into(),
+            ),
             VmError::Backend { .. } => {
                 Some("See `banger doctor` (checks qemu and firecracker)".into())
             }
@@ -199,6 +219,23 @@ struct VmsInner {
 #[derive(Clone)]
 pub struct Vms {
     inner: Arc<VmsInner>,
+}
+
+/// A new VM row (see [`Vms::reserve_row`]).
+struct NewRow<'a> {
+    id: &'a str,
+    name: &'a str,
+    image: &'a str,
+    digest: &'a str,
+    backend: &'a str,
+    accel: &'a str,
+    cpus: u32,
+    memory_mib: u64,
+    work_bytes: u64,
+    agent: Option<&'a str>,
+    isolated: bool,
+    egress: Option<&'a str>,
+    pool: bool,
 }
 
 /// A VM's files.
@@ -388,12 +425,20 @@ impl Vms {
             .ok_or_else(|| VmError::NotFound(name.into()))
     }
 
-    /// Names of VMs using `image` (for `image rm`).
+    /// Names of VMs (and `snapshot NAME`s) using `image` (for `image rm`).
     pub fn users_of_image(&self, image: &str) -> Result<Vec<String>, VmError> {
         self.inner.store.read(|c| -> Result<Vec<String>, VmError> {
             let mut stmt = c.prepare("SELECT name FROM vms WHERE image = ?1 ORDER BY name")?;
             let rows = stmt.query_map([image], |r| r.get::<_, String>(0))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let mut users = rows.collect::<Result<Vec<_>, _>>()?;
+            let mut stmt = c.prepare(
+                "SELECT name FROM snapshots WHERE image = ?1 AND hidden = 0 ORDER BY name",
+            )?;
+            let snaps = stmt.query_map([image], |r| r.get::<_, String>(0))?;
+            for s in snaps {
+                users.push(format!("snapshot {}", s?));
+            }
+            Ok(users)
         })
     }
 
@@ -443,6 +488,9 @@ impl Vms {
     /// Preflight (nothing changes if it fails), then the `vm.create` operation.
     pub async fn start_create(&self, req: VmCreateRequest) -> Result<Operation, VmError> {
         validate_name("VM", &req.name)?;
+        if let Some(snap) = req.from_snapshot.clone() {
+            return self.start_create_from_snapshot(req, &snap);
+        }
         let image_name = req
             .image
             .clone()
@@ -605,27 +653,30 @@ impl Vms {
         // Reserve name and address in one transaction: the `creating` row is
         // what a restarted daemon rolls back.
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let subnet = cfg.subnet;
         let name = req.name.clone();
         let accel = if backend == "qemu" {
             self.accel(&image)
         } else {
             Accel::Kvm
         };
-        let vm = self.inner.store.write(|tx| -> Result<Vm, VmError> {
-            if tx.query_row("SELECT 1 FROM vms WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_some() {
-                return Err(VmError::Exists(name.clone()));
-            }
-            let mut stmt = tx.prepare("SELECT ip FROM vms")?;
-            let used: Vec<Ipv4Addr> = stmt.query_map([], |r| r.get::<_, String>(0))?.filter_map(|r| r.ok()?.parse().ok()).collect();
-            drop(stmt);
-            let ip = subnet.allocate(&used)?;
-            let now = chrono::Utc::now();
-            tx.execute(
-                &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'creating', NULL, ?13, NULL, NULL, '', ?14, ?15, ?16, ?17)"),
-                params![id, name, image_name, image.digest, backend, if backend == "firecracker" { "kvm" } else { accel.as_str() }, cpus, memory_mib, work_bytes as i64, ip.to_string(), network::mac_for(&id), network::tap_name(&id), now.to_rfc3339(), agent, i64::from(req.isolated), egress_json, i64::from(pool)],
-            )?;
-            tx.query_row(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"), [&id], vm_from_row)?
+        let vm = self.reserve_row(&NewRow {
+            id: &id,
+            name: &name,
+            image: &image_name,
+            digest: &image.digest,
+            backend: &backend,
+            accel: if backend == "firecracker" {
+                "kvm"
+            } else {
+                accel.as_str()
+            },
+            cpus,
+            memory_mib,
+            work_bytes,
+            agent: agent.as_deref(),
+            isolated: req.isolated,
+            egress: egress_json.as_deref(),
+            pool,
         })?;
         let steps = vec![
             StepSpec::new("disks", "Clone root disk and work disk"),
@@ -647,6 +698,27 @@ impl Vms {
             }
             r
         })?)
+    }
+
+    /// Reserves name and address in one transaction: the `creating` row is
+    /// what a restarted daemon rolls back.
+    fn reserve_row(&self, r: &NewRow<'_>) -> Result<Vm, VmError> {
+        let subnet = self.inner.config.subnet;
+        self.inner.store.write(|tx| -> Result<Vm, VmError> {
+            if tx.query_row("SELECT 1 FROM vms WHERE name = ?1", [r.name], |_| Ok(())).optional()?.is_some() {
+                return Err(VmError::Exists(r.name.to_string()));
+            }
+            let mut stmt = tx.prepare("SELECT ip FROM vms")?;
+            let used: Vec<Ipv4Addr> = stmt.query_map([], |r| r.get::<_, String>(0))?.filter_map(|r| r.ok()?.parse().ok()).collect();
+            drop(stmt);
+            let ip = subnet.allocate(&used)?;
+            let now = chrono::Utc::now();
+            tx.execute(
+                &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'creating', NULL, ?13, NULL, NULL, '', ?14, ?15, ?16, ?17)"),
+                params![r.id, r.name, r.image, r.digest, r.backend, r.accel, r.cpus, r.memory_mib, r.work_bytes as i64, ip.to_string(), network::mac_for(r.id), network::tap_name(r.id), now.to_rfc3339(), r.agent, i64::from(r.isolated), r.egress, i64::from(r.pool)],
+            )?;
+            tx.query_row(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"), [r.id], vm_from_row)?
+        })
     }
 
     async fn create(
@@ -748,7 +820,7 @@ impl Vms {
         )
         .await?;
 
-        let (this, vm2, dir) = (self.clone(), vm.clone(), p.dir.clone());
+        let (this, vm2) = (self.clone(), vm.clone());
         let base_size = image
             .artifacts
             .iter()
@@ -756,30 +828,11 @@ impl Vms {
             .map(|a| a.size)
             .unwrap_or(0);
         let grow_root = vm.backend == "qemu" && root_bytes.is_some_and(|b| b > base_size);
-        let host_pub = h
-            .step(
-                "config",
-                blocking(move || {
-                    let hk = dir.join("ssh_host_ed25519_key");
-                    let _ = std::fs::remove_file(&hk);
-                    let _ = std::fs::remove_file(hk.with_extension("pub"));
-                    tools::ssh_keygen(&hk, &format!("{}.vm", vm2.name)).map_err(api)?;
-                    this.write_config_disk(&vm2, grow_root).map_err(api)
-                }),
-            )
-            .await?;
-        let id = vm.id.clone();
-        self.inner
-            .store
-            .write(|tx| {
-                tx.execute(
-                    "UPDATE vms SET host_key = ?2 WHERE id = ?1",
-                    params![id, host_pub],
-                )
-                .map(|_| ())
-            })
-            .map_err(|e| api(VmError::from(e)))?;
-
+        h.step(
+            "config",
+            blocking(move || this.new_identity(&vm2, grow_root).map_err(api)),
+        )
+        .await?;
         if no_start {
             for s in ["network", "spawn", "boot"] {
                 h.skip(s);
@@ -793,7 +846,7 @@ impl Vms {
             .map_err(api)?;
             return Ok(serde_json::json!({ "vm": vm.name, "ip": vm.ip, "state": "stopped" }));
         }
-        let t = self.boot(h, vm).await?;
+        let t = self.boot(h, vm, None).await?;
         if self.is_pool(&vm.id) {
             self.warm_pool_connection(vm).await;
         }
@@ -802,7 +855,9 @@ impl Vms {
 
     /// network -> spawn -> boot; leaves the VM running or returns an error
     /// (the caller rolls back or marks it stopped).
-    async fn boot(&self, h: &OpHandle, vm: &Vm) -> Result<f64, ApiError> {
+    /// `restore`: a snapshot's directory to resume from instead of booting
+    /// (then the guest agent re-applies the VM's identity).
+    async fn boot(&self, h: &OpHandle, vm: &Vm, restore: Option<PathBuf>) -> Result<f64, ApiError> {
         let vm_ip = vm.ip.clone();
         // A jailed Firecracker opens its TAP as the jail's user.
         let tap_owner = (vm.backend == "firecracker" && !self.inner.config.jailer.is_empty())
@@ -866,8 +921,15 @@ impl Vms {
         let started = Instant::now();
         let pid = h
             .step("spawn", async {
-                let spec2 = spec.clone();
-                let child = blocking(move || vmm.launch(&spec2).map_err(api)).await?;
+                let (spec2, restore) = (spec.clone(), restore.clone());
+                let child = blocking(move || {
+                    match &restore {
+                        Some(dir) => vmm.restore(&spec2, dir),
+                        None => vmm.launch(&spec2),
+                    }
+                    .map_err(api)
+                })
+                .await?;
                 let pid = child.id();
                 if vm.state == VmState::Creating {
                     // Stays `creating` (rolled back after a crash) until booted.
@@ -893,6 +955,18 @@ impl Vms {
             .await?;
         let console = p.console();
         let stderr_path = spec.stderr_log.clone();
+        if restore.is_some() {
+            let link = self.vmm(&vm.backend).agent(&spec);
+            h.step(
+                "boot",
+                blocking(move || reapply_identity(&link).map_err(api)),
+            )
+            .await?;
+            let secs = started.elapsed().as_secs_f64();
+            self.set_state(&vm.id, VmState::Running, Some(pid), None)
+                .map_err(api)?;
+            return Ok(secs);
+        }
         h.step("boot", async {
             let deadline = Instant::now() + BOOT_TIMEOUT;
             loop {
@@ -1039,6 +1113,24 @@ impl Vms {
                 .map(|_| ())
         });
         tracing::info!(vm = name, "rolled back");
+    }
+
+    /// Gives a new VM its SSH host key and config disk (from its row), and
+    /// records the host key. Blocking.
+    fn new_identity(&self, vm: &Vm, grow_root: bool) -> Result<(), VmError> {
+        let hk = self.paths(&vm.id).dir.join("ssh_host_ed25519_key");
+        let _ = std::fs::remove_file(&hk);
+        let _ = std::fs::remove_file(hk.with_extension("pub"));
+        tools::ssh_keygen(&hk, &format!("{}.vm", vm.name))?;
+        let host_pub = self.write_config_disk(vm, grow_root)?;
+        self.inner.store.write(|tx| {
+            tx.execute(
+                "UPDATE vms SET host_key = ?2 WHERE id = ?1",
+                params![vm.id, host_pub],
+            )
+            .map(|_| ())
+        })?;
+        Ok(())
     }
 
     /// Writes the VM's config disk from its row and its host key; returns
@@ -1690,7 +1782,7 @@ impl Vms {
                         what: "only a stopped VM can be started",
                     }));
                 }
-                match this.boot(&h, &cur).await {
+                match this.boot(&h, &cur, None).await {
                     Ok(t) => Ok(
                         serde_json::json!({ "vm": vm.name, "state": "running", "boot_seconds": t }),
                     ),
@@ -1864,18 +1956,25 @@ impl Vms {
 
     /// Every VM's network identity and policy, from the store.
     fn vm_nets(&self) -> Result<Vec<crate::firewall::VmNet>, VmError> {
-        let rows: Vec<(String, String, String, i64, Option<String>)> =
+        let rows: Vec<(String, String, String, String, i64, Option<String>)> =
             self.inner.store.read(|c| -> Result<_, VmError> {
-                let mut stmt = c.prepare("SELECT id, ip, tap, isolated, egress FROM vms")?;
+                let mut stmt = c.prepare("SELECT id, ip, mac, tap, isolated, egress FROM vms")?;
                 let rows = stmt.query_map([], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
                 })?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })?;
         let mut out = Vec::new();
-        for (id, ip, tap, isolated, egress) in rows {
-            let Ok(ip) = ip.parse() else {
-                tracing::warn!(vm = %id, %ip, "bad address in the store; no rules for it");
+        for (id, ip, mac, tap, isolated, egress) in rows {
+            let (Ok(ip), true) = (ip.parse(), crate::firewall::valid_mac(&mac)) else {
+                tracing::warn!(vm = %id, %ip, %mac, "bad address or MAC in the store; no rules for it");
                 continue;
             };
             let egress = egress.map(|e| {
@@ -1888,6 +1987,7 @@ impl Vms {
             out.push(crate::firewall::VmNet {
                 id,
                 ip,
+                mac,
                 tap,
                 isolated: isolated != 0,
                 egress,
@@ -2117,6 +2217,33 @@ impl Vms {
             }
         }
         Ok(())
+    }
+}
+
+/// Asks a guest restored from a snapshot to re-read its config disk (its
+/// own name, address, MAC, host key, machine-id) and to take the host's
+/// clock and fresh randomness. Blocking.
+fn reapply_identity(link: &agent::AgentLink) -> Result<(), VmError> {
+    let epoch = chrono::Utc::now().timestamp().to_string();
+    let mut seed = [0u8; 32];
+    getrandom_fill(&mut seed);
+    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    agent::request(link, "reload", &[&epoch, &hex], agent::AGENT_TIMEOUT).map_err(|e| {
+        VmError::Invalid {
+            what: "restored guest",
+            reason: format!(
+                "re-applying its identity failed: {}",
+                crate::error::error_chain(&e)
+            ),
+        }
+    })
+}
+
+/// Fills `buf` from the kernel's random source.
+fn getrandom_fill(buf: &mut [u8]) {
+    use std::io::Read;
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(buf);
     }
 }
 

@@ -22,7 +22,7 @@ use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use banger_api::{ApiError, ErrorCode};
 use banger_core::ToApiError;
@@ -111,6 +111,10 @@ where
         vms::stream,
         vms::pools,
         vms::pool_set,
+        vms::snapshot,
+        vms::fork,
+        vms::snapshots,
+        vms::snapshot_remove,
         ops::list,
         ops::show,
         ops::events,
@@ -253,6 +257,10 @@ pub fn v1_routes(daemon: &AppState) -> Router<AppState> {
     v1.route("/ui", get(system::ui))
         .route("/vms/stream", get(vms::stream))
         .route("/pools", get(vms::pools).post(vms::pool_set))
+        .route("/vms/{name}/snapshot", post(vms::snapshot))
+        .route("/vms/{name}/fork", post(vms::fork))
+        .route("/snapshots", get(vms::snapshots))
+        .route("/snapshots/{name}", delete(vms::snapshot_remove))
 }
 
 /// The API on the Unix socket: every request's peer credentials checked.

@@ -239,6 +239,54 @@ pub async fn stream(
     Sse::new(events).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
 }
 
+/// Takes a snapshot of a VM (an operation, `vm.snapshot`): a running VM is
+/// paused while its device and memory state is saved and its disks copied,
+/// then resumed; of a stopped VM only the disks are kept.
+#[utoipa::path(post, path = "/v1/vms/{name}/snapshot", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    request_body = banger_api::VmSnapshotRequest,
+    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn snapshot(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<banger_api::VmSnapshotRequest>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(d.vms.start_snapshot(&name, req)?),
+    ))
+}
+
+/// Forks a running VM (an operation, `vm.fork`): a snapshot restored as a
+/// new VM with its own name, address, MAC, SSH host key and machine-id;
+/// both keep running.
+#[utoipa::path(post, path = "/v1/vms/{name}/fork", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    request_body = banger_api::VmForkRequest,
+    responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn fork(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<banger_api::VmForkRequest>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    Ok((StatusCode::ACCEPTED, Json(d.vms.start_fork(&name, req)?)))
+}
+
+/// Snapshots, by name.
+#[utoipa::path(get, path = "/v1/snapshots", tag = "vms", responses((status = 200, body = banger_api::SnapshotList)))]
+pub async fn snapshots(State(d): State<AppState>) -> ApiResult<Json<banger_api::SnapshotList>> {
+    Ok(Json(d.vms.snapshot_list()?))
+}
+
+/// Removes a snapshot and its files.
+#[utoipa::path(delete, path = "/v1/snapshots/{name}", tag = "vms", params(("name" = String, Path, description = "snapshot name")),
+    responses((status = 204), (status = 404, body = ApiError), (status = 400, body = ApiError)))]
+pub async fn snapshot_remove(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    d.vms.snapshot_remove(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The warm pool: sizes per image and size, with ready and booting counts.
 #[utoipa::path(get, path = "/v1/pools", tag = "vms", responses((status = 200, body = banger_api::PoolList)))]
 pub async fn pools(State(d): State<AppState>) -> ApiResult<Json<banger_api::PoolList>> {
