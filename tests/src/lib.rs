@@ -313,12 +313,13 @@ fn sha256_hex(path: &Path) -> String {
 pub fn test_image() -> TestImage {
     let _lock = builder_lock();
     let recipe = fixture("test-image.toml");
-    // Named by the fixture's hash and the builder version: a change to
-    // either builds a new test image.
+    // Named by the fixture's hash, the builder version and the guest
+    // files: a change to any builds a new test image.
     let name = format!(
-        "test-{}-v{}",
+        "test-{}-v{}-{}",
         &sha256_hex(&recipe)[..10],
-        banger_core::images::recipe::BUILDER_VERSION
+        banger_core::images::recipe::BUILDER_VERSION,
+        &banger_core::images::build::guest_fingerprint()[..8]
     );
     let d = builder_daemon();
     let show = d

@@ -165,10 +165,23 @@ pub fn apply_config_fn() -> String {
     $B chmod 600 /etc/ssh/ssh_host_*_key
     $B chmod 644 /etc/ssh/ssh_host_*_key.pub
     if [ "$1" = live ]; then
-      # The listening sshd (a child of PID 1) re-executes and reads the new keys.
+      # The listening sshd (a child of PID 1) re-executes and reads the new
+      # keys; wait (at most 10 s) until its new listening socket is up.
+      l22() {
+        $B awk '$2 ~ /:0016$/ && $4 == "0A" {print $10}' /proc/net/tcp /proc/net/tcp6 2>/dev/null | $B sort | $B tr '\n' ' '
+      }
+      was=$(l22)
+      hup=
       for p in $($B pidof sshd); do
         pp=$($B awk '/^PPid:/ {print $2}' /proc/$p/status 2>/dev/null)
-        [ "$pp" = 1 ] && kill -HUP "$p"
+        [ "$pp" = 1 ] && kill -HUP "$p" && hup=1
+      done
+      i=0
+      while [ -n "$hup" ] && [ $i -lt 500 ]; do
+        now=$(l22)
+        [ -n "$now" ] && [ "$now" != "$was" ] && break
+        $B usleep 20000
+        i=$((i+1))
       done
     fi
   fi

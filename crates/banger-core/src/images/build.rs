@@ -296,6 +296,22 @@ impl Images {
     }
 }
 
+/// A hash of everything banger puts into a rootfs and initrd (both init
+/// modes): part of an image's digest, so a change to the guest side makes
+/// new images even when no one bumped [`super::recipe::BUILDER_VERSION`].
+pub fn guest_fingerprint() -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for init in [InitMode::Light, InitMode::Systemd] {
+        for (path, contents, mode) in guest_files(init) {
+            h.update(format!("{path} {mode:o} {}\n", contents.len()));
+            h.update(contents.as_bytes());
+        }
+    }
+    h.update(guest::initrd_init().as_bytes());
+    hex::encode(h.finalize())
+}
+
 /// The files banger puts into every rootfs (relative path, contents, mode).
 pub fn guest_files(init: InitMode) -> Vec<(&'static str, String, u32)> {
     vec![

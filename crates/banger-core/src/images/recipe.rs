@@ -266,14 +266,16 @@ impl Recipe {
         v
     }
 
-    /// The content address: sha256 of the builder version and the recipe's
-    /// canonical JSON (without the mirror), as hex; images are stored under it.
+    /// The content address: sha256 of the builder version, the guest files
+    /// and the recipe's canonical JSON (without the mirror), as hex; images
+    /// are stored under it.
     pub fn digest(&self) -> String {
         let mut canonical = self.clone();
         canonical.mirror = String::new();
         let json = serde_json::to_string(&canonical).unwrap_or_default();
         let mut h = Sha256::new();
         h.update(format!("banger-builder-v{BUILDER_VERSION}\n"));
+        h.update(super::build::guest_fingerprint());
         h.update(json.as_bytes());
         hex::encode(h.finalize())
     }
