@@ -44,7 +44,7 @@ fn daemon(ns: &TestNetns, log: &Path, extra_env: &[(&str, &str)]) -> TestDaemon 
     )
 }
 
-const CONFIGURE: [&str; 9] = [
+const CONFIGURE: [&str; 10] = [
     "PUT /logger",
     "PUT /metrics",
     "PUT /machine-config",
@@ -53,6 +53,7 @@ const CONFIGURE: [&str; 9] = [
     "PUT /drives/config",
     "PUT /drives/work",
     "PUT /network-interfaces/eth0",
+    "PUT /vsock",
     "PUT /actions",
 ];
 
@@ -106,12 +107,9 @@ fn firecracker_backend_lifecycle_sends_the_exact_configure_sequence() {
         ),
         (Some(true), Some(false))
     );
-    assert!(
-        body(4)["path_on_host"]
-            .as_str()
-            .unwrap()
-            .ends_with("/root.raw"),
-        "Firecracker boots a raw root disk"
+    assert_eq!(
+        body(4)["path_on_host"], "root.raw",
+        "Firecracker boots a raw root disk, named relative to the VM's directory (its working directory), so that a snapshot of it restores with another VM's disks"
     );
     assert_eq!(
         body(5)["is_read_only"],
@@ -123,7 +121,12 @@ fn firecracker_backend_lifecycle_sends_the_exact_configure_sequence() {
         format!("bg-{}", &vm.id[..12])
     );
     assert_eq!(body(7)["guest_mac"].as_str().unwrap(), vm.mac);
-    assert_eq!(body(8)["action_type"], "InstanceStart");
+    assert_eq!(body(8)["guest_cid"], 3);
+    assert!(body(8)["uds_path"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/{}/agent.vsock", vm.id)));
+    assert_eq!(body(9)["action_type"], "InstanceStart");
     assert!(ns.links().contains(&format!("bg-{}", &vm.id[..12])));
 
     // Graceful stop: SendCtrlAltDel, and the process goes away.
@@ -417,9 +420,203 @@ fn firecracker_backend_through_the_jailer_uses_chroot_paths_and_cleans_the_jail(
     assert!(!root.exists(), "jail left after stop");
     assert!(d.banger(&["vm", "start", "jailed"]).status.success());
     assert!(root.exists());
+    // A fork: the snapshot is written inside the jail and moved out, and
+    // loaded in the new VM's jail from paths inside it.
+    let before = requests(&log).len();
+    let out = d.banger(&["vm", "fork", "jailed", "jailed2"]);
+    assert!(out.status.success(), "fork: {}", stderr(&out));
+    let reqs = requests(&log)[before..].to_vec();
+    assert_eq!(reqs[1]["body"]["snapshot_path"], "/vmstate");
+    assert_eq!(reqs[5]["path"], "/snapshot/load");
+    assert_eq!(reqs[5]["body"]["snapshot_path"], "/vmstate");
+    assert_eq!(reqs[5]["body"]["mem_backend"]["backend_path"], "/memory");
+    assert_eq!(
+        reqs[5]["body"]["vsock_override"]["uds_path"],
+        "/agent.vsock"
+    );
+    let vm2: Vm = d.banger_json(&["vm", "show", "jailed2"]);
+    assert_eq!(vm2.state, VmState::Running);
+    assert!(
+        !root.join("vmstate").exists(),
+        "moved out of the source's jail"
+    );
+    assert!(d
+        .banger(&["vm", "rm", "--force", "jailed2"])
+        .status
+        .success());
     assert!(d
         .banger(&["vm", "rm", "--force", "jailed"])
         .status
         .success());
     assert!(!root.exists(), "jail left after rm");
+}
+
+fn config_file(d: &TestDaemon, vm: &Vm, file: &str) -> String {
+    let disk = d.state_dir.join("vms").join(&vm.id).join("config.ext4");
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("cat /{file}")])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    stdout(&out)
+}
+
+#[test]
+fn firecracker_snapshot_restore_and_fork_use_the_snapshot_api_with_overrides() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "the Firecracker backend (even against the fake) needs /dev/kvm present"
+    );
+    let img = test_image();
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (log, agent_log) = (
+        dir.path().join("requests.jsonl"),
+        dir.path().join("agent.log"),
+    );
+    let d = daemon(
+        &ns,
+        &log,
+        &[("FAKE_FC_AGENT_LOG", agent_log.to_str().unwrap())],
+    );
+    d.import_test_image(&img, "default");
+    let out = d.banger(&["vm", "create", "fc1", "--backend", "firecracker"]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let fc1: Vm = d.banger_json(&["vm", "show", "fc1"]);
+
+    // Snapshot: pause, snapshot/create into the snapshot's directory, resume.
+    let before = requests(&log).len();
+    let out = d.banger(&["vm", "snapshot", "fc1", "s1"]);
+    assert!(out.status.success(), "snapshot: {}", stderr(&out));
+    let reqs = requests(&log)[before..].to_vec();
+    assert_eq!(
+        calls(&reqs),
+        ["PATCH /vm", "PUT /snapshot/create", "PATCH /vm"]
+    );
+    assert_eq!(reqs[0]["body"]["state"], "Paused");
+    assert_eq!(reqs[1]["body"]["snapshot_type"], "Full");
+    let state_path = reqs[1]["body"]["snapshot_path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(state_path.starts_with(d.state_dir.join("snapshots").to_str().unwrap()));
+    assert!(state_path.ends_with("/vmstate"));
+    assert_eq!(reqs[2]["body"]["state"], "Resumed");
+    let agent_lines = std::fs::read_to_string(&agent_log).unwrap();
+    assert!(
+        agent_lines.starts_with("ping "),
+        "the agent is asked first: {agent_lines}"
+    );
+    let l: banger_api::SnapshotList = d.banger_json(&["snapshot", "ls"]);
+    assert_eq!(l.snapshots.len(), 1);
+    assert!(l.snapshots[0].with_memory);
+    assert_eq!(l.snapshots[0].backend, "firecracker");
+
+    // Restore: a fresh process, logger + metrics, then snapshot/load with
+    // the new VM's TAP and vsock socket; the agent re-applies the identity.
+    let before = requests(&log).len();
+    let out = d.banger(&["vm", "create", "fc2", "--from-snapshot", "s1"]);
+    assert!(out.status.success(), "restore: {}", stderr(&out));
+    let fc2: Vm = d.banger_json(&["vm", "show", "fc2"]);
+    assert_eq!(fc2.state, VmState::Running);
+    assert_eq!(fc2.backend, "firecracker");
+    assert_ne!(fc2.ip, fc1.ip);
+    let reqs = requests(&log)[before..].to_vec();
+    assert_eq!(
+        calls(&reqs),
+        ["PUT /logger", "PUT /metrics", "PUT /snapshot/load"]
+    );
+    let load = &reqs[2]["body"];
+    assert_eq!(load["snapshot_path"], state_path);
+    assert_eq!(load["mem_backend"]["backend_type"], "File");
+    assert_eq!(load["resume_vm"], true);
+    assert_eq!(load["network_overrides"][0]["iface_id"], "eth0");
+    let fc1_tap = requests(&log)
+        .iter()
+        .find(|r| r["path"] == "/network-interfaces/eth0")
+        .unwrap()["body"]["host_dev_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fc2_tap = load["network_overrides"][0]["host_dev_name"]
+        .as_str()
+        .unwrap();
+    assert_ne!(fc2_tap, fc1_tap, "the restored VM has its own TAP");
+    assert!(ns.links().iter().any(|l| l == fc2_tap), "{fc2_tap} exists");
+    assert!(load["vsock_override"]["uds_path"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/{}/agent.vsock", fc2.id)));
+    assert!(
+        std::fs::read_to_string(&agent_log)
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("reload ")),
+        "the identity was re-applied"
+    );
+    // The identity the guest re-reads is the new VM's.
+    assert_eq!(config_file(&d, &fc2, "hostname").trim(), "fc2");
+    let net = config_file(&d, &fc2, "network");
+    assert!(net.contains(&format!("ADDRESS='{}/24'", fc2.ip)), "{net}");
+    assert!(net.contains(&format!("MAC='{}'", fc2.mac)), "{net}");
+    assert_eq!(config_file(&d, &fc2, "machine-id").trim(), fc2.id);
+
+    // Fork: both sequences in one operation; the fork's snapshot is gone.
+    let before = requests(&log).len();
+    let out = d.banger(&["vm", "fork", "fc1", "fc3"]);
+    assert!(out.status.success(), "fork: {}", stderr(&out));
+    assert_eq!(
+        calls(&requests(&log)[before..]),
+        [
+            "PATCH /vm",
+            "PUT /snapshot/create",
+            "PATCH /vm",
+            "PUT /logger",
+            "PUT /metrics",
+            "PUT /snapshot/load"
+        ]
+    );
+    let fc3: Vm = d.banger_json(&["vm", "show", "fc3"]);
+    assert_eq!(fc3.state, VmState::Running);
+    let l: banger_api::SnapshotList = d.banger_json(&["snapshot", "ls"]);
+    assert_eq!(l.snapshots.len(), 1);
+    assert_eq!(
+        std::fs::read_dir(d.state_dir.join("snapshots"))
+            .unwrap()
+            .count(),
+        1
+    );
+
+    // A snapshot Firecracker cannot load: the create fails with its words
+    // and leaves nothing (row, TAP, files).
+    let snap_dir = Path::new(&state_path).parent().unwrap().to_path_buf();
+    std::fs::write(snap_dir.join("vmstate"), "garbage").unwrap();
+    let vm_taps = || -> Vec<String> {
+        let mut v: Vec<String> = ns
+            .links()
+            .into_iter()
+            .filter(|l| l.starts_with("bg-"))
+            .collect();
+        v.sort();
+        v
+    };
+    let taps_before = vm_taps();
+    let out = d.banger(&["vm", "create", "fc4", "--from-snapshot", "s1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a snapshot state file"),
+        "{}",
+        stderr(&out)
+    );
+    let list: VmList = d.banger_json(&["vm", "ls"]);
+    assert_eq!(
+        list.vms.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+        ["fc1", "fc2", "fc3"]
+    );
+    assert_eq!(vm_taps(), taps_before, "no TAP left by the failed restore");
+    assert!(d.banger(&["snapshot", "rm", "s1"]).status.success());
+    assert!(!snap_dir.exists());
+    for vm in ["fc1", "fc2", "fc3"] {
+        assert!(d.banger(&["vm", "rm", "--force", vm]).status.success());
+    }
 }

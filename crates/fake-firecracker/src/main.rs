@@ -11,7 +11,18 @@
 //!   fresh process;
 //! - after `InstanceStart` it prints a boot banner and banger's readiness
 //!   marker on stdout (Firecracker's serial console), and `SendCtrlAltDel`
-//!   makes it exit as a powered-off guest would.
+//!   makes it exit as a powered-off guest would;
+//! - snapshots: `snapshot/create` writes the VM's configuration as the
+//!   state file; `snapshot/load` (only logger and metrics may come before
+//!   it, as in Firecracker) reads it back and fails as Firecracker would
+//!   when the state is not a snapshot, the memory file is missing, a
+//!   network override names an unknown interface, a drive path recorded in
+//!   the snapshot does not open from this process (relative paths resolve
+//!   from its working directory), or the vsock socket path is taken;
+//! - with a vsock device, a stand-in for banger's guest agent listens on
+//!   its Unix socket once the "guest" runs (Firecracker's `CONNECT <port>`
+//!   handshake, then `ok NONCE` to every request), logging each request to
+//!   `FAKE_FC_AGENT_LOG` when set.
 //!
 //! Under `fake-jailer`, `FAKE_FC_CHROOT=DIR` makes host paths in requests
 //! resolve inside DIR, as they would in the jail.
@@ -43,6 +54,7 @@ struct Vmm {
     machine: Option<Value>,
     drives: BTreeMap<String, Value>,
     nets: BTreeMap<String, Value>,
+    vsock: Option<Value>,
 }
 
 struct Fake {
@@ -143,7 +155,10 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
                 "The requested operation is not supported after starting the microVM.",
             );
         }
-        vmm.configured = true;
+        // Only logger and metrics may precede a snapshot load.
+        if tmpl != "/logger" && tmpl != "/metrics" {
+            vmm.configured = true;
+        }
     }
     if method == Method::PATCH
         && (tmpl.starts_with("/drives/") || tmpl.starts_with("/network-interfaces/"))
@@ -202,6 +217,7 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
             }
             vmm.drives.insert(id, body);
         }
+        ("PUT", "/vsock") => vmm.vsock = Some(body),
         ("PUT", "/network-interfaces/{iface_id}") => {
             let Some(id) = id_of("iface_id") else {
                 return fault(StatusCode::BAD_REQUEST, "The id from the path does not match the id from the body!");
@@ -217,6 +233,11 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
                     return fault(StatusCode::BAD_REQUEST, "Cannot start microvm without kernel configuration.");
                 }
                 vmm.started = true;
+                if let Some(uds) = vmm.vsock.as_ref().and_then(|v| v.get("uds_path")).and_then(Value::as_str) {
+                    if let Err(e) = serve_agent(uds) {
+                        return fault(StatusCode::BAD_REQUEST, e);
+                    }
+                }
                 // The "guest" boots: banner and banger's readiness marker on the serial console.
                 println!("[    0.000000] Linux version 6.1.0 (fake-firecracker {VERSION})");
                 println!("banger-ready fake-{}", f.id);
@@ -245,9 +266,16 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
             if !vmm.started || !vmm.paused {
                 return fault(StatusCode::BAD_REQUEST, "Create snapshot error: the microVM is not paused.");
             }
-            for key in ["snapshot_path", "mem_file_path"] {
+            let state = json!({
+                "fake_firecracker_snapshot_of": f.id,
+                "machine": vmm.machine, "boot_source": vmm.boot_source,
+                "drives": vmm.drives.values().collect::<Vec<_>>(),
+                "nets": vmm.nets.values().collect::<Vec<_>>(),
+                "vsock": vmm.vsock,
+            });
+            for (key, text) in [("snapshot_path", state.to_string()), ("mem_file_path", format!("fake-firecracker memory of {}\n", f.id))] {
                 if let Some(p) = body.get(key).and_then(Value::as_str) {
-                                        if let Err(e) = std::fs::write(host_path(p), format!("fake-firecracker {key} of {}\n", f.id)) {
+                    if let Err(e) = std::fs::write(host_path(p), text) {
                         return fault(StatusCode::BAD_REQUEST, format!("Cannot write {p}: {e}"));
                     }
                 }
@@ -256,6 +284,9 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
         ("PUT", "/snapshot/load") => {
             if vmm.started || vmm.configured {
                 return fault(StatusCode::BAD_REQUEST, "Loading a microVM snapshot not allowed after configuring boot-specific resources.");
+            }
+            if let Err(e) = load_snapshot(&body, &mut vmm) {
+                return fault(StatusCode::BAD_REQUEST, format!("Load snapshot error: {e}"));
             }
             vmm.started = true;
             vmm.paused = body.get("resume_vm").and_then(Value::as_bool) != Some(true);
@@ -267,6 +298,126 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
         _ => {}
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// Checks a `snapshot/load` the way Firecracker would fail it, and takes
+/// the snapshot's configuration.
+fn load_snapshot(body: &Value, vmm: &mut Vmm) -> Result<(), String> {
+    let path = body
+        .get("snapshot_path")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let text = std::fs::read_to_string(host_path(path))
+        .map_err(|e| format!("Cannot open the snapshot state file {path}: {e}"))?;
+    let state: Value =
+        serde_json::from_str(&text).map_err(|_| format!("{path} is not a snapshot state file"))?;
+    if state.get("fake_firecracker_snapshot_of").is_none() {
+        return Err(format!("{path} is not a snapshot state file"));
+    }
+    let mem = match (body.get("mem_backend"), body.get("mem_file_path")) {
+        (Some(b), None) => b
+            .get("backend_path")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        (None, Some(p)) => p.as_str().unwrap_or_default(),
+        _ => return Err("exactly one of mem_backend and mem_file_path is required".into()),
+    };
+    if !host_path(mem).exists() {
+        return Err(format!(
+            "Cannot open the memory file {mem}: No such file or directory (os error 2)"
+        ));
+    }
+    let mut nets: Vec<Value> = state["nets"].as_array().cloned().unwrap_or_default();
+    for o in body
+        .get("network_overrides")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let id = o
+            .get("iface_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let n = nets
+            .iter_mut()
+            .find(|n| n.get("iface_id").and_then(Value::as_str) == Some(id))
+            .ok_or_else(|| {
+                format!("Invalid network override: no network interface {id:?} in the snapshot")
+            })?;
+        n["host_dev_name"] = o["host_dev_name"].clone();
+    }
+    for d in state["drives"].as_array().into_iter().flatten() {
+        let p = d
+            .get("path_on_host")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !host_path(p).exists() {
+            return Err(format!(
+                "Unable to restore the block device: No such file or directory (os error 2): {p}"
+            ));
+        }
+    }
+    let mut vsock = state.get("vsock").cloned().filter(|v| !v.is_null());
+    if let (Some(v), Some(o)) = (vsock.as_mut(), body.get("vsock_override")) {
+        v["uds_path"] = o["uds_path"].clone();
+    }
+    if let Some(uds) = vsock
+        .as_ref()
+        .and_then(|v| v.get("uds_path"))
+        .and_then(Value::as_str)
+    {
+        serve_agent(uds)?;
+    }
+    vmm.machine = state.get("machine").cloned();
+    vmm.nets = nets
+        .into_iter()
+        .filter_map(|n| Some((n.get("iface_id")?.as_str()?.to_string(), n)))
+        .collect();
+    vmm.vsock = vsock;
+    Ok(())
+}
+
+/// The stand-in guest agent on the vsock device's Unix socket.
+fn serve_agent(uds: &str) -> Result<(), String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let path = host_path(uds);
+    if path.exists() {
+        return Err(format!(
+            "Cannot create the vsock device: Address in use: {uds}"
+        ));
+    }
+    let listener = tokio::net::UnixListener::bind(&path)
+        .map_err(|e| format!("Cannot create the vsock device at {uds}: {e}"))?;
+    let log = std::env::var_os("FAKE_FC_AGENT_LOG");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut lines = BufReader::new(r).lines();
+                match lines.next_line().await {
+                    Ok(Some(l)) if l.trim() == "CONNECT 1024" => {
+                        let _ = w.write_all(b"OK 1073741824\n").await;
+                    }
+                    _ => return,
+                }
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if let Some(p) = &log {
+                        if let Ok(mut f) = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(p)
+                        {
+                            let _ = writeln!(f, "{l}");
+                        }
+                    }
+                    let nonce = l.split(' ').nth(1).unwrap_or_default().to_string();
+                    let _ = w.write_all(format!("ok {nonce}\n").as_bytes()).await;
+                }
+            });
+        }
+    });
+    Ok(())
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
