@@ -33,5 +33,7 @@ check "$out/vm_create.json" bench runs banger_create_to_ssh hand_run_qemu_to_ssh
 check "$out/tap_pool.json" bench runs warm_pool no_pool ratio network_step_ratio machine
 ./target/debug/warm_pool $mode > "$out/warm_pool.json"
 check "$out/warm_pool.json" bench runs from_pool cold ratio target_ratio_max machine
+./target/debug/snapshot $mode > "$out/snapshot.json"
+check "$out/snapshot.json" bench runs cold from_snapshot fork snapshot_take ratio fork_over_cold target_ratio_max machine
 ./target/debug/fleet $mode > "$out/fleet.json"
 check "$out/fleet.json" bench vm_ls_latency_ms daemon_rss_kib concurrent_creates_s machine

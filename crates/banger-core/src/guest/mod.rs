@@ -164,7 +164,9 @@ pub fn apply_config_fn() -> String {
     $B cp $C/ssh/ssh_host_* /etc/ssh/
     $B chmod 600 /etc/ssh/ssh_host_*_key
     $B chmod 644 /etc/ssh/ssh_host_*_key.pub
-    if [ "$1" = live ]; then
+    # OpenSSH before 9.8 re-executes itself per connection and reads the
+    # host keys each time; from 9.8 (sshd-session) the listener holds them.
+    if [ "$1" = live ] && [ -x /usr/lib/openssh/sshd-session ]; then
       # The listening sshd (a child of PID 1) re-executes and reads the new
       # keys; wait (at most 10 s) until its new listening socket is up.
       l22() {
@@ -225,11 +227,13 @@ reload() {{
   case "$1" in *[!0-9]*|'') return 1;; esac
   $B date -s "@$1" >/dev/null || return 1
   printf '%s' "$2" > /dev/urandom
-  dev=$($B findfs LABEL={CONFIG_LABEL} 2>/dev/null) || return 1
+  dev=
+  while read -r src dst rest; do [ "$dst" = $C ] && dev=$src; done < /proc/mounts
+  [ -n "$dev" ] || dev=$($B findfs LABEL={CONFIG_LABEL} 2>/dev/null) || return 1
   $B umount $C 2>/dev/null || $B umount -l $C 2>/dev/null
-  # The disk under the guest changed: drop what the guest cached of it.
+  # The disk under the guest changed: drop what the guest cached of it (the
+  # last close at umount drops it too; this says so explicitly).
   $B blockdev --flushbufs "$dev"
-  echo 3 > /proc/sys/vm/drop_caches
   $B mount -t ext4 -o ro,nosuid,nodev,noexec "$dev" $C || return 1
   apply_config live
 }}
