@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use banger_api::{OpState, Operation, SnapshotList, Vm, VmList, VmSshInfo};
-use banger_tests::{block_on, stderr, stdout, test_image, wait_op, TestDaemon, TestNetns};
+use banger_tests::{block_on, git, stderr, stdout, test_image, wait_op, TestDaemon, TestNetns};
 
 fn ssh(d: &TestDaemon, vm: &str, cmd: &str) -> String {
     let out = d.banger(&["vm", "ssh", vm, "--", cmd]);
@@ -67,6 +67,16 @@ fn guest_fork_and_snapshot_restore_give_running_copies_their_own_identity() {
         "src",
         "setsid sleep 4242 </dev/null >/dev/null 2>&1 & echo started",
     );
+    // A workspace pushed into the source: the fork holds it too.
+    let repo_dir = tempfile::tempdir().unwrap();
+    let repo = repo_dir.path().join("proj");
+    std::fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README.md"), "hello\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "initial"]);
+    let out = d.banger(&["workspace", "push", "src", repo.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let src_before = identity(&d, "src");
     assert_eq!(src_before, expected(&d, "src"));
 
@@ -116,6 +126,18 @@ fn guest_fork_and_snapshot_restore_give_running_copies_their_own_identity() {
         &d,
         "child",
         &format!("/usr/lib/banger/busybox ping -c 1 -W 5 {}", src.ip),
+    );
+    // The fork's workspace: a commit made in it exports to banger/child.
+    ssh(
+        &d,
+        "child",
+        "git -C /work/proj -c user.name=Fork -c user.email=f@example.com commit -q --allow-empty -m 'made in the fork'",
+    );
+    let out = d.banger(&["workspace", "export", "child"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        git(&repo, &["log", "--format=%s", "-1", "banger/child"]),
+        "made in the fork"
     );
     // The fork's own snapshot is gone.
     let l: SnapshotList = d.banger_json(&["snapshot", "ls"]);

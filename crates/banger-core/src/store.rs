@@ -162,6 +162,8 @@ const MIGRATIONS: &[&str] = &[
         with_memory  INTEGER NOT NULL,
         hidden       INTEGER NOT NULL DEFAULT 0,
         size_bytes   INTEGER NOT NULL DEFAULT 0,
+        -- The VM's workspace rows then (JSON), given to VMs made from it.
+        workspaces   TEXT NOT NULL DEFAULT '[]',
         created_at   TEXT NOT NULL
     ) STRICT;
     "#,

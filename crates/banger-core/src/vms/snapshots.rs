@@ -209,9 +209,24 @@ impl Vms {
                 [&vm.id],
                 |r| r.get(0),
             )?;
+            // The workspaces the guest holds: a VM made from the snapshot
+            // holds them too (and can export their commits).
+            let mut stmt = tx.prepare(
+                "SELECT name, host_path, dest, base_commit, branch, pushed_at, exported_commit, exported_at FROM workspaces WHERE vm_id = ?1",
+            )?;
+            let ws: Vec<serde_json::Value> = stmt
+                .query_map([&vm.id], |r| {
+                    Ok(serde_json::json!([
+                        r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?, r.get::<_, Option<String>>(4)?, r.get::<_, String>(5)?,
+                        r.get::<_, Option<String>>(6)?, r.get::<_, Option<String>>(7)?,
+                    ]))
+                })?
+                .collect::<Result<_, _>>()?;
+            drop(stmt);
             tx.execute(
-                "INSERT INTO snapshots (id, name, state, source_vm, source_id, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, agent, with_memory, hidden, created_at) VALUES (?1, ?2, 'creating', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                params![id, name, vm.name, vm.id, vm.image, digest, vm.backend, vm.accel, vm.cpus, vm.memory_mib, vm.work_disk_bytes as i64, vm.agent, i64::from(with_memory), i64::from(hidden), now],
+                "INSERT INTO snapshots (id, name, state, source_vm, source_id, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, agent, with_memory, hidden, created_at, workspaces) VALUES (?1, ?2, 'creating', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                params![id, name, vm.name, vm.id, vm.image, digest, vm.backend, vm.accel, vm.cpus, vm.memory_mib, vm.work_disk_bytes as i64, vm.agent, i64::from(with_memory), i64::from(hidden), now, serde_json::Value::Array(ws).to_string()],
             )?;
             Ok(tx.query_row(
                 &format!("SELECT {SNAP_COLUMNS} FROM snapshots WHERE id = ?1"),
@@ -474,7 +489,7 @@ impl Vms {
         egress: Option<String>,
     ) -> Result<Vm, VmError> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        self.reserve_row(&NewRow {
+        let vm = self.reserve_row(&NewRow {
             id: &id,
             name,
             image: &snap.image,
@@ -488,7 +503,35 @@ impl Vms {
             isolated,
             egress: egress.as_deref(),
             pool: false,
-        })
+        })?;
+        // The snapshot's workspaces, with the new VM (gone with its row if
+        // the restore rolls back).
+        let (snap_id, vm_id) = (snap.id.clone(), vm.id.clone());
+        let copied = self.inner.store.write(|tx| -> Result<(), VmError> {
+            let json: String = tx.query_row(
+                "SELECT workspaces FROM snapshots WHERE id = ?1",
+                [&snap_id],
+                |r| r.get(0),
+            )?;
+            let rows: Vec<Vec<Option<String>>> =
+                serde_json::from_str(&json).map_err(|e| VmError::Invalid {
+                    what: "snapshot",
+                    reason: format!("its recorded workspaces do not parse: {e}"),
+                })?;
+            for w in rows {
+                let f = |i: usize| w.get(i).cloned().flatten();
+                tx.execute(
+                    "INSERT INTO workspaces (vm_id, name, host_path, dest, base_commit, branch, pushed_at, exported_commit, exported_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![vm_id, f(0), f(1), f(2), f(3), f(4), f(5), f(6), f(7)],
+                )?;
+            }
+            Ok(())
+        });
+        if let Err(e) = copied {
+            self.rollback(&vm.id, &vm.name);
+            return Err(e);
+        }
+        Ok(vm)
     }
 
     /// Disks from the snapshot (cloned, or moved with `take`), a new
