@@ -620,3 +620,60 @@ fn firecracker_snapshot_restore_and_fork_use_the_snapshot_api_with_overrides() {
         assert!(d.banger(&["vm", "rm", "--force", vm]).status.success());
     }
 }
+
+#[test]
+fn a_daemon_killed_while_a_vm_is_paused_for_a_snapshot_resumes_it_and_drops_the_snapshot() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "the Firecracker backend (even against the fake) needs /dev/kvm present"
+    );
+    let img = test_image();
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let mut d = daemon(&ns, &log, &[("FAKE_FC_DELAY", "PUT /snapshot/create=3000")]);
+    d.import_test_image(&img, "default");
+    let out = d.banger(&["vm", "create", "fc1", "--backend", "firecracker"]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let before = requests(&log).len();
+    let _: Operation = d.banger_json(&["vm", "snapshot", "fc1", "s1", "--wait", "none"]);
+    poll("the snapshot call", Duration::from_secs(10), || {
+        calls(&requests(&log)[before..])
+            .contains(&"PUT /snapshot/create".to_string())
+            .then_some(())
+    });
+    // The VM is paused now; the daemon dies.
+    d.kill9();
+    d.spawn();
+    let reqs = requests(&log);
+    let after: Vec<String> = calls(&reqs[before..]);
+    assert_eq!(
+        after[..3],
+        ["PATCH /vm", "PUT /snapshot/create", "PATCH /vm"],
+        "{after:?}"
+    );
+    assert_eq!(
+        reqs[before + 2]["body"]["state"],
+        "Resumed",
+        "resumed at restart"
+    );
+    let l: banger_api::SnapshotList = d.banger_json(&["snapshot", "ls"]);
+    assert!(l.snapshots.is_empty(), "{l:?}");
+    poll(
+        "the snapshot's files to go",
+        Duration::from_secs(10),
+        || {
+            (std::fs::read_dir(d.state_dir.join("snapshots"))
+                .map(|r| r.count())
+                .unwrap_or(0)
+                == 0)
+                .then_some(())
+        },
+    );
+    let vm: Vm = d.banger_json(&["vm", "show", "fc1"]);
+    assert_eq!(vm.state, VmState::Running, "adopted, still running");
+    // Snapshots work again.
+    let out = d.banger(&["vm", "snapshot", "fc1", "s2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(d.banger(&["vm", "rm", "--force", "fc1"]).status.success());
+}

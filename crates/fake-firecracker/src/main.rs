@@ -30,7 +30,8 @@
 //! For tests, through the environment: `FAKE_FC_REQUEST_LOG=FILE` appends
 //! each request as a JSON line; `FAKE_FC_FAIL="PUT /drives/rootfs"` answers
 //! that call with a fault; `FAKE_FC_DIE_ON="PUT /actions"` exits the process
-//! abruptly when it arrives.
+//! abruptly when it arrives; `FAKE_FC_DELAY="PUT /snapshot/create=3000"`
+//! answers that call after so many milliseconds.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -64,6 +65,7 @@ struct Fake {
     log: Option<Mutex<std::fs::File>>,
     fail: Option<String>,
     die_on: Option<String>,
+    delay: Option<String>,
 }
 
 /// A path from a request, as the process sees it (inside its "chroot").
@@ -121,6 +123,15 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
     if f.die_on.as_deref() == Some(call.as_str()) {
         eprintln!("fake-firecracker: dying on {call} as told");
         std::process::exit(1);
+    }
+    if let Some(ms) = f
+        .delay
+        .as_deref()
+        .and_then(|d| d.split_once('='))
+        .filter(|(c, _)| *c == call)
+        .and_then(|(_, ms)| ms.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     if f.fail.as_deref() == Some(call.as_str()) {
         return fault(
@@ -469,6 +480,9 @@ async fn main() -> std::process::ExitCode {
         log,
         fail: std::env::var("FAKE_FC_FAIL").ok().filter(|s| !s.is_empty()),
         die_on: std::env::var("FAKE_FC_DIE_ON")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        delay: std::env::var("FAKE_FC_DELAY")
             .ok()
             .filter(|s| !s.is_empty()),
     });
