@@ -87,3 +87,29 @@ pub fn create_to_ssh(d: &banger_tests::TestDaemon, name: &str, extra: &[&str]) -
     assert!(ssh.status.success());
     (created, t0.elapsed().as_secs_f64())
 }
+
+/// Seconds per step of an operation.
+pub fn step_seconds(op: &banger_api::Operation) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for s in &op.steps {
+        if let (Some(a), Some(b)) = (s.started_at, s.finished_at) {
+            m.insert(
+                s.name.clone(),
+                serde_json::json!(round3((b - a).num_microseconds().unwrap_or(0) as f64 / 1e6)),
+            );
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
+/// Runs an operation-starting command with `--wait none`; returns the
+/// seconds until it finished and the finished operation.
+pub fn timed_op(d: &banger_tests::TestDaemon, args: &[&str]) -> (f64, banger_api::Operation) {
+    let t0 = std::time::Instant::now();
+    let mut a = args.to_vec();
+    a.extend(["--wait", "none"]);
+    let op: banger_api::Operation = d.banger_json(&a);
+    let op = banger_tests::wait_op(d, &op.id);
+    assert_eq!(op.state, banger_api::OpState::Succeeded, "{args:?}: {op:?}");
+    (t0.elapsed().as_secs_f64(), op)
+}

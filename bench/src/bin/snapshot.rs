@@ -8,35 +8,9 @@
 
 use std::time::Instant;
 
-use banger_bench::{create_to_ssh, machine, median, quick, round3, runs};
-use banger_tests::{test_image, wait_op, TestDaemon, TestNetns};
-use serde_json::{json, Value};
-
-/// Seconds per step of an operation.
-fn step_seconds(op: &banger_api::Operation) -> Value {
-    let mut m = serde_json::Map::new();
-    for s in &op.steps {
-        if let (Some(a), Some(b)) = (s.started_at, s.finished_at) {
-            m.insert(
-                s.name.clone(),
-                json!(round3((b - a).num_microseconds().unwrap_or(0) as f64 / 1e6)),
-            );
-        }
-    }
-    Value::Object(m)
-}
-
-/// Runs an operation-starting command with `--wait none`; returns the
-/// seconds until it finished and the finished operation.
-fn timed_op(d: &TestDaemon, args: &[&str]) -> (f64, banger_api::Operation) {
-    let t0 = Instant::now();
-    let mut a = args.to_vec();
-    a.extend(["--wait", "none"]);
-    let op: banger_api::Operation = d.banger_json(&a);
-    let op = wait_op(d, &op.id);
-    assert_eq!(op.state, banger_api::OpState::Succeeded, "{args:?}: {op:?}");
-    (t0.elapsed().as_secs_f64(), op)
-}
+use banger_bench::{create_to_ssh, machine, median, quick, round3, runs, step_seconds, timed_op};
+use banger_tests::{test_image, TestDaemon, TestNetns};
+use serde_json::json;
 
 fn rm(d: &TestDaemon, name: &str) {
     assert!(d.banger(&["vm", "rm", "--force", name]).status.success());

@@ -137,12 +137,15 @@ exec $B init
 /// host keys (live: the listening sshd reloads them), authorized keys,
 /// environment, machine-id. Needs `$B` (busybox) and `$C`.
 pub fn apply_config_fn() -> String {
-    r#"apply_config() {
+    r#"set_name() {
+  $B hostname "$1"
+  echo "$1" > /etc/hostname
+  printf '127.0.0.1 localhost\n127.0.1.1 %s\n::1 localhost ip6-localhost ip6-loopback\n' "$1" > /etc/hosts
+}
+apply_config() {
   if [ -f $C/hostname ]; then
     read h < $C/hostname
-    $B hostname "$h"
-    echo "$h" > /etc/hostname
-    printf '127.0.0.1 localhost\n127.0.1.1 %s\n::1 localhost ip6-localhost ip6-loopback\n' "$h" > /etc/hosts
+    set_name "$h"
   fi
   if [ -f $C/network ]; then
     ADDRESS= GATEWAY= DNS= MAC=
@@ -210,6 +213,8 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// virtio-serial port (QEMU) or vsock (Firecracker, through socat):
 ///
 /// - `ping NONCE` -> `ok NONCE`
+/// - `rename NONCE NAME` -> `ok NONCE` once the guest took the name
+///   (hostname, /etc/hosts, `BANGER_VM`): a warm pool VM being claimed
 /// - `reload NONCE EPOCH SEED` -> `ok NONCE` once the guest has re-read its
 ///   config disk (the daemon swapped it under a guest restored from a
 ///   snapshot) and applied it live; the clock is set to EPOCH and SEED
@@ -237,10 +242,19 @@ reload() {{
   $B mount -t ext4 -o ro,nosuid,nodev,noexec "$dev" $C || return 1
   apply_config live
 }}
+rename() {{
+  case "$1" in *[!a-z0-9-]*|'') return 1;; esac
+  set_name "$1"
+  [ -f /etc/environment ] && $B sed -i "s/^BANGER_VM=.*/BANGER_VM=$1/" /etc/environment
+  return 0
+}}
 handle() {{
   while read -r cmd nonce a b; do
     case "$cmd" in
       ping) echo "ok $nonce" ;;
+      rename)
+        if out=$(rename "$a" 2>&1); then echo "ok $nonce"
+        else echo "err $nonce rename failed: $(echo $out)"; fi ;;
       reload)
         if out=$(reload "$a" "$b" 2>&1); then echo "ok $nonce"
         else echo "err $nonce reload failed: $(echo $out)"; fi ;;

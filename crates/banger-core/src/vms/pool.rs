@@ -92,28 +92,49 @@ impl Vms {
             h.step("claim", async { Ok::<(), banger_api::ApiError>(()) }).await?;
             let r = h
                 .step("personalize", async {
-                    let out = this
-                        .guest_run(&vm, &format!("sh -c {}", quote(&rename_script(&vm.name))), None)
-                        .await
-                        .map_err(api)?;
-                    if !out.status.success() {
-                        return Err(api(VmError::Invalid {
-                            what: "pool VM",
-                            reason: format!(
-                                "renaming it in the guest failed: {}",
-                                String::from_utf8_lossy(&out.stderr).trim()
-                            ),
-                        }));
-                    }
+                    // The guest takes the name (through its agent: one line on
+                    // a channel that is already open; over SSH for images
+                    // without one) while the host rewrites the config disk.
+                    let (t1, v1) = (this.clone(), vm.clone());
+                    let rename = async move {
+                        let link = t1
+                            .launch_spec(&v1)
+                            .map(|spec| t1.vmm(&v1.backend).agent(&spec))
+                            .map_err(api)?;
+                        let name = v1.name.clone();
+                        let by_agent = crate::ops::blocking(move || {
+                            super::agent::request(&link, "rename", &[&name], std::time::Duration::from_secs(3))
+                                .map_err(|e| api(VmError::Invalid { what: "pool VM", reason: e.to_string() }))
+                        })
+                        .await;
+                        if let Err(e) = by_agent {
+                            tracing::info!(vm = %v1.name, error = %e.message, "no guest agent; renaming over SSH");
+                            let out = t1
+                                .guest_run(&v1, &format!("sh -c {}", quote(&rename_script(&v1.name))), None)
+                                .await
+                                .map_err(api)?;
+                            if !out.status.success() {
+                                return Err(api(VmError::Invalid {
+                                    what: "pool VM",
+                                    reason: format!(
+                                        "renaming it in the guest failed: {}",
+                                        String::from_utf8_lossy(&out.stderr).trim()
+                                    ),
+                                }));
+                            }
+                        }
+                        Ok(())
+                    };
                     let (t2, v2) = (this.clone(), vm.clone());
-                    crate::ops::blocking(move || {
+                    let host = crate::ops::blocking(move || {
                         t2.write_config_disk(&v2, false).map_err(api)?;
                         if t2.network_active() {
                             t2.sync_firewall().map_err(api)?;
                         }
                         Ok(())
-                    })
-                    .await
+                    });
+                    let (a, b) = tokio::join!(rename, host);
+                    a.and(b)
                 })
                 .await;
             let refill = this.clone();
