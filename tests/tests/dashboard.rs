@@ -259,6 +259,40 @@ fn guest_dashboard_token_origin_create_stop_and_live_session_logs() {
         assert_eq!(v.state, VmState::Stopped);
         shot(&c, "3-stopped").await;
 
+        // Snapshot through the page (a prompt for its name), then listed on
+        // the snapshots page.
+        c.find(Locator::Css("button[data-action=snapshot][data-vm=web1]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.send_alert_text("snap-ui").await.unwrap();
+        c.accept_alert().await.unwrap();
+        let mut listed = false;
+        for _ in 0..100 {
+            let l: banger_api::SnapshotList = d.banger_json(&["snapshot", "ls"]);
+            if l.snapshots
+                .iter()
+                .any(|s| s.name == "snap-ui" && s.state == "ready")
+            {
+                listed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(listed, "the snapshot taken from the page");
+        c.goto(&format!("{base}/#/snapshots")).await.unwrap();
+        wait_text(
+            &c,
+            "tr[data-snapshot=snap-ui]",
+            "the snapshot on its page",
+            Duration::from_secs(10),
+            |t| t.contains("web1") && t.contains("disks"),
+        )
+        .await;
+        shot(&c, "3b-snapshots").await;
+
         // A session's output appears live on the VM's page.
         let out = d.banger(&["vm", "start", "web1"]);
         assert!(out.status.success(), "{}", stderr(&out));

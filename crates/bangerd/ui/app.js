@@ -116,6 +116,16 @@ async function vmAction(name, action) {
     if (location.hash.startsWith("#/vm/")) location.hash = "#/";
     return;
   }
+  if (action === "snapshot") return act(async () => {
+    const snap = prompt(`Name of the snapshot of ${name} (empty: ${name}-DATE-TIME)`, "");
+    if (snap === null) return;
+    watchInline(await api("POST", `/vms/${name}/snapshot`, snap ? { name: snap } : {}));
+  });
+  if (action === "fork") return act(async () => {
+    const fork = prompt(`Name of the new VM forked from ${name}`, `${name}-fork`);
+    if (!fork) return;
+    watchInline(await api("POST", `/vms/${name}/fork`, { name: fork }));
+  });
   if (action === "stop") return act(() => api("POST", `/vms/${name}/stop`, {}));
   if (action === "start") return act(async () => { const op = await api("POST", `/vms/${name}/start`); watchInline(op); });
   if (action === "restart") return act(async () => {
@@ -137,6 +147,8 @@ function actions(vm) {
   return h("div", { class: "actions" },
     running ? b("Stop", "stop") : vm.state === "stopped" ? b("Start", "start") : null,
     running ? b("Restart", "restart") : null,
+    running || vm.state === "stopped" ? b("Snapshot", "snapshot") : null,
+    running ? b("Fork", "fork") : null,
     b("Delete", "rm", "danger"));
 }
 
@@ -282,6 +294,37 @@ async function pageImages() {
   }
 }
 
+// ---- Snapshots ------------------------------------------------------------
+const mib = (b) => `${Math.round(b / 1048576)} MiB`;
+
+async function pageSnapshots() {
+  const list = await act(() => api("GET", "/snapshots"));
+  const tbody = h("tbody", {});
+  main.replaceChildren(h("h2", {}, "Snapshots"),
+    h("p", { id: "op-line", class: "progress muted", "aria-live": "polite" }),
+    h("table", {}, h("thead", {}, h("tr", {}, ["Name", "VM", "Image", "Backend", "Holds", "Size", "Taken", "Actions"].map((c) => h("th", { scope: "col" }, c)))), tbody),
+    h("p", { class: "muted" }, "Take one from a VM's page, or with ", h("code", {}, "banger vm snapshot VM")));
+  for (const s of list ? list.snapshots : []) {
+    const restore = () => act(async () => {
+      const name = prompt(`Name of the new VM from snapshot ${s.name}`, "");
+      if (!name) return;
+      watchInline(await api("POST", "/vms", { name, from_snapshot: s.name }));
+    });
+    const remove = () => act(async () => {
+      if (!confirm(`Remove snapshot ${s.name} and its files?`)) return;
+      await api("DELETE", `/snapshots/${s.name}`);
+      route();
+    });
+    tbody.append(h("tr", { "data-snapshot": s.name },
+      h("td", {}, s.name), h("td", {}, s.source_vm), h("td", {}, s.image), h("td", {}, s.backend),
+      h("td", {}, s.with_memory ? "running guest (memory + disks)" : "disks"),
+      h("td", {}, mib(s.size_bytes)), h("td", {}, new Date(s.created_at).toLocaleString()),
+      h("td", {}, h("div", { class: "actions" },
+        h("button", { type: "button", onclick: restore }, "New VM from it"),
+        h("button", { type: "button", class: "danger", onclick: remove }, "Delete")))));
+  }
+}
+
 async function pageOps() {
   const ops = await act(() => api("GET", "/ops?all=true&limit=50"));
   const tbody = h("tbody", {});
@@ -307,7 +350,7 @@ async function route() {
   cleanups = [];
   $("#live").textContent = "";
   const hash = location.hash || "#/";
-  const section = hash.startsWith("#/images") ? "images" : hash.startsWith("#/ops") ? "ops" : "vms";
+  const section = hash.startsWith("#/images") ? "images" : hash.startsWith("#/ops") ? "ops" : hash.startsWith("#/snapshots") ? "snapshots" : "vms";
   for (const a of document.querySelectorAll("nav a")) {
     if (a.dataset.nav === section) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
@@ -315,6 +358,7 @@ async function route() {
   if (hash.startsWith("#/vm/")) await pageVm(decodeURIComponent(hash.slice(5)));
   else if (section === "images") await pageImages();
   else if (section === "ops") await pageOps();
+  else if (section === "snapshots") await pageSnapshots();
   else await pageVms();
   main.focus({ preventScroll: true });
 }
