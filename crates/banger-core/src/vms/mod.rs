@@ -239,12 +239,23 @@ struct NewRow<'a> {
 }
 
 /// A VM's files.
+#[derive(Clone)]
 struct VmPaths {
     dir: PathBuf,
     run: PathBuf,
 }
 
 impl VmPaths {
+    /// Makes the VM's state and runtime directories.
+    fn create(&self) -> Result<(), VmError> {
+        for d in [&self.dir, &self.run] {
+            std::fs::create_dir_all(d).map_err(|source| VmError::Io {
+                path: d.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
     fn root(&self, backend: &str) -> PathBuf {
         self.dir.join(if backend == "firecracker" {
             "root.raw"
@@ -730,7 +741,7 @@ impl Vms {
         no_start: bool,
     ) -> Result<serde_json::Value, ApiError> {
         let p = self.paths(&vm.id);
-        let (dir, run) = (p.dir.clone(), p.run.clone());
+        let (dir, paths) = (p.dir.clone(), p.clone());
         let base = self
             .inner
             .images
@@ -742,14 +753,7 @@ impl Vms {
         h.step(
             "disks",
             blocking(move || {
-                for d in [&dir, &run] {
-                    std::fs::create_dir_all(d).map_err(|source| {
-                        api(VmError::Io {
-                            path: d.clone(),
-                            source,
-                        })
-                    })?;
-                }
+                paths.create().map_err(api)?;
                 if backend == "firecracker" {
                     // Firecracker boots raw block devices: a reflink where the
                     // filesystem can, else a device-mapper snapshot (the COW

@@ -545,18 +545,11 @@ impl Vms {
         take: bool,
     ) -> Result<serde_json::Value, ApiError> {
         let p = self.paths(&vm.id);
-        let (dir, run, from) = (p.dir.clone(), p.run.clone(), snap_dir.to_path_buf());
+        let (dir, from) = (p.dir.clone(), snap_dir.to_path_buf());
         h.step(
             "disks",
             blocking(move || {
-                for d in [&dir, &run] {
-                    std::fs::create_dir_all(d).map_err(|source| {
-                        api(VmError::Io {
-                            path: d.clone(),
-                            source,
-                        })
-                    })?;
-                }
+                p.create().map_err(api)?;
                 for f in DISK_FILES {
                     let (src, dst) = (from.join(f), dir.join(f));
                     if !src.exists() {
