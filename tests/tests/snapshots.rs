@@ -111,6 +111,16 @@ fn guest_fork_and_snapshot_restore_give_running_copies_their_own_identity() {
     // reach each other by address.
     assert_eq!(identity(&d, "src"), src_before);
     assert!(!ssh(&d, "src", "pgrep -f '^sleep 4242'").is_empty());
+    // The source writes to both its disks after being paused and saved
+    // (QEMU hands the disks back to it when it resumes).
+    assert_eq!(
+        ssh(
+            &d,
+            "src",
+            "echo after > /work/after.txt && echo after > /root/after.txt && sync && cat /work/after.txt /root/after.txt"
+        ),
+        "after\nafter"
+    );
     ssh(&d, "child", "echo child-only > /work/child.txt");
     assert_eq!(
         ssh(&d, "src", "cat /work/child.txt 2>/dev/null || echo absent"),
