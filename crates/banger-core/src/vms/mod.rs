@@ -634,19 +634,7 @@ impl Vms {
             } else {
                 0
             };
-        let free = nix::sys::statvfs::statvfs(&self.inner.layout.state_dir)
-            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
-            .unwrap_or(u64::MAX);
-        if free < needed {
-            return Err(VmError::Invalid {
-                what: "disk space",
-                reason: format!(
-                    "only {} free in the state dir, {} needed",
-                    crate::units::format_size(free),
-                    crate::units::format_size(needed)
-                ),
-            });
-        }
+        self.check_free_space(needed)?;
         let egress_json = parse_egress(req.egress_allow.as_deref())?;
         if !pool && !req.no_start && root_bytes.is_none() {
             let fit = pool::Fit {
@@ -709,6 +697,25 @@ impl Vms {
             }
             r
         })?)
+    }
+
+    /// Refuses (changing nothing) when the state dir has less than `needed`
+    /// bytes free.
+    fn check_free_space(&self, needed: u64) -> Result<(), VmError> {
+        let free = nix::sys::statvfs::statvfs(&self.inner.layout.state_dir)
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+            .unwrap_or(u64::MAX);
+        if free < needed {
+            return Err(VmError::Invalid {
+                what: "disk space",
+                reason: format!(
+                    "only {} free in the state dir, {} needed",
+                    crate::units::format_size(free),
+                    crate::units::format_size(needed)
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Reserves name and address in one transaction: the `creating` row is

@@ -107,18 +107,22 @@ pub fn default_snapshot_name(vm: &str, now: chrono::DateTime<chrono::Utc>) -> St
     format!("{}-{stamp}", vm.trim_end_matches('-'))
 }
 
-/// Bytes the files in `dir` take on disk.
-fn allocated(dir: &Path) -> u64 {
+/// Bytes the files in `dir` take on disk (`only`: just these names).
+fn allocated(dir: &Path, only: Option<&[&str]>) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(Result::ok)
+                .filter(|e| only.is_none_or(|o| o.iter().any(|n| e.file_name() == *n)))
                 .filter_map(|e| e.metadata().ok())
                 .map(|m| m.blocks() * 512)
                 .sum()
         })
         .unwrap_or(0)
 }
+
+/// Headroom kept free beyond what a snapshot or restore writes.
+const SPACE_MARGIN: u64 = 256 << 20;
 
 impl Vms {
     fn snap_dir(&self, id: &str) -> PathBuf {
@@ -236,6 +240,18 @@ impl Vms {
         })
     }
 
+    /// A snapshot writes the guest's memory (when running) and copies of
+    /// its disks: refused up front when they would not fit.
+    fn check_snapshot_space(&self, vm: &Vm) -> Result<(), VmError> {
+        let memory = if vm.state == VmState::Running {
+            u64::from(vm.memory_mib) << 20
+        } else {
+            0
+        };
+        let disks = allocated(&self.paths(&vm.id).dir, Some(DISK_FILES));
+        self.check_free_space(memory + disks + SPACE_MARGIN)
+    }
+
     /// `vm snapshot NAME [SNAP]`: an operation (`vm.snapshot`).
     pub fn start_snapshot(
         &self,
@@ -248,6 +264,7 @@ impl Vms {
             .unwrap_or_else(|| default_snapshot_name(&vm.name, chrono::Utc::now()));
         validate_name("snapshot", &name)?;
         check_snapshottable(&vm)?;
+        self.check_snapshot_space(&vm)?;
         let snap = self.insert_snapshot(&vm, &name, false)?;
         let (this, snap_id) = (self.clone(), snap.id.clone());
         let op = self.inner.ops.spawn(
@@ -367,7 +384,7 @@ impl Vms {
             h.skip("resume");
             copied?;
         }
-        let size = allocated(&dir);
+        let size = allocated(&dir, None);
         let id = snap.id.clone();
         self.inner
             .store
@@ -432,6 +449,10 @@ impl Vms {
             });
         }
         self.check_snapshot_image(&snap)?;
+        // The restore copies the snapshot's disks (sparse, or reflinks).
+        self.check_free_space(
+            allocated(&self.snap_dir(&snap.id), Some(DISK_FILES)) + SPACE_MARGIN,
+        )?;
         if let Some(a) = &req.agent {
             validate_name("agent", a)?;
             self.inner.config.agents.get(a)?;
@@ -593,6 +614,7 @@ impl Vms {
             });
         }
         check_snapshottable(&src)?;
+        self.check_snapshot_space(&src)?;
         let snap_name = format!("fork-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let snap = self.insert_snapshot(&src, &snap_name, true)?;
         let vm = match self.reserve_from_snapshot(
