@@ -77,6 +77,19 @@ fn guest_fork_and_snapshot_restore_give_running_copies_their_own_identity() {
     git(&repo, &["commit", "-q", "-m", "initial"]);
     let out = d.banger(&["workspace", "push", "src", repo.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The agent as it runs under Firecracker (socat on vsock), tried in
+    // this guest over vsock's loopback transport: it answers.
+    assert_eq!(
+        ssh(
+            &d,
+            "src",
+            "modprobe vsock_loopback && test -c /dev/vsock && \
+             (socat VSOCK-LISTEN:1025,reuseaddr,fork EXEC:'/usr/lib/banger/agent handle' & \
+              i=0; until ss -l --vsock | grep -q ':1025'; do i=$((i+1)); [ $i -lt 100 ] || exit 9; sleep 0.1; done; \
+              echo 'ping n0nce' | timeout 10 socat -t 5 - VSOCK-CONNECT:1:1025; kill %1)"
+        ),
+        "ok n0nce"
+    );
     let src_before = identity(&d, "src");
     assert_eq!(src_before, expected(&d, "src"));
 

@@ -46,6 +46,11 @@ pub const INITRD_MODULES: &[&str] = &[
     "drivers/net/virtio_net",
     "drivers/char/hw_random/virtio-rng",
     "drivers/char/virtio_console",
+    // vsock: the guest agent's channel under Firecracker (no udev in light
+    // mode to load it on demand).
+    "net/vmw_vsock/vsock",
+    "net/vmw_vsock/vmw_vsock_virtio_transport_common",
+    "net/vmw_vsock/vmw_vsock_virtio_transport",
 ];
 
 /// The initrd's `/init` (busybox sh).
