@@ -622,7 +622,8 @@ fn firecracker_snapshot_restore_and_fork_use_the_snapshot_api_with_overrides() {
 }
 
 #[test]
-fn a_daemon_killed_while_a_vm_is_paused_for_a_snapshot_resumes_it_and_drops_the_snapshot() {
+fn a_snapshot_cancelled_or_cut_by_a_daemon_crash_while_the_vm_is_paused_resumes_it_and_leaves_nothing(
+) {
     assert!(
         Path::new("/dev/kvm").exists(),
         "the Firecracker backend (even against the fake) needs /dev/kvm present"
@@ -635,6 +636,29 @@ fn a_daemon_killed_while_a_vm_is_paused_for_a_snapshot_resumes_it_and_drops_the_
     d.import_test_image(&img, "default");
     let out = d.banger(&["vm", "create", "fc1", "--backend", "firecracker"]);
     assert!(out.status.success(), "create: {}", stderr(&out));
+    // Cancelled while the VM is paused: the snapshot finishes its pause
+    // (the VM is resumed), then the operation ends cancelled and the
+    // snapshot is dropped.
+    let before = requests(&log).len();
+    let op: Operation = d.banger_json(&["vm", "snapshot", "fc1", "s0", "--wait", "none"]);
+    poll("the snapshot call", Duration::from_secs(10), || {
+        calls(&requests(&log)[before..])
+            .contains(&"PUT /snapshot/create".to_string())
+            .then_some(())
+    });
+    let out = d.banger(&["ops", "cancel", &op.id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let op = banger_tests::wait_op(&d, &op.id);
+    assert_eq!(op.state, banger_api::OpState::Cancelled, "{op:?}");
+    let reqs = requests(&log);
+    assert_eq!(
+        calls(&reqs[before..]),
+        ["PATCH /vm", "PUT /snapshot/create", "PATCH /vm"]
+    );
+    assert_eq!(reqs[before + 2]["body"]["state"], "Resumed");
+    let l: banger_api::SnapshotList = d.banger_json(&["snapshot", "ls"]);
+    assert!(l.snapshots.is_empty(), "{l:?}");
+
     let before = requests(&log).len();
     let _: Operation = d.banger_json(&["vm", "snapshot", "fc1", "s1", "--wait", "none"]);
     poll("the snapshot call", Duration::from_secs(10), || {

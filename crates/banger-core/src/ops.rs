@@ -517,6 +517,33 @@ impl OpHandle {
         r
     }
 
+    /// Runs one step to its end even if the operation is cancelled
+    /// meanwhile: for work that must not be abandoned halfway (a VM paused
+    /// for a snapshot is resumed whatever happens). The caller checks
+    /// [`OpHandle::cancel_token`] afterwards.
+    pub async fn step_to_end<T, F>(&self, name: &str, fut: F) -> Result<T, ApiError>
+    where
+        F: Future<Output = Result<T, ApiError>>,
+    {
+        self.ops
+            .inner
+            .emit(&self.id, OpEventBody::StepStarted { step: name.into() });
+        let r = fut.await;
+        self.flush_progress(name);
+        self.ops.inner.emit(
+            &self.id,
+            OpEventBody::StepFinished {
+                step: name.into(),
+                status: if r.is_ok() {
+                    StepStatus::Done
+                } else {
+                    StepStatus::Failed
+                },
+            },
+        );
+        r
+    }
+
     /// Marks a planned step as not needed.
     pub fn skip(&self, name: &str) {
         self.ops.inner.emit(

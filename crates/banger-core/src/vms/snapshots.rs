@@ -338,8 +338,10 @@ impl Vms {
             })
             .await?;
             let (vmm, spec2, d2) = (self.vmm(&vm.backend), spec.clone(), dir.clone());
+            // From here to the resume, nothing is abandoned halfway: a
+            // cancel takes effect once the VM runs again.
             let saved = h
-                .step(
+                .step_to_end(
                     "save",
                     blocking(move || {
                         vmm.save_state(&spec2, &d2)
@@ -356,7 +358,7 @@ impl Vms {
         }
         let (src, d2) = (self.paths(&vm.id).dir, dir.clone());
         let copied = h
-            .step(
+            .step_to_end(
                 "copy",
                 blocking(move || {
                     for f in DISK_FILES {
@@ -373,7 +375,7 @@ impl Vms {
         if running {
             let (vmm, spec2) = (self.vmm(&vm.backend), spec.clone());
             let resumed = h
-                .step(
+                .step_to_end(
                     "resume",
                     blocking(move || vmm.resume(&spec2).map_err(|e| api(VmError::Vmm(e)))),
                 )
@@ -383,6 +385,12 @@ impl Vms {
         } else {
             h.skip("resume");
             copied?;
+        }
+        if h.cancel_token().is_cancelled() {
+            return Err(ApiError::new(
+                banger_api::ErrorCode::Cancelled,
+                "Operation cancelled (the VM runs again; the snapshot is dropped)",
+            ));
         }
         let size = allocated(&dir, None);
         let id = snap.id.clone();
