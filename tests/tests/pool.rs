@@ -24,6 +24,30 @@ fn pool_rows(d: &TestDaemon) -> u32 {
     stdout(&out).trim().parse().unwrap()
 }
 
+/// The nice values of every thread of a process.
+fn nice_of(pid: u32) -> Vec<i64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .map(|stat| {
+            // Fields after the command name (which may hold spaces): the
+            // nice value is field 19, the 17th after ") ".
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            rest.split(' ').nth(16).unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+fn pool_pid(d: &TestDaemon) -> u32 {
+    let out = std::process::Command::new("sqlite3")
+        .arg(d.state_dir.join("banger.db"))
+        .arg("SELECT pid FROM vms WHERE pool = 1 AND state = 'running'")
+        .output()
+        .unwrap();
+    stdout(&out).trim().parse().unwrap()
+}
+
 fn ssh(d: &TestDaemon, vm: &str, cmd: &str) -> String {
     let out = d.banger(&["vm", "ssh", vm, "--", cmd]);
     assert!(out.status.success(), "{cmd}: {}", stderr(&out));
@@ -49,6 +73,11 @@ fn guest_warm_pool_hands_out_booted_vms_that_look_cold() {
     });
     let vms: VmList = d.banger_json(&["vm", "ls"]);
     assert!(vms.vms.is_empty(), "pool VMs are hidden: {vms:?}");
+    // A pool VM runs at the lowest CPU priority: booting it does not slow
+    // the VMs in use.
+    let pid = pool_pid(&d);
+    let nice = nice_of(pid);
+    assert!(nice.len() > 1 && nice.iter().all(|n| *n == 19), "{nice:?}");
 
     // A create that fits takes it.
     let t0 = Instant::now();
@@ -59,6 +88,12 @@ fn guest_warm_pool_hands_out_booted_vms_that_look_cold() {
     assert_eq!(op.result.as_ref().unwrap()["from_pool"], true, "{op:?}");
     eprintln!("create from the pool took {took:?}");
     let vm: Vm = d.banger_json(&["vm", "show", "fast"]);
+    assert_eq!(vm.pid, Some(pid));
+    let nice = nice_of(pid);
+    assert!(
+        nice.iter().all(|n| *n == 0),
+        "claimed: normal priority {nice:?}"
+    );
     // Indistinguishable from a cold one: its name everywhere, its own id.
     assert_eq!(ssh(&d, "fast", "hostname"), "fast");
     assert_eq!(ssh(&d, "fast", "cat /etc/hostname"), "fast");

@@ -15,6 +15,8 @@ use thiserror::Error;
 pub const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("qemu-img", "qemu-utils"),
+    ("nice", "coreutils"),
+    ("renice", "bsdutils"),
     ("mkfs.ext4", "e2fsprogs"),
     ("e2fsck", "e2fsprogs"),
     ("resize2fs", "e2fsprogs"),

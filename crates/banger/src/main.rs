@@ -1904,6 +1904,7 @@ async fn ssh_config(client: &Client) -> Result<String, ClientError> {
          \x20   User {user}\n\
          \x20   IdentityFile {key}\n\
          \x20   IdentitiesOnly yes\n\
+         \x20   KexAlgorithms {kex}\n\
          \x20   ProxyCommand {banger} vm proxy %n %p\n\
          \x20   KnownHostsCommand {banger} vm known-hosts %H\n\
          \x20   UserKnownHostsFile /dev/null\n\
@@ -1911,6 +1912,7 @@ async fn ssh_config(client: &Client) -> Result<String, ClientError> {
          \x20   LogLevel ERROR\n",
         user = key.user,
         key = path.display(),
+        kex = banger_api::vms::SSH_KEX_ALGORITHMS,
     ))
 }
 
@@ -1942,6 +1944,11 @@ async fn ssh(client: &Client, name: &str, command: &[String]) -> Result<u8, Clie
             "-o",
             "LogLevel=ERROR",
         ])
+        .arg("-o")
+        .arg(format!(
+            "KexAlgorithms={}",
+            banger_api::vms::SSH_KEX_ALGORITHMS
+        ))
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", known.display()))
         .arg("-o")

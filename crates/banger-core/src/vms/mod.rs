@@ -1342,6 +1342,8 @@ impl Vms {
             "-o".into(),
             "IdentitiesOnly=yes".into(),
             "-o".into(),
+            format!("KexAlgorithms={}", banger_api::vms::SSH_KEX_ALGORITHMS),
+            "-o".into(),
             format!("UserKnownHostsFile={}", kh.display()),
             "-o".into(),
             format!(
@@ -1760,6 +1762,7 @@ impl Vms {
             console_log: p.console(),
             stderr_log: p.dir.join("vmm.stderr"),
             run_dir: p.run.clone(),
+            background: self.is_pool(&vm.id),
         })
     }
 

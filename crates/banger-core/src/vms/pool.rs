@@ -80,6 +80,10 @@ impl Vms {
         })?;
         let Some(id) = claimed else { return Ok(None) };
         let vm = self.get_by_id(&id)?;
+        // It booted in the background at the lowest priority; it is in use now.
+        if let Some(pid) = vm.pid {
+            super::vmm::set_priority(pid, 0);
+        }
         tracing::info!(vm = %vm.name, id = %vm.id, "claimed a warm pool VM");
         let steps = vec![
             StepSpec::new("claim", "Take a VM from the warm pool"),
