@@ -33,6 +33,14 @@ fn calls(reqs: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// The Firecracker backend, even against the fake, needs /dev/kvm present.
+fn require_kvm() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "the Firecracker backend (even against the fake) needs /dev/kvm present"
+    );
+}
+
 fn daemon(ns: &TestNetns, log: &Path, extra_env: &[(&str, &str)]) -> TestDaemon {
     let fake = bin("fake-firecracker");
     let mut env = vec![("FAKE_FC_REQUEST_LOG", log.to_str().unwrap())];
@@ -59,10 +67,7 @@ const CONFIGURE: [&str; 10] = [
 
 #[test]
 fn firecracker_backend_lifecycle_sends_the_exact_configure_sequence() {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "the Firecracker backend (even against the fake) needs /dev/kvm present"
-    );
+    require_kvm();
     let img = test_image();
     let ns = TestNetns::new();
     let dir = tempfile::tempdir().unwrap();
@@ -154,10 +159,7 @@ fn firecracker_backend_lifecycle_sends_the_exact_configure_sequence() {
 
 #[test]
 fn firecracker_backend_rolls_back_when_a_call_fails_or_the_vmm_dies() {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "the Firecracker backend (even against the fake) needs /dev/kvm present"
-    );
+    require_kvm();
     let img = test_image();
     for (knob, value, expect) in [
         (
@@ -262,10 +264,7 @@ fn firecracker_backend_unavailable_is_a_clear_error() {
 
 #[test]
 fn four_concurrent_creates_get_distinct_addresses_and_taps() {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "the Firecracker backend (even against the fake) needs /dev/kvm present"
-    );
+    require_kvm();
     let img = test_image();
     let ns = TestNetns::new();
     let dir = tempfile::tempdir().unwrap();
@@ -329,10 +328,7 @@ fn four_concurrent_creates_get_distinct_addresses_and_taps() {
 #[test]
 fn firecracker_backend_through_the_jailer_uses_chroot_paths_and_cleans_the_jail() {
     use std::os::unix::fs::MetadataExt;
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "the Firecracker backend (even against the fake) needs /dev/kvm present"
-    );
+    require_kvm();
     let img = test_image();
     let ns = TestNetns::new();
     let dir = tempfile::tempdir().unwrap();
@@ -463,10 +459,7 @@ fn config_file(d: &TestDaemon, vm: &Vm, file: &str) -> String {
 
 #[test]
 fn firecracker_snapshot_restore_and_fork_use_the_snapshot_api_with_overrides() {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "the Firecracker backend (even against the fake) needs /dev/kvm present"
-    );
+    require_kvm();
     let img = test_image();
     let ns = TestNetns::new();
     let dir = tempfile::tempdir().unwrap();
@@ -624,10 +617,7 @@ fn firecracker_snapshot_restore_and_fork_use_the_snapshot_api_with_overrides() {
 #[test]
 fn a_snapshot_cancelled_or_cut_by_a_daemon_crash_while_the_vm_is_paused_resumes_it_and_leaves_nothing(
 ) {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "the Firecracker backend (even against the fake) needs /dev/kvm present"
-    );
+    require_kvm();
     let img = test_image();
     let ns = TestNetns::new();
     let dir = tempfile::tempdir().unwrap();
