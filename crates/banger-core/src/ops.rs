@@ -501,8 +501,14 @@ impl OpHandle {
             _ = self.cancel.cancelled() => Err(cancelled_error()),
             r = fut => r,
         };
+        self.end_step(name, &r);
+        r
+    }
+
+    /// Reports a step's end from its result.
+    fn end_step<T>(&self, name: &str, r: &Result<T, ApiError>) {
         self.flush_progress(name);
-        let status = match &r {
+        let status = match r {
             Ok(_) => StepStatus::Done,
             Err(e) if e.code == ErrorCode::Cancelled => StepStatus::Cancelled,
             Err(_) => StepStatus::Failed,
@@ -514,7 +520,6 @@ impl OpHandle {
                 status,
             },
         );
-        r
     }
 
     /// Runs one step to its end even if the operation is cancelled
@@ -529,18 +534,7 @@ impl OpHandle {
             .inner
             .emit(&self.id, OpEventBody::StepStarted { step: name.into() });
         let r = fut.await;
-        self.flush_progress(name);
-        self.ops.inner.emit(
-            &self.id,
-            OpEventBody::StepFinished {
-                step: name.into(),
-                status: if r.is_ok() {
-                    StepStatus::Done
-                } else {
-                    StepStatus::Failed
-                },
-            },
-        );
+        self.end_step(name, &r);
         r
     }
 
@@ -650,7 +644,7 @@ pub async fn blocking<T: Send + 'static>(
     })?
 }
 
-fn cancelled_error() -> ApiError {
+pub(crate) fn cancelled_error() -> ApiError {
     ApiError::new(ErrorCode::Cancelled, "Operation cancelled")
 }
 

@@ -438,19 +438,21 @@ impl Vms {
 
     /// Names of VMs (and `snapshot NAME`s) using `image` (for `image rm`).
     pub fn users_of_image(&self, image: &str) -> Result<Vec<String>, VmError> {
-        self.inner.store.read(|c| -> Result<Vec<String>, VmError> {
-            let mut stmt = c.prepare("SELECT name FROM vms WHERE image = ?1 ORDER BY name")?;
-            let rows = stmt.query_map([image], |r| r.get::<_, String>(0))?;
-            let mut users = rows.collect::<Result<Vec<_>, _>>()?;
-            let mut stmt = c.prepare(
-                "SELECT name FROM snapshots WHERE image = ?1 AND hidden = 0 ORDER BY name",
-            )?;
-            let snaps = stmt.query_map([image], |r| r.get::<_, String>(0))?;
-            for s in snaps {
-                users.push(format!("snapshot {}", s?));
-            }
-            Ok(users)
-        })
+        self.inner
+            .store
+            .read(|c| -> Result<Vec<String>, VmError> {
+                let mut stmt = c.prepare("SELECT name FROM vms WHERE image = ?1 ORDER BY name")?;
+                let rows = stmt.query_map([image], |r| r.get::<_, String>(0))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .and_then(|mut users| {
+                users.extend(
+                    self.snapshots_of_image(image)?
+                        .into_iter()
+                        .map(|s| format!("snapshot {s}")),
+                );
+                Ok(users)
+            })
     }
 
     fn set_state(

@@ -161,11 +161,12 @@ impl Vms {
             .ok_or_else(|| VmError::SnapshotNotFound(name.into()))
     }
 
-    /// Names of snapshots of `image` (for `image rm`).
+    /// Names of the (visible) snapshots of `image` (for `image rm`).
     pub fn snapshots_of_image(&self, image: &str) -> Result<Vec<String>, VmError> {
         self.inner.store.read(|c| -> Result<Vec<String>, VmError> {
-            let mut stmt =
-                c.prepare("SELECT name FROM snapshots WHERE image = ?1 ORDER BY name")?;
+            let mut stmt = c.prepare(
+                "SELECT name FROM snapshots WHERE image = ?1 AND hidden = 0 ORDER BY name",
+            )?;
             let rows = stmt.query_map([image], |r| r.get::<_, String>(0))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -215,22 +216,10 @@ impl Vms {
             )?;
             // The workspaces the guest holds: a VM made from the snapshot
             // holds them too (and can export their commits).
-            let mut stmt = tx.prepare(
-                "SELECT name, host_path, dest, base_commit, branch, pushed_at, exported_commit, exported_at FROM workspaces WHERE vm_id = ?1",
-            )?;
-            let ws: Vec<serde_json::Value> = stmt
-                .query_map([&vm.id], |r| {
-                    Ok(serde_json::json!([
-                        r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?, r.get::<_, Option<String>>(4)?, r.get::<_, String>(5)?,
-                        r.get::<_, Option<String>>(6)?, r.get::<_, Option<String>>(7)?,
-                    ]))
-                })?
-                .collect::<Result<_, _>>()?;
-            drop(stmt);
+            let workspaces = crate::workspaces::carried_by_snapshot(tx, &vm.id)?;
             tx.execute(
                 "INSERT INTO snapshots (id, name, state, source_vm, source_id, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, agent, with_memory, hidden, created_at, workspaces) VALUES (?1, ?2, 'creating', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                params![id, name, vm.name, vm.id, vm.image, digest, vm.backend, vm.accel, vm.cpus, vm.memory_mib, vm.work_disk_bytes as i64, vm.agent, i64::from(with_memory), i64::from(hidden), now, serde_json::Value::Array(ws).to_string()],
+                params![id, name, vm.name, vm.id, vm.image, digest, vm.backend, vm.accel, vm.cpus, vm.memory_mib, vm.work_disk_bytes as i64, vm.agent, i64::from(with_memory), i64::from(hidden), now, workspaces],
             )?;
             Ok(tx.query_row(
                 &format!("SELECT {SNAP_COLUMNS} FROM snapshots WHERE id = ?1"),
@@ -387,10 +376,8 @@ impl Vms {
             copied?;
         }
         if h.cancel_token().is_cancelled() {
-            return Err(ApiError::new(
-                banger_api::ErrorCode::Cancelled,
-                "Operation cancelled (the VM runs again; the snapshot is dropped)",
-            ));
+            // The VM runs again; the caller drops the snapshot.
+            return Err(crate::ops::cancelled_error());
         }
         let size = allocated(&dir, None);
         let id = snap.id.clone();
@@ -542,18 +529,13 @@ impl Vms {
                 [&snap_id],
                 |r| r.get(0),
             )?;
-            let rows: Vec<Vec<Option<String>>> =
-                serde_json::from_str(&json).map_err(|e| VmError::Invalid {
+            crate::workspaces::restore_carried(tx, &vm_id, &json).map_err(|e| match e {
+                crate::workspaces::WorkspaceError::Store(e) => VmError::Store(e),
+                e => VmError::Invalid {
                     what: "snapshot",
-                    reason: format!("its recorded workspaces do not parse: {e}"),
-                })?;
-            for w in rows {
-                let f = |i: usize| w.get(i).cloned().flatten();
-                tx.execute(
-                    "INSERT INTO workspaces (vm_id, name, host_path, dest, base_commit, branch, pushed_at, exported_commit, exported_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    params![vm_id, f(0), f(1), f(2), f(3), f(4), f(5), f(6), f(7)],
-                )?;
-            }
+                    reason: e.to_string(),
+                },
+            })?;
             Ok(())
         });
         if let Err(e) = copied {
