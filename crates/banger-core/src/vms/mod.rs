@@ -969,21 +969,35 @@ impl Vms {
         let console = p.console();
         let stderr_path = spec.stderr_log.clone();
         if restore.is_some() {
+            // A restored guest is up already: it takes its own identity.
             let link = self.vmm(&vm.backend).agent(&spec);
             h.step(
                 "boot",
                 blocking(move || reapply_identity(&link).map_err(api)),
             )
             .await?;
-            let secs = started.elapsed().as_secs_f64();
-            self.set_state(&vm.id, VmState::Running, Some(pid), None)
-                .map_err(api)?;
-            return Ok(secs);
+        } else {
+            self.wait_ready(h, pid, &console, &stderr_path).await?;
         }
+        let secs = started.elapsed().as_secs_f64();
+        self.set_state(&vm.id, VmState::Running, Some(pid), None)
+            .map_err(api)?;
+        Ok(secs)
+    }
+
+    /// The `boot` step of a cold boot: until the guest's readiness marker
+    /// is on its console (or its VMM exits, or the boot times out).
+    async fn wait_ready(
+        &self,
+        h: &OpHandle,
+        pid: u32,
+        console: &std::path::Path,
+        stderr_path: &std::path::Path,
+    ) -> Result<(), ApiError> {
         h.step("boot", async {
             let deadline = Instant::now() + BOOT_TIMEOUT;
             loop {
-                if let Ok(text) = std::fs::read_to_string(&console) {
+                if let Ok(text) = std::fs::read_to_string(console) {
                     if text
                         .lines()
                         .any(|l| l.trim_start().starts_with(READY_MARKER) && !l.contains("timeout"))
@@ -992,8 +1006,8 @@ impl Vms {
                     }
                 }
                 if !pid_alive(pid) {
-                    let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    let text = std::fs::read_to_string(&console).unwrap_or_default();
+                    let err = std::fs::read_to_string(stderr_path).unwrap_or_default();
+                    let text = std::fs::read_to_string(console).unwrap_or_default();
                     let lines: Vec<&str> = text.lines().collect();
                     let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
                     return Err(ApiError::new(
@@ -1014,11 +1028,7 @@ impl Vms {
                 tokio::time::sleep(POLL).await;
             }
         })
-        .await?;
-        let secs = started.elapsed().as_secs_f64();
-        self.set_state(&vm.id, VmState::Running, Some(pid), None)
-            .map_err(api)?;
-        Ok(secs)
+        .await
     }
 
     /// Reaps our VMM child and records an unexpected exit.

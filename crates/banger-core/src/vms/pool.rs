@@ -80,10 +80,6 @@ impl Vms {
         })?;
         let Some(id) = claimed else { return Ok(None) };
         let vm = self.get_by_id(&id)?;
-        // It booted in the background at the lowest priority; it is in use now.
-        if let Some(pid) = vm.pid {
-            super::vmm::set_priority(pid, 0);
-        }
         tracing::info!(vm = %vm.name, id = %vm.id, "claimed a warm pool VM");
         let steps = vec![
             StepSpec::new("claim", "Take a VM from the warm pool"),
@@ -93,42 +89,24 @@ impl Vms {
         let op = self.inner.ops.spawn("vm.create", &vm.name.clone(), steps, move |h| async move {
             let lock = this.lock_for(&vm.name);
             let _held = lock.lock().await;
-            h.step("claim", async { Ok::<(), banger_api::ApiError>(()) }).await?;
+            // It booted in the background at the lowest priority; it is in
+            // use now.
+            let pid = vm.pid;
+            h.step(
+                "claim",
+                crate::ops::blocking(move || {
+                    if let Some(pid) = pid {
+                        super::vmm::set_priority(pid, 0);
+                    }
+                    Ok(())
+                }),
+            )
+            .await?;
             let r = h
                 .step("personalize", async {
-                    // The guest takes the name (through its agent: one line on
-                    // a channel that is already open; over SSH for images
-                    // without one) while the host rewrites the config disk.
-                    let (t1, v1) = (this.clone(), vm.clone());
-                    let rename = async move {
-                        let link = t1
-                            .launch_spec(&v1)
-                            .map(|spec| t1.vmm(&v1.backend).agent(&spec))
-                            .map_err(api)?;
-                        let name = v1.name.clone();
-                        let by_agent = crate::ops::blocking(move || {
-                            super::agent::request(&link, "rename", &[&name], std::time::Duration::from_secs(3))
-                                .map_err(|e| api(VmError::Invalid { what: "pool VM", reason: e.to_string() }))
-                        })
-                        .await;
-                        if let Err(e) = by_agent {
-                            tracing::info!(vm = %v1.name, error = %e.message, "no guest agent; renaming over SSH");
-                            let out = t1
-                                .guest_run(&v1, &format!("sh -c {}", quote(&rename_script(&v1.name))), None)
-                                .await
-                                .map_err(api)?;
-                            if !out.status.success() {
-                                return Err(api(VmError::Invalid {
-                                    what: "pool VM",
-                                    reason: format!(
-                                        "renaming it in the guest failed: {}",
-                                        String::from_utf8_lossy(&out.stderr).trim()
-                                    ),
-                                }));
-                            }
-                        }
-                        Ok(())
-                    };
+                    // The guest takes the name while the host rewrites the
+                    // config disk.
+                    let rename = this.rename_guest(&vm);
                     let (t2, v2) = (this.clone(), vm.clone());
                     let host = crate::ops::blocking(move || {
                         t2.write_config_disk(&v2, false).map_err(api)?;
@@ -147,6 +125,45 @@ impl Vms {
             Ok(serde_json::json!({ "vm": vm.name, "ip": vm.ip, "state": "running", "from_pool": true }))
         })?;
         Ok(Some(op))
+    }
+
+    /// A claimed pool VM's guest takes its new name: through its agent
+    /// (one line on a channel that is already open), or over SSH for images
+    /// built before the agent existed.
+    async fn rename_guest(&self, vm: &banger_api::Vm) -> Result<(), banger_api::ApiError> {
+        let spec = self.launch_spec(vm).map_err(api)?;
+        let link = self.vmm(&vm.backend).agent(&spec);
+        let name = vm.name.clone();
+        let by_agent = crate::ops::blocking(move || {
+            super::agent::request(&link, "rename", &[&name], std::time::Duration::from_secs(3))
+                .map_err(|e| {
+                    api(VmError::Invalid {
+                        what: "pool VM",
+                        reason: e.to_string(),
+                    })
+                })
+        })
+        .await;
+        let Err(e) = by_agent else { return Ok(()) };
+        tracing::info!(vm = %vm.name, error = %e.message, "no guest agent; renaming over SSH");
+        let out = self
+            .guest_run(
+                vm,
+                &format!("sh -c {}", quote(&rename_script(&vm.name))),
+                None,
+            )
+            .await
+            .map_err(api)?;
+        if !out.status.success() {
+            return Err(api(VmError::Invalid {
+                what: "pool VM",
+                reason: format!(
+                    "renaming it in the guest failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            }));
+        }
+        Ok(())
     }
 
     /// The memory the pool may use.

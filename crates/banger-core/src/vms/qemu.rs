@@ -160,29 +160,50 @@ pub enum QmpError {
     Command(String),
 }
 
-/// Runs one QMP command (after the capabilities handshake).
-pub fn qmp(
-    socket: &Path,
-    command: &str,
-    arguments: serde_json::Value,
-) -> Result<serde_json::Value, QmpError> {
-    let io = |source| QmpError::Io {
-        path: socket.into(),
-        source,
-    };
-    let stream = UnixStream::connect(socket).map_err(io)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(io)?;
-    let mut writer = stream.try_clone().map_err(io)?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).map_err(io)?; // greeting
-    let mut call = |cmd: serde_json::Value| -> Result<serde_json::Value, QmpError> {
-        writeln!(writer, "{cmd}").map_err(io)?;
+/// A QMP session: one connection, capabilities negotiated once.
+pub struct Qmp {
+    path: PathBuf,
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Qmp {
+    /// Connects and negotiates capabilities.
+    pub fn connect(socket: &Path) -> Result<Qmp, QmpError> {
+        let io = |source| QmpError::Io {
+            path: socket.into(),
+            source,
+        };
+        let stream = UnixStream::connect(socket).map_err(io)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(io)?;
+        let writer = stream.try_clone().map_err(io)?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(io)?; // greeting
+        let mut q = Qmp {
+            path: socket.into(),
+            writer,
+            reader,
+        };
+        q.call("qmp_capabilities", serde_json::json!({}))?;
+        Ok(q)
+    }
+
+    /// Runs one command; events in between are skipped.
+    pub fn call(
+        &mut self,
+        command: &str,
+        arguments: serde_json::Value,
+    ) -> Result<serde_json::Value, QmpError> {
+        let path = self.path.clone();
+        let io = |source| QmpError::Io { path, source };
+        let cmd = serde_json::json!({"execute": command, "arguments": arguments});
+        writeln!(self.writer, "{cmd}").map_err(io.clone())?;
         loop {
             let mut l = String::new();
-            if reader.read_line(&mut l).map_err(io)? == 0 {
+            if self.reader.read_line(&mut l).map_err(io.clone())? == 0 {
                 return Err(QmpError::Command("connection closed".into()));
             }
             let v: serde_json::Value = serde_json::from_str(&l)
@@ -195,31 +216,43 @@ pub fn qmp(
             }
             // An event: keep reading.
         }
-    };
-    call(serde_json::json!({"execute": "qmp_capabilities"}))?;
-    call(serde_json::json!({"execute": command, "arguments": arguments}))
+    }
+
+    /// The VM's run state (`running`, `paused`, `inmigrate`, ...).
+    pub fn status(&mut self) -> Result<String, QmpError> {
+        let r = self.call("query-status", serde_json::json!({}))?;
+        r.get("status")
+            .and_then(|s| s.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| QmpError::Command(format!("query-status answered {r}")))
+    }
+}
+
+/// Runs one QMP command on a new session.
+pub fn qmp(
+    socket: &Path,
+    command: &str,
+    arguments: serde_json::Value,
+) -> Result<serde_json::Value, QmpError> {
+    Qmp::connect(socket)?.call(command, arguments)
 }
 
 /// Pauses the VM and writes its device and memory state to `path` (a
 /// migration to a file); the VM stays paused (resume with `cont`). Its
 /// disks are flushed and consistent with the state when this returns.
 pub fn save_state(socket: &Path, path: &Path, timeout: Duration) -> Result<(), QmpError> {
-    qmp(socket, "stop", serde_json::json!({}))?;
+    let mut q = Qmp::connect(socket)?;
+    q.call("stop", serde_json::json!({}))?;
     // The default bandwidth cap (128 MiB/s) is for live migration over a
     // network; a file takes what the disk can.
-    qmp(
-        socket,
+    q.call(
         "migrate-set-parameters",
         serde_json::json!({"max-bandwidth": 16u64 << 30}),
     )?;
-    qmp(
-        socket,
-        "migrate",
-        serde_json::json!({"uri": save_uri(path)}),
-    )?;
+    q.call("migrate", serde_json::json!({"uri": save_uri(path)}))?;
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let r = qmp(socket, "query-migrate", serde_json::json!({}))?;
+        let r = q.call("query-migrate", serde_json::json!({}))?;
         match r.get("status").and_then(|s| s.as_str()) {
             Some("completed") => return Ok(()),
             Some("failed") | Some("cancelled") => {
@@ -233,7 +266,7 @@ pub fn save_state(socket: &Path, path: &Path, timeout: Duration) -> Result<(), Q
             _ => {}
         }
         if std::time::Instant::now() > deadline {
-            let _ = qmp(socket, "migrate_cancel", serde_json::json!({}));
+            let _ = q.call("migrate_cancel", serde_json::json!({}));
             return Err(QmpError::Command(format!(
                 "saving the state did not finish within {} s",
                 timeout.as_secs()
@@ -241,15 +274,6 @@ pub fn save_state(socket: &Path, path: &Path, timeout: Duration) -> Result<(), Q
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The VM's run state (`running`, `paused`, `inmigrate`, ...).
-pub fn status(socket: &Path) -> Result<String, QmpError> {
-    let r = qmp(socket, "query-status", serde_json::json!({}))?;
-    r.get("status")
-        .and_then(|s| s.as_str())
-        .map(str::to_string)
-        .ok_or_else(|| QmpError::Command(format!("query-status answered {r}")))
 }
 
 /// Resumes a paused VM.

@@ -282,6 +282,8 @@ impl Vmm for QemuVmm {
         let qmp = QemuVmm::qmp(spec);
         let result = (|| {
             let deadline = Instant::now() + Duration::from_secs(120);
+            // One QMP session from when QEMU listens until the state is loaded.
+            let mut session: Option<qemu::Qmp> = None;
             loop {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Err(VmmError::EarlyExit {
@@ -294,11 +296,21 @@ impl Vmm for QemuVmm {
                         ),
                     });
                 }
-                // Until QEMU listens, and while it loads: not yet.
-                match qemu::status(&qmp) {
-                    Ok(s) if s == "paused" || s == "postmigrate" => break,
-                    Ok(s) if s == "running" => return Ok(()),
-                    _ => {}
+                if session.is_none() {
+                    // Until QEMU listens: not yet.
+                    session = qemu::Qmp::connect(&qmp).ok();
+                }
+                if let Some(q) = session.as_mut() {
+                    match q.status() {
+                        Ok(s) if s == "paused" || s == "postmigrate" => {
+                            q.call("cont", serde_json::json!({}))?;
+                            return Ok(());
+                        }
+                        Ok(s) if s == "running" => return Ok(()),
+                        // Still loading.
+                        Ok(_) => {}
+                        Err(_) => session = None,
+                    }
                 }
                 if Instant::now() > deadline {
                     return Err(VmmError::Unsupported(
@@ -307,7 +319,6 @@ impl Vmm for QemuVmm {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Ok(qemu::cont(&qmp)?)
         })();
         match result {
             Ok(()) => Ok(child),
