@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root: sudo $0" >&2; exit 1; }
 
 bash scripts/deps.sh --test
+# deps.sh restores a package removed behind its back (and checks every tool).
+bash scripts/test-deps.sh
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v cargo-nextest >/dev/null; then
   echo "[test] installing cargo-nextest" >&2
