@@ -204,9 +204,15 @@ pub fn evaluate(f: &HostFacts) -> DoctorReport {
         (true, Some("kvm_pvm")) => check(
             kvm,
             CheckStatus::Warn,
-            "/dev/kvm is served by kvm_pvm (a nested PVM host): tiny guests run, but stock Linux kernels may hang under \
-             QEMU+KVM; banger decides per kernel by booting it under KVM with a timeout and falls back to TCG",
-            Some("Nothing to do; expect TCG speed if the per-kernel probe fails".into()),
+            "/dev/kvm is served by kvm_pvm (a PVM host): KVM here runs only PVM-enabled guest kernels, for \
+             Firecracker and QEMU+KVM alike; a stock kernel is emulated instruction by instruction and dies \
+             (KVM_EXIT_INTERNAL_ERROR) within about 20 s. banger probes each kernel under QEMU+KVM and falls \
+             back to TCG when it does not boot",
+            Some(
+                "Expect TCG speed with stock kernels; for Firecracker or QEMU+KVM guests, build images with a \
+                 PVM-enabled guest kernel"
+                    .into(),
+            ),
         ),
         (true, m) => check(kvm, CheckStatus::Ok, format!("/dev/kvm present (module {})", m.unwrap_or("built in")), None),
     });
@@ -240,7 +246,21 @@ pub fn evaluate(f: &HostFacts) -> DoctorReport {
             Some(tools::install_hint("qemu-system-x86_64")),
         ),
     });
+    let pvm = f.kvm_module.as_deref() == Some("kvm_pvm");
     checks.push(match (&f.firecracker, f.kvm_device) {
+        (Some(t), true) if pvm => check(
+            fc,
+            CheckStatus::Warn,
+            format!(
+                "{} (version {}); this is a PVM host (kvm_pvm): Firecracker's API and devices work, but a \
+                 stock guest kernel dies about 20 s after InstanceStart",
+                t.path, t.version
+            ),
+            Some(
+                "Use a PVM-enabled guest kernel for Firecracker VMs here, or the QEMU backend (TCG)"
+                    .into(),
+            ),
+        ),
         (Some(t), true) => check(
             fc,
             CheckStatus::Ok,
@@ -581,6 +601,46 @@ mod tests {
         let c = r.checks.iter().find(|c| c.id == "kvm").expect("kvm check");
         assert_eq!(c.status, CheckStatus::Warn);
         assert!(c.detail.contains("kvm_pvm"));
+        assert!(
+            c.detail.contains("PVM-enabled guest kernels"),
+            "{}",
+            c.detail
+        );
+    }
+
+    #[test]
+    fn firecracker_on_a_pvm_host_is_a_warning_with_its_version() {
+        let fc = Some(ToolInfo {
+            path: "/usr/local/bin/firecracker".into(),
+            version: "1.17.0-dev".into(),
+        });
+        let f = HostFacts {
+            kvm_module: Some("kvm_pvm".into()),
+            firecracker: fc.clone(),
+            ..good()
+        };
+        let r = evaluate(&f);
+        let c = r
+            .checks
+            .iter()
+            .find(|c| c.id == "firecracker")
+            .expect("check");
+        assert_eq!(c.status, CheckStatus::Warn);
+        assert!(
+            c.detail.contains("1.17.0-dev") && c.detail.contains("PVM"),
+            "{}",
+            c.detail
+        );
+        assert!(c
+            .hint
+            .as_deref()
+            .unwrap_or_default()
+            .contains("PVM-enabled"));
+        let plain = evaluate(&HostFacts {
+            firecracker: fc,
+            ..good()
+        });
+        assert_eq!(status(&plain, "firecracker"), CheckStatus::Ok);
     }
 
     #[test]

@@ -37,12 +37,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
 use firecracker_api::spec::{Spec, SpecError};
+use http::{Reply, Request};
 use serde_json::{json, Value};
+
+mod http;
 
 const VERSION: &str = "1.16.1";
 
@@ -76,8 +75,18 @@ fn host_path(p: &str) -> std::path::PathBuf {
     }
 }
 
-fn fault(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "fault_message": msg.into() }))).into_response()
+fn fault(msg: impl Into<String>) -> Reply {
+    Reply {
+        status: 400,
+        body: Some(json!({ "fault_message": msg.into() }).to_string()),
+    }
+}
+
+fn ok_json(v: Value) -> Reply {
+    Reply {
+        status: 200,
+        body: Some(v.to_string()),
+    }
 }
 
 const PRE_BOOT: &[&str] = &[
@@ -96,18 +105,24 @@ const PRE_BOOT: &[&str] = &[
     "/pmem/{id}",
 ];
 
-async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Bytes) -> Response {
-    let path = uri.path().to_string();
+async fn handle(f: Arc<Fake>, req: Request) -> Reply {
+    let Request { method, path, body } = req;
+    let path = path.split('?').next().unwrap_or_default().to_string();
+    if method == "PUT" && body.is_empty() {
+        return fault("Empty PUT request.");
+    }
+    if method == "PATCH" && body.is_empty() {
+        return fault("Empty PATCH request.");
+    }
     let body_json: Option<Value> = if body.is_empty() {
         None
     } else {
         match serde_json::from_slice(&body) {
             Ok(v) => Some(v),
             Err(e) => {
-                return fault(
-                    StatusCode::BAD_REQUEST,
-                    format!("An error occurred when deserializing the json body of a request: {e}"),
-                )
+                return fault(format!(
+                    "An error occurred when deserializing the json body of a request: {e}"
+                ))
             }
         }
     };
@@ -117,7 +132,7 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
         let _ = writeln!(
             file,
             "{}",
-            json!({ "method": method.as_str(), "path": path, "body": body_json })
+            json!({ "method": method, "path": path, "body": body_json })
         );
     }
     if f.die_on.as_deref() == Some(call.as_str()) {
@@ -134,51 +149,38 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     if f.fail.as_deref() == Some(call.as_str()) {
-        return fault(
-            StatusCode::BAD_REQUEST,
-            format!("Injected failure of {call}"),
-        );
+        return fault(format!("Injected failure of {call}"));
     }
-    let tmpl = match f
-        .spec
-        .validate_request(method.as_str(), &path, body_json.as_ref())
-    {
+    let tmpl = match f.spec.validate_request(&method, &path, body_json.as_ref()) {
         Ok(t) => t,
         Err(SpecError::NoOperation { .. }) => {
-            return fault(
-                StatusCode::BAD_REQUEST,
-                format!("Invalid request method and/or path: {method} {path}."),
-            )
+            return fault(format!(
+                "Invalid request method and/or path: {method} {}.",
+                path.trim_start_matches('/')
+            ))
         }
         Err(e) => {
-            return fault(
-                StatusCode::BAD_REQUEST,
-                format!("An error occurred when deserializing the json body of a request: {e}."),
-            )
+            return fault(format!(
+                "An error occurred when deserializing the json body of a request: {e}."
+            ))
         }
     };
     let body = body_json.unwrap_or(Value::Null);
     let mut vmm = f.vmm.lock().unwrap_or_else(|p| p.into_inner());
-    if method == Method::PUT && PRE_BOOT.contains(&tmpl.as_str()) {
+    if method == "PUT" && PRE_BOOT.contains(&tmpl.as_str()) {
         if vmm.started {
-            return fault(
-                StatusCode::BAD_REQUEST,
-                "The requested operation is not supported after starting the microVM.",
-            );
+            return fault("The requested operation is not supported after starting the microVM.");
         }
         // Only logger and metrics may precede a snapshot load.
         if tmpl != "/logger" && tmpl != "/metrics" {
             vmm.configured = true;
         }
     }
-    if method == Method::PATCH
+    if method == "PATCH"
         && (tmpl.starts_with("/drives/") || tmpl.starts_with("/network-interfaces/"))
         && !vmm.started
     {
-        return fault(
-            StatusCode::BAD_REQUEST,
-            "The requested operation is not supported before starting the microVM.",
-        );
+        return fault("The requested operation is not supported before starting the microVM.");
     }
     let id_of = |key: &str| {
         path.rsplit('/')
@@ -188,42 +190,68 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
     };
     match (method.as_str(), tmpl.as_str()) {
         ("GET", "/") => {
-            let state = if !vmm.started { "Not started" } else if vmm.paused { "Paused" } else { "Running" };
-            return axum::Json(json!({ "app_name": "Firecracker", "id": f.id, "state": state, "vmm_version": VERSION })).into_response();
+            let state = if !vmm.started {
+                "Not started"
+            } else if vmm.paused {
+                "Paused"
+            } else {
+                "Running"
+            };
+            return ok_json(json!({
+                "id": f.id, "state": state, "vmm_version": VERSION, "app_name": "Firecracker",
+            }));
         }
-        ("GET", "/version") => return axum::Json(json!({ "firecracker_version": VERSION })).into_response(),
+        ("GET", "/version") => return ok_json(json!({ "firecracker_version": VERSION })),
         ("GET", "/machine-config") => {
-            return axum::Json(vmm.machine.clone().unwrap_or(json!({ "vcpu_count": 1, "mem_size_mib": 128, "smt": false }))).into_response()
+            let default = json!({ "vcpu_count": 1, "mem_size_mib": 128, "smt": false });
+            return ok_json(vmm.machine.clone().unwrap_or(default));
         }
         ("GET", "/vm/config") => {
-            return axum::Json(json!({
-                "boot-source": vmm.boot_source, "machine-config": vmm.machine,
-                "drives": vmm.drives.values().collect::<Vec<_>>(), "network-interfaces": vmm.nets.values().collect::<Vec<_>>(),
+            return ok_json(json!({
+                "boot-source": vmm.boot_source,
+                "machine-config": vmm.machine,
+                "drives": vmm.drives.values().collect::<Vec<_>>(),
+                "network-interfaces": vmm.nets.values().collect::<Vec<_>>(),
             }))
-            .into_response()
         }
         ("PUT", "/boot-source") => {
-            if let Some(k) = body.get("kernel_image_path").and_then(Value::as_str) {
-                                if !host_path(k).exists() {
-                    return fault(StatusCode::BAD_REQUEST, format!("The kernel file cannot be opened: No such file or directory (os error 2): {k}"));
-                }
+            let kernel = body.get("kernel_image_path").and_then(Value::as_str);
+            if kernel.is_some_and(|k| !host_path(k).exists()) {
+                return fault(
+                    "Boot source error: The kernel file cannot be opened: \
+                     No such file or directory (os error 2)",
+                );
             }
             vmm.boot_source = Some(body);
         }
         ("PUT", "/machine-config") => {
             let vcpus = body.get("vcpu_count").and_then(Value::as_u64).unwrap_or(1);
-            if vcpus > 1 && vcpus % 2 == 1 {
-                return fault(StatusCode::BAD_REQUEST, "The number of vCPUs must be 1 or an even number if SMT is enabled.");
+            let smt = body.get("smt").and_then(Value::as_bool).unwrap_or(false);
+            if vcpus == 0 || vcpus > 32 || (smt && vcpus > 1 && vcpus % 2 == 1) {
+                return fault(
+                    "Machine config error: The number of vCPUs must be greater than 0, \
+                     less than 32 and must be 1 or an even number if SMT is enabled.",
+                );
+            }
+            if body.get("mem_size_mib").and_then(Value::as_u64) == Some(0) {
+                return fault(
+                    "Machine config error: The memory size (MiB) is either 0, \
+                     or not a multiple of the configured page size.",
+                );
             }
             vmm.machine = Some(body);
         }
         ("PUT", "/drives/{drive_id}") => {
             let Some(id) = id_of("drive_id") else {
-                return fault(StatusCode::BAD_REQUEST, "The id from the path does not match the id from the body!");
+                return fault("The id from the path does not match the id from the body!");
             };
             if let Some(p) = body.get("path_on_host").and_then(Value::as_str) {
-                                if !host_path(p).exists() {
-                    return fault(StatusCode::BAD_REQUEST, format!("Unable to create the block device: No such file or directory (os error 2): {p}"));
+                if !host_path(p).exists() {
+                    return fault(format!(
+                        "Drive config error: Unable to create the virtio block device: \
+                         Virtio backend error: Error manipulating the backing file: \
+                         No such file or directory (os error 2) {p}"
+                    ));
                 }
             }
             vmm.drives.insert(id, body);
@@ -231,51 +259,26 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
         ("PUT", "/vsock") => vmm.vsock = Some(body),
         ("PUT", "/network-interfaces/{iface_id}") => {
             let Some(id) = id_of("iface_id") else {
-                return fault(StatusCode::BAD_REQUEST, "The id from the path does not match the id from the body!");
+                return fault("The id from the path does not match the id from the body!");
             };
             vmm.nets.insert(id, body);
         }
-        ("PUT", "/actions") => match body.get("action_type").and_then(Value::as_str) {
-            Some("InstanceStart") => {
-                if vmm.started {
-                    return fault(StatusCode::BAD_REQUEST, "The requested operation is not supported after starting the microVM.");
-                }
-                if vmm.boot_source.is_none() {
-                    return fault(StatusCode::BAD_REQUEST, "Cannot start microvm without kernel configuration.");
-                }
-                vmm.started = true;
-                if let Some(uds) = vmm.vsock.as_ref().and_then(|v| v.get("uds_path")).and_then(Value::as_str) {
-                    if let Err(e) = serve_agent(uds) {
-                        return fault(StatusCode::BAD_REQUEST, e);
-                    }
-                }
-                // The "guest" boots: banner and banger's readiness marker on the serial console.
-                println!("[    0.000000] Linux version 6.1.0 (fake-firecracker {VERSION})");
-                println!("banger-ready fake-{}", f.id);
-                let _ = std::io::stdout().flush();
+        ("PUT", "/actions") => {
+            if let Some(r) = action(&f, &mut vmm, &body) {
+                return r;
             }
-            Some("SendCtrlAltDel") => {
-                if !vmm.started {
-                    return fault(StatusCode::BAD_REQUEST, "The requested operation is not supported before starting the microVM.");
-                }
-                tokio::spawn(async {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    println!("reboot: Power down");
-                    std::process::exit(0);
-                });
-            }
-            Some("FlushMetrics") => {}
-            _ => return fault(StatusCode::BAD_REQUEST, "Unknown action"),
-        },
+        }
         ("PATCH", "/vm") => {
             if !vmm.started {
-                return fault(StatusCode::BAD_REQUEST, "The requested operation is not supported before starting the microVM.");
+                return fault(
+                    "The requested operation is not supported before starting the microVM.",
+                );
             }
             vmm.paused = body.get("state").and_then(Value::as_str) == Some("Paused");
         }
         ("PUT", "/snapshot/create") => {
             if !vmm.started || !vmm.paused {
-                return fault(StatusCode::BAD_REQUEST, "Create snapshot error: the microVM is not paused.");
+                return fault("Create snapshot error: the microVM is not paused.");
             }
             let state = json!({
                 "fake_firecracker_snapshot_of": f.id,
@@ -284,20 +287,26 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
                 "nets": vmm.nets.values().collect::<Vec<_>>(),
                 "vsock": vmm.vsock,
             });
-            for (key, text) in [("snapshot_path", state.to_string()), ("mem_file_path", format!("fake-firecracker memory of {}\n", f.id))] {
+            for (key, text) in [
+                ("snapshot_path", state.to_string()),
+                (
+                    "mem_file_path",
+                    format!("fake-firecracker memory of {}\n", f.id),
+                ),
+            ] {
                 if let Some(p) = body.get(key).and_then(Value::as_str) {
                     if let Err(e) = std::fs::write(host_path(p), text) {
-                        return fault(StatusCode::BAD_REQUEST, format!("Cannot write {p}: {e}"));
+                        return fault(format!("Cannot write {p}: {e}"));
                     }
                 }
             }
         }
         ("PUT", "/snapshot/load") => {
             if vmm.started || vmm.configured {
-                return fault(StatusCode::BAD_REQUEST, "Loading a microVM snapshot not allowed after configuring boot-specific resources.");
+                return fault("Loading a microVM snapshot not allowed after configuring boot-specific resources.");
             }
             if let Err(e) = load_snapshot(&body, &mut vmm) {
-                return fault(StatusCode::BAD_REQUEST, format!("Load snapshot error: {e}"));
+                return fault(format!("Load snapshot error: {e}"));
             }
             vmm.started = true;
             vmm.paused = body.get("resume_vm").and_then(Value::as_bool) != Some(true);
@@ -308,7 +317,59 @@ async fn handle(State(f): State<Arc<Fake>>, method: Method, uri: Uri, body: Byte
         }
         _ => {}
     }
-    StatusCode::NO_CONTENT.into_response()
+    Reply {
+        status: 204,
+        body: None,
+    }
+}
+
+/// `PUT /actions`: a fault, or `None` for a 204.
+fn action(f: &Fake, vmm: &mut Vmm, body: &Value) -> Option<Reply> {
+    const AFTER_START: &str =
+        "The requested operation is not supported after starting the microVM.";
+    const BEFORE_START: &str =
+        "The requested operation is not supported before starting the microVM.";
+    match body.get("action_type").and_then(Value::as_str) {
+        Some("InstanceStart") => {
+            if vmm.started {
+                return Some(fault(AFTER_START));
+            }
+            if vmm.boot_source.is_none() {
+                return Some(fault(
+                    "Start microvm error: Cannot start microvm without kernel configuration.",
+                ));
+            }
+            let uds = vmm.vsock.as_ref().and_then(|v| v.get("uds_path"));
+            if let Some(uds) = uds.and_then(Value::as_str) {
+                if let Err(e) = serve_agent(uds) {
+                    return Some(fault(e));
+                }
+            }
+            vmm.started = true;
+            // The "guest" boots: banner and banger's readiness marker on
+            // the serial console.
+            println!("[    0.000000] Linux version 6.1.0 (fake-firecracker {VERSION})");
+            println!("banger-ready fake-{}", f.id);
+            let _ = std::io::stdout().flush();
+        }
+        Some("SendCtrlAltDel") => {
+            if !vmm.started {
+                return Some(fault(BEFORE_START));
+            }
+            tokio::spawn(async {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                println!("reboot: Power down");
+                std::process::exit(0);
+            });
+        }
+        Some("FlushMetrics") => {
+            if !vmm.started {
+                return Some(fault(BEFORE_START));
+            }
+        }
+        _ => return Some(fault("Unknown action")),
+    }
+    None
 }
 
 /// Checks a `snapshot/load` the way Firecracker would fail it, and takes
@@ -486,8 +547,8 @@ async fn main() -> std::process::ExitCode {
             .ok()
             .filter(|s| !s.is_empty()),
     });
-    let app = axum::Router::new().fallback(handle).with_state(fake);
-    match axum::serve(listener, app).await {
+    let served = http::serve(listener, move |req| handle(fake.clone(), req)).await;
+    match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fake-firecracker: {e}");

@@ -131,6 +131,12 @@ pub struct InstanceInfo {
     pub vmm_version: String,
 }
 
+/// `GET /version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirecrackerVersion {
+    pub firecracker_version: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiFault {
     pub fault_message: String,

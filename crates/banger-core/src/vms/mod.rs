@@ -18,6 +18,7 @@ pub mod qemu;
 pub mod agent;
 pub mod pool;
 pub mod ports;
+pub mod ready;
 pub mod snapshots;
 pub mod stats;
 pub mod vmm;
@@ -33,7 +34,6 @@ use rusqlite::{params, OptionalExtension, Row};
 use thiserror::Error;
 
 use crate::guest::configdisk::{self, ConfigDisk};
-use crate::guest::READY_MARKER;
 use crate::images::{ImageError, Images};
 use crate::names::{validate_name, NameError};
 use crate::network::{self, NetworkError, Subnet};
@@ -510,9 +510,13 @@ impl Vms {
             .unwrap_or_else(|| self.inner.config.default_image.clone());
         let image = self.inner.images.get(&image_name)?;
         let images = self.inner.images.clone();
+        // The KVM verdict is QEMU's: a Firecracker VM does not wait for it.
+        let qemu = self
+            .resolve_backend(req.backend.as_deref().unwrap_or("auto"), &image)
+            .is_ok_and(|b| b == "qemu");
         let (state_dir, auto) = (
             self.inner.layout.state_dir.clone(),
-            self.inner.config.accel == "auto",
+            qemu && self.inner.config.accel == "auto",
         );
         tokio::task::spawn_blocking(move || {
             images.verify(&image)?;
@@ -967,7 +971,7 @@ impl Vms {
             })
             .await?;
         let console = p.console();
-        let stderr_path = spec.stderr_log.clone();
+        let logs = self.vmm(&vm.backend).logs(&spec);
         if restore.is_some() {
             // A restored guest is up already: it takes its own identity.
             let link = self.vmm(&vm.backend).agent(&spec);
@@ -977,7 +981,7 @@ impl Vms {
             )
             .await?;
         } else {
-            self.wait_ready(h, pid, &console, &stderr_path).await?;
+            self.wait_ready(h, pid, &console, &logs).await?;
         }
         let secs = started.elapsed().as_secs_f64();
         self.set_state(&vm.id, VmState::Running, Some(pid), None)
@@ -992,27 +996,26 @@ impl Vms {
         h: &OpHandle,
         pid: u32,
         console: &std::path::Path,
-        stderr_path: &std::path::Path,
+        logs: &[PathBuf],
     ) -> Result<(), ApiError> {
         h.step("boot", async {
             let deadline = Instant::now() + BOOT_TIMEOUT;
+            let mut scan = ready::ReadyScan::default();
             loop {
-                if let Ok(text) = std::fs::read_to_string(console) {
-                    if text
-                        .lines()
-                        .any(|l| l.trim_start().starts_with(READY_MARKER) && !l.contains("timeout"))
-                    {
-                        return Ok(());
-                    }
+                if scan.poll(console) {
+                    return Ok(());
                 }
                 if !pid_alive(pid) {
-                    let err = std::fs::read_to_string(stderr_path).unwrap_or_default();
-                    let text = std::fs::read_to_string(console).unwrap_or_default();
-                    let lines: Vec<&str> = text.lines().collect();
-                    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
                     return Err(ApiError::new(
                         ErrorCode::Internal,
-                        format!("The VMM exited during boot: {} {tail}", err.trim()),
+                        format!(
+                            "The VMM exited while the guest was booting ({})",
+                            ready::tail_report(console, logs)
+                        ),
+                    )
+                    .with_hint(
+                        "See the whole console with `banger vm logs NAME`; `banger doctor` \
+                         says whether this host can run the image's kernel",
                     ));
                 }
                 if Instant::now() > deadline {

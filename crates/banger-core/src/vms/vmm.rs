@@ -54,7 +54,18 @@ pub enum VmmError {
     },
 }
 
-impl crate::ToApiError for VmmError {}
+impl crate::ToApiError for VmmError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            VmmError::Api(_) | VmmError::EarlyExit { .. } | VmmError::NoSocket(_) => Some(
+                "See the VM's console and VMM log (`banger vm logs NAME`) and check the host with \
+                 `banger doctor`"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+}
 
 /// What a backend needs to start a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +139,10 @@ pub trait Vmm: Send + Sync {
     fn cleanup(&self, _vm_id: &str) {}
     /// How the daemon talks to the VM's guest agent.
     fn agent(&self, spec: &LaunchSpec) -> AgentLink;
+    /// The VMM's own log files on the host, for the report when it dies.
+    fn logs(&self, spec: &LaunchSpec) -> Vec<PathBuf> {
+        vec![spec.stderr_log.clone()]
+    }
     /// Pauses the VM and writes its device and memory state into `dir`
     /// ([`Vmm::state_files`]); the VM stays paused, its disks consistent
     /// with the state, until [`Vmm::resume`]. Blocking.
@@ -679,17 +694,7 @@ impl FirecrackerVmm {
                         VmmError::Api(e)
                     }
                 })?;
-                if !(200..300).contains(&status) {
-                    let fault = serde_json::from_str::<firecracker_api::model::ApiFault>(&text)
-                        .map(|f| f.fault_message)
-                        .unwrap_or(text);
-                    return Err(VmmError::Api(firecracker_api::ClientError::Fault {
-                        method: method.into(),
-                        path,
-                        status,
-                        fault,
-                    }));
-                }
+                firecracker_api::client::check(method, &path, status, &text)?;
             }
             Ok(())
         })();
@@ -804,6 +809,16 @@ impl Vmm for FirecrackerVmm {
         if let Some(j) = &self.jailer {
             let _ = std::fs::remove_dir_all(j.jail_dir(&self.binary, vm_id));
         }
+    }
+
+    fn logs(&self, spec: &LaunchSpec) -> Vec<PathBuf> {
+        let log = match &self.jailer {
+            Some(j) => j
+                .jail_dir(&self.binary, &spec.vm_id)
+                .join("root/firecracker.log"),
+            None => spec.run_dir.join("firecracker.log"),
+        };
+        vec![spec.stderr_log.clone(), log]
     }
 
     fn agent(&self, spec: &LaunchSpec) -> AgentLink {
