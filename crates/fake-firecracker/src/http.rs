@@ -151,13 +151,13 @@ async fn next_request(
 }
 
 fn micro_http_error(e: &str) -> Reply {
-    // micro-http writes this body by hand, with spaces inside the braces.
-    let text = serde_json::Value::String(format!(
-        "{e}\nAll previous unanswered requests will be dropped."
-    ));
+    // micro-http writes this body by hand: spaces inside the braces, and
+    // the newline raw inside the string (so it is not valid JSON).
     Reply {
         status: 400,
-        body: Some(format!("{{ \"error\": {text} }}")),
+        body: Some(format!(
+            "{{ \"error\": \"{e}\nAll previous unanswered requests will be dropped.\" }}"
+        )),
     }
 }
 

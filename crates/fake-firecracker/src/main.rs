@@ -159,6 +159,16 @@ async fn handle(f: Arc<Fake>, req: Request) -> Reply {
                 path.trim_start_matches('/')
             ))
         }
+        // Firecracker deserializes out-of-bound numbers and refuses them in
+        // the resource's own validation, with its message.
+        Err(SpecError::Bound(e)) => {
+            let semantic = (path == "/machine-config")
+                .then(|| body_json.as_ref().and_then(machine_config_fault))
+                .flatten();
+            return fault(semantic.map(String::from).unwrap_or_else(|| {
+                format!("An error occurred when deserializing the json body of a request: {e}.")
+            }));
+        }
         Err(e) => {
             return fault(format!(
                 "An error occurred when deserializing the json body of a request: {e}."
@@ -225,19 +235,8 @@ async fn handle(f: Arc<Fake>, req: Request) -> Reply {
             vmm.boot_source = Some(body);
         }
         ("PUT", "/machine-config") => {
-            let vcpus = body.get("vcpu_count").and_then(Value::as_u64).unwrap_or(1);
-            let smt = body.get("smt").and_then(Value::as_bool).unwrap_or(false);
-            if vcpus == 0 || vcpus > 32 || (smt && vcpus > 1 && vcpus % 2 == 1) {
-                return fault(
-                    "Machine config error: The number of vCPUs must be greater than 0, \
-                     less than 32 and must be 1 or an even number if SMT is enabled.",
-                );
-            }
-            if body.get("mem_size_mib").and_then(Value::as_u64) == Some(0) {
-                return fault(
-                    "Machine config error: The memory size (MiB) is either 0, \
-                     or not a multiple of the configured page size.",
-                );
+            if let Some(msg) = machine_config_fault(&body) {
+                return fault(msg);
             }
             vmm.machine = Some(body);
         }
@@ -277,7 +276,12 @@ async fn handle(f: Arc<Fake>, req: Request) -> Reply {
             vmm.paused = body.get("state").and_then(Value::as_str) == Some("Paused");
         }
         ("PUT", "/snapshot/create") => {
-            if !vmm.started || !vmm.paused {
+            if !vmm.started {
+                return fault(
+                    "The requested operation is not supported before starting the microVM.",
+                );
+            }
+            if !vmm.paused {
                 return fault("Create snapshot error: the microVM is not paused.");
             }
             let state = json!({
@@ -303,7 +307,10 @@ async fn handle(f: Arc<Fake>, req: Request) -> Reply {
         }
         ("PUT", "/snapshot/load") => {
             if vmm.started || vmm.configured {
-                return fault("Loading a microVM snapshot not allowed after configuring boot-specific resources.");
+                return fault(
+                    "Load snapshot error: Loading a microVM snapshot not allowed after \
+                     configuring boot-specific resources.",
+                );
             }
             if let Err(e) = load_snapshot(&body, &mut vmm) {
                 return fault(format!("Load snapshot error: {e}"));
@@ -321,6 +328,25 @@ async fn handle(f: Arc<Fake>, req: Request) -> Reply {
         status: 204,
         body: None,
     }
+}
+
+/// Firecracker's validation of a machine configuration.
+fn machine_config_fault(body: &Value) -> Option<&'static str> {
+    let vcpus = body.get("vcpu_count").and_then(Value::as_u64).unwrap_or(1);
+    let smt = body.get("smt").and_then(Value::as_bool).unwrap_or(false);
+    if vcpus == 0 || vcpus > 32 || (smt && vcpus > 1 && vcpus % 2 == 1) {
+        return Some(
+            "Machine config error: The number of vCPUs must be greater than 0, \
+             less than 32 and must be 1 or an even number if SMT is enabled.",
+        );
+    }
+    if body.get("mem_size_mib").and_then(Value::as_u64) == Some(0) {
+        return Some(
+            "Machine config error: The memory size (MiB) is either 0, \
+             or not a multiple of the configured page size.",
+        );
+    }
+    None
 }
 
 /// `PUT /actions`: a fault, or `None` for a 204.

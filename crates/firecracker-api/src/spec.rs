@@ -14,7 +14,15 @@ pub enum SpecError {
     NoOperation { method: String, path: String },
     #[error("{0}")]
     Body(String),
+    /// Only a `minimum`/`maximum` of the spec is broken. Firecracker's own
+    /// deserializer does not check those: it takes the value and refuses it
+    /// later with the message of the resource's validation.
+    #[error("{0}")]
+    Bound(String),
 }
+
+const BELOW: &str = " is below the minimum ";
+const ABOVE: &str = " is above the maximum ";
 
 /// A matched operation: the path template, the path parameters, the
 /// operation object of the spec.
@@ -153,7 +161,13 @@ impl Spec {
         match (body_param, body) {
             (Some(p), Some(b)) => {
                 let schema = p.get("schema").cloned().unwrap_or(Value::Null);
-                self.validate(&schema, b, "").map_err(SpecError::Body)?;
+                self.validate(&schema, b, "").map_err(|e| {
+                    if e.contains(BELOW) || e.contains(ABOVE) {
+                        SpecError::Bound(e)
+                    } else {
+                        SpecError::Body(e)
+                    }
+                })?;
             }
             (Some(p), None) if p.get("required").and_then(Value::as_bool).unwrap_or(false) => {
                 return Err(SpecError::Body("The request body is required".into()));
@@ -261,12 +275,12 @@ impl Spec {
                     .ok_or_else(|| format!("{here}: expected an integer, got {v}"))?;
                 if let Some(min) = schema.get("minimum").and_then(Value::as_i64) {
                     if n < min {
-                        return Err(format!("{here}: {n} is below the minimum {min}"));
+                        return Err(format!("{here}: {n}{BELOW}{min}"));
                     }
                 }
                 if let Some(max) = schema.get("maximum").and_then(Value::as_i64) {
                     if n > max {
-                        return Err(format!("{here}: {n} is above the maximum {max}"));
+                        return Err(format!("{here}: {n}{ABOVE}{max}"));
                     }
                 }
                 if n < 0 && schema.get("minimum").is_none() {

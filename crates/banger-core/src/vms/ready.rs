@@ -18,6 +18,8 @@ use crate::guest::READY_MARKER;
 pub const MAX_LINE: usize = 4096;
 /// The most console bytes read in one look.
 const MAX_READ: u64 = 1 << 20;
+/// The most characters of one line [`tail_report`] shows.
+const MAX_SHOWN: usize = 240;
 /// How much of the end of a log file [`tail_report`] reads.
 const TAIL_BYTES: u64 = 16 * 1024;
 
@@ -96,10 +98,37 @@ pub fn last_lines(text: &[u8], n: usize) -> Vec<String> {
         .split(|b| *b == b'\n')
         .map(printable)
         .filter(|l| !l.is_empty())
+        .map(|l| match l.char_indices().nth(MAX_SHOWN) {
+            Some((i, _)) => format!("{}...", &l[..i]),
+            None => l,
+        })
         .collect();
     let keep = lines.len().saturating_sub(n);
     lines.drain(..keep);
     lines
+}
+
+/// The lines of a VMM log worth showing: its last error lines (where the
+/// VMM says why it stopped: Firecracker's `KVM_EXIT_INTERNAL_ERROR`) and
+/// its last line, else its last three lines. Pure.
+pub fn notable_lines(text: &[u8]) -> Vec<String> {
+    let all = last_lines(text, usize::MAX);
+    let mut errors: Vec<String> = all
+        .iter()
+        .filter(|l| l.contains("ERROR") || l.contains("error:"))
+        .cloned()
+        .collect();
+    if errors.is_empty() {
+        let keep = all.len().saturating_sub(3);
+        return all[keep..].to_vec();
+    }
+    errors.drain(..errors.len().saturating_sub(3));
+    if let Some(last) = all.last() {
+        if errors.last() != Some(last) {
+            errors.push(last.clone());
+        }
+    }
+    errors
 }
 
 fn tail(path: &Path) -> Vec<u8> {
@@ -117,12 +146,20 @@ fn tail(path: &Path) -> Vec<u8> {
 /// line for an error message.
 pub fn tail_report(console: &Path, logs: &[PathBuf]) -> String {
     let mut parts = Vec::new();
-    let console_lines = last_lines(&tail(console), 5);
+    // Firecracker writes its own start-up lines (tagged with its id,
+    // `[banger-vm-...]`) to the console before its logger is set: only the
+    // guest's lines are shown from there.
+    let console_text: Vec<u8> = tail(console)
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.windows(12).any(|w| w == b" [banger-vm-"))
+        .flat_map(|l| l.iter().copied().chain([b'\n']))
+        .collect();
+    let console_lines = last_lines(&console_text, 5);
     if !console_lines.is_empty() {
         parts.push(format!("last console lines: {}", console_lines.join(" | ")));
     }
     for log in logs {
-        let lines = last_lines(&tail(log), 3);
+        let lines = notable_lines(&tail(log));
         if !lines.is_empty() {
             let name = log
                 .file_name()
@@ -194,7 +231,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let console = dir.path().join("console.log");
         let log = dir.path().join("firecracker.log");
-        std::fs::write(&console, "l1\nl2\n".repeat(10_000)).unwrap();
+        let mut text = "l1\nl2\n".repeat(10_000);
+        text.push_str("2026-12-02T05:48:11 [banger-vm-3002:main] Running Firecracker\n");
+        std::fs::write(&console, text).unwrap();
         std::fs::write(&log, "KVM_EXIT_INTERNAL_ERROR\n").unwrap();
         let r = tail_report(&console, &[log, dir.path().join("none")]);
         assert!(r.starts_with("last console lines: l2 | l1 | l2"), "{r}");
@@ -203,6 +242,18 @@ mod tests {
             "{r}"
         );
         assert!(r.len() < 200);
+        let fc = b"a INFO] start\nb fc_vcpu 0:ERROR] Received KVM_EXIT_INTERNAL_ERROR signal\n\
+                   c INFO] Vmm is stopping.\nd INFO] Killing vCPU threads\ne INFO] exiting\n";
+        assert_eq!(
+            notable_lines(fc),
+            vec![
+                "b fc_vcpu 0:ERROR] Received KVM_EXIT_INTERNAL_ERROR signal".to_string(),
+                "e INFO] exiting".to_string()
+            ]
+        );
+        assert_eq!(notable_lines(b"1\n2\n3\n4\n").len(), 3);
+        let long = last_lines("x".repeat(1000).as_bytes(), 1);
+        assert_eq!(long[0].len(), MAX_SHOWN + 3);
         let empty = tail_report(&dir.path().join("a"), &[]);
         assert_eq!(empty, "it left no console output or log");
     }
