@@ -7,12 +7,12 @@
 //! (`mkfs.ext4 -d`, no loop mount; then `e2fsck -fn`) -> finalize (hashes,
 //! manifest, one rename, one insert).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use banger_api::{ApiError, Image, Operation};
 use serde_json::json;
 
+use super::inroot::{InRoot, InRootError};
 use super::kernel::{self, ExtractedKernel};
 use super::recipe::{Distro, InitMode, Recipe};
 use super::{api, backends_for, describe_artifacts, io_err, ImageError, Images, TmpDir};
@@ -339,7 +339,9 @@ pub fn guest_files(init: InitMode) -> Vec<(&'static str, String, u32)> {
     ]
 }
 
-/// Installs banger's guest files (and the kernel's modules) into a rootfs dir.
+/// Installs banger's guest files (and the kernel's modules) into a rootfs
+/// dir. Every path is resolved inside the rootfs ([`InRoot`]): the image's
+/// symlinks are the guest's, and none of them leads a write onto the host.
 pub fn install_guest_files(
     rootfs: &Path,
     init: InitMode,
@@ -349,24 +351,16 @@ pub fn install_guest_files(
         path: "busybox".into(),
         reason: e.to_string(),
     })?;
+    let root = InRoot::open(rootfs)?;
     for (rel, contents, mode) in guest_files(init) {
-        let p = rootfs.join(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
-        std::fs::write(&p, contents).map_err(io_err(&p))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(io_err(&p))?;
+        root.write(rel, contents.as_bytes(), mode)?;
     }
-    let bb = rootfs.join("usr/lib/banger/busybox");
-    std::fs::copy(&busybox, &bb).map_err(io_err(&bb))?;
-    std::fs::set_permissions(&bb, std::fs::Permissions::from_mode(0o755)).map_err(io_err(&bb))?;
-    let wants = rootfs.join("etc/systemd/system/multi-user.target.wants");
-    std::fs::create_dir_all(&wants).map_err(io_err(&wants))?;
+    root.copy_in(&busybox, "usr/lib/banger/busybox", 0o755)?;
     for unit in ["banger-ready.service", "banger-agent.service"] {
-        let link = wants.join(unit);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), &link)
-            .map_err(io_err(&link))?;
+        root.symlink(
+            &format!("/etc/systemd/system/{unit}"),
+            &format!("etc/systemd/system/multi-user.target.wants/{unit}"),
+        )?;
     }
     // Timers and waits that slow a VM's boot or wake it up for nothing.
     for unit in [
@@ -376,13 +370,20 @@ pub fn install_guest_files(
         "e2scrub_reap.service",
         "systemd-networkd-wait-online.service",
     ] {
-        let p = rootfs.join("etc/systemd/system").join(unit);
-        let _ = std::fs::remove_file(&p);
-        std::os::unix::fs::symlink("/dev/null", &p).map_err(io_err(&p))?;
+        root.symlink("/dev/null", &format!("etc/systemd/system/{unit}"))?;
     }
     if let Some(k) = modules {
-        let dest = rootfs.join("lib/modules");
-        std::fs::create_dir_all(&dest).map_err(io_err(&dest))?;
+        // The resolved directory (inside the rootfs) is what cp is given;
+        // an entry of the kernel's name there is replaced, not entered.
+        let dest = root.create_dir_all("lib/modules")?;
+        if let Some(name) = k.modules_dir().file_name() {
+            root.remove(&format!("lib/modules/{}", name.to_string_lossy()))
+                .or_else(|e| match e {
+                    // A directory of that name: cp merges into it.
+                    InRootError::Write { .. } => Ok(()),
+                    e => Err(e),
+                })?;
+        }
         let cp = tools::require("cp")?;
         tools::run(
             &cp,

@@ -12,6 +12,7 @@
 
 pub mod build;
 pub mod import;
+pub mod inroot;
 pub mod kernel;
 pub mod recipe;
 
@@ -59,6 +60,8 @@ pub enum ImageError {
     Ops(#[from] crate::ops::OpsError),
     #[error(transparent)]
     Tool(#[from] ToolError),
+    #[error(transparent)]
+    InRoot(#[from] inroot::InRootError),
 }
 
 impl From<rusqlite::Error> for ImageError {
@@ -76,6 +79,8 @@ impl ToApiError for ImageError {
             ImageError::Exists(_) | ImageError::InUse { .. } => ErrorCode::Conflict,
             ImageError::NotFound(_) => ErrorCode::NotFound,
             ImageError::Tool(t) => t.code(),
+            // The image's own symlinks lead out of it or loop.
+            ImageError::InRoot(inroot::InRootError::Resolve { .. }) => ErrorCode::InvalidRequest,
             _ => ErrorCode::Internal,
         }
     }
@@ -88,6 +93,12 @@ impl ToApiError for ImageError {
             ImageError::NotFound(_) => Some("List images with `banger image ls`".into()),
             ImageError::InUse { .. } => Some("Remove those VMs first, or pass --force".into()),
             ImageError::Tool(t) => t.hint(),
+            ImageError::InRoot(inroot::InRootError::Resolve { .. }) => Some(
+                "The root filesystem's symlinks must resolve inside it as the guest sees them \
+                 (an absolute target such as etc -> /etc names the guest's own path); fix the \
+                 tarball or directory and import it again"
+                    .into(),
+            ),
             _ => None,
         }
     }
