@@ -691,3 +691,34 @@ fn a_snapshot_cancelled_or_cut_by_a_daemon_crash_while_the_vm_is_paused_resumes_
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(d.banger(&["vm", "rm", "--force", "fc1"]).status.success());
 }
+
+/// SIGTERM ends the daemon within its grace period even while it watches a
+/// VMM it started (its child, which keeps running by design: a blocked
+/// `wait4` on it once kept the process alive forever), and the next daemon
+/// adopts the VM.
+#[test]
+fn sigterm_with_a_running_vm_exits_in_the_grace_period_and_the_vm_is_adopted() {
+    require_kvm();
+    let img = test_image();
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let mut d = daemon(&ns, &log, &[]);
+    d.import_test_image(&img, "default");
+    let out = d.banger(&["vm", "create", "term1", "--backend", "firecracker"]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let before: Vm = d.banger_json(&["vm", "show", "term1"]);
+    // The test config's grace period is 5 s; `terminate` waits up to 20 s.
+    let status = d.terminate();
+    assert!(status.success(), "bangerd exited with {status}");
+    assert!(
+        !vmm_pids(&before.id).is_empty(),
+        "the VMM outlives the daemon"
+    );
+    d.spawn();
+    let after: Vm = d.banger_json(&["vm", "show", "term1"]);
+    assert_eq!(after.state, VmState::Running, "adopted: {after:?}");
+    assert_eq!(after.pid, before.pid, "the same VMM process");
+    let stopped: Vm = d.banger_json(&["vm", "stop", "term1"]);
+    assert_eq!(stopped.state, VmState::Stopped);
+}

@@ -258,8 +258,63 @@ pub async fn run_streaming(
     Ok(())
 }
 
+/// Waits, without holding a thread, until our child process exits, and
+/// reaps it: a pidfd becomes readable at the exit (polling every 250 ms
+/// where pidfds are missing). Dropping the future leaves the child running
+/// and unreaped, which is what a shutting-down daemon wants of its VMMs.
+pub async fn wait_exit(child: &mut std::process::Child) -> String {
+    let pid = rustix::process::Pid::from_child(child);
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok();
+    // `AsyncFd::new` is deprecated for handles that may not own their fd;
+    // an `OwnedFd` does, for the AsyncFd's whole life (the safe way here,
+    // as the crate forbids `unsafe`).
+    #[allow(deprecated)]
+    let pidfd = pidfd.and_then(|fd| tokio::io::unix::AsyncFd::new(fd).ok());
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.to_string(),
+            Ok(None) => {}
+            Err(e) => return e.to_string(),
+        }
+        match &pidfd {
+            Some(fd) => match fd.readable().await {
+                Ok(mut guard) => guard.clear_ready(),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+            },
+            None => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wait_exit_reaps_and_its_drop_leaves_the_child_alone() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut quick = std::process::Command::new("true").spawn().expect("true");
+        let status = rt.block_on(wait_exit(&mut quick));
+        assert_eq!(status, "exit status: 0");
+        // A runtime shut down while a task waits on a long-lived child
+        // returns at once, and the child keeps running.
+        let mut long = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = long.id();
+        rt.spawn(async move {
+            let _ = wait_exit(&mut long).await;
+        });
+        drop(rt);
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+    }
+
     use super::*;
 
     #[test]

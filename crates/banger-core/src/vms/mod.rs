@@ -1034,18 +1034,16 @@ impl Vms {
         .await
     }
 
-    /// Reaps our VMM child and records an unexpected exit.
+    /// Reaps our VMM child and records an unexpected exit. The wait holds
+    /// no thread (a blocked `wait4` kept a SIGTERMed daemon alive, since
+    /// the runtime waits for its blocking threads and VMMs outlive it).
     fn watch_child(&self, id: String, mut child: std::process::Child) {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let status = child.wait();
-            this.on_exit(
-                &id,
-                child.id(),
-                status
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|e| e.to_string()),
-            );
+        tokio::spawn(async move {
+            let status = tools::wait_exit(&mut child).await;
+            let pid = child.id();
+            // on_exit blocks on the per-VM lock: not on an async thread.
+            let _ = tokio::task::spawn_blocking(move || this.on_exit(&id, pid, status)).await;
         });
     }
 
