@@ -260,6 +260,13 @@ fn guest_network_nat_isolation_egress_reconcile_and_uninstall() {
     let bad = d.banger(&["vm", "forward", "b", &format!("{}:8000", f.host_port)]);
     assert_eq!(bad.status.code(), Some(1), "a taken port is refused");
     assert!(stderr(&bad).contains("Cannot listen"), "{}", stderr(&bad));
+    // Beyond loopback, a forward would publish the port unauthenticated.
+    for spec in ["0.0.0.0:0:8000", "192.0.2.1:0:8000"] {
+        let public = d.banger(&["vm", "forward", "b", spec]);
+        assert_eq!(public.status.code(), Some(1), "{spec} is refused");
+        let e = stderr(&public);
+        assert!(e.contains("publish the VM's port") && e.contains("public_forwards"), "{e}");
+    }
 
     // Restart with stale state: a chain and a TAP of a VM that does not
     // exist are removed; the live VMs' rules are back.

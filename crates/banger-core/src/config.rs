@@ -48,6 +48,10 @@ subnet = "172.30.0.0/24"
 # TAP devices kept ready on the bridge (made after the first VM starts, then
 # refilled in the background), so starting a VM does not wait for one. 0: off.
 tap_pool = 4
+# Whether `banger vm forward` may listen on an address other than loopback
+# (0.0.0.0, ::, a LAN address). Such a forward publishes a VM's port to the
+# network with no authentication, so it is refused unless this is true.
+public_forwards = false
 
 [vm]
 # Defaults for `banger vm create`.
@@ -299,6 +303,7 @@ pub struct NetworkConfig {
     pub bridge: String,
     pub subnet: String,
     pub tap_pool: usize,
+    pub public_forwards: bool,
 }
 
 impl Default for NetworkConfig {
@@ -308,6 +313,7 @@ impl Default for NetworkConfig {
             bridge: "banger0".into(),
             subnet: "172.30.0.0/24".into(),
             tap_pool: 4,
+            public_forwards: false,
         }
     }
 }

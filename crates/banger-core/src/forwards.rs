@@ -30,6 +30,8 @@ pub enum ForwardError {
     },
     #[error("No forward on {0}")]
     NotFound(String),
+    #[error("A forward may not listen on {0}: it would publish the VM's port to the network")]
+    Public(IpAddr),
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
     #[error(transparent)]
@@ -54,7 +56,7 @@ impl ToApiError for ForwardError {
     fn code(&self) -> banger_api::ErrorCode {
         use banger_api::ErrorCode as C;
         match self {
-            ForwardError::Invalid { .. } => C::InvalidRequest,
+            ForwardError::Invalid { .. } | ForwardError::Public(_) => C::InvalidRequest,
             ForwardError::Bind { .. } => C::Conflict,
             ForwardError::NotFound(_) => C::NotFound,
             ForwardError::Vm(e) => e.code(),
@@ -68,9 +70,30 @@ impl ToApiError for ForwardError {
                     .into(),
             ),
             ForwardError::NotFound(_) => Some("List forwards with `banger vm forwards`".into()),
+            ForwardError::Public(_) => Some(
+                "Listen on loopback (the default, 127.0.0.1 or ::1) and reach it through an SSH \
+                 tunnel or a proxy of your own; to allow it anyway, set \
+                 network.public_forwards = true in the daemon's config"
+                    .into(),
+            ),
             ForwardError::Vm(e) => e.hint(),
             _ => None,
         }
+    }
+}
+
+/// Refuses a listening address beyond loopback unless `public`. Pure.
+pub fn check_listen_addr(addr: IpAddr, public: bool) -> Result<(), ForwardError> {
+    let loopback = match addr {
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        IpAddr::V4(v4) => v4.is_loopback(),
+    };
+    if loopback || public {
+        Ok(())
+    } else {
+        Err(ForwardError::Public(addr))
     }
 }
 
@@ -81,6 +104,8 @@ type Row = (String, u16, String, String, u16);
 pub struct Forwards {
     store: Arc<Store>,
     vms: Vms,
+    /// `network.public_forwards`: listening beyond loopback is allowed.
+    public: bool,
     /// Live listeners by `addr:port`, with why a stored one is not live.
     live: Arc<Mutex<HashMap<String, CancellationToken>>>,
     failed: Arc<Mutex<HashMap<String, String>>>,
@@ -91,10 +116,11 @@ fn key(addr: &str, port: u16) -> String {
 }
 
 impl Forwards {
-    pub fn new(store: Arc<Store>, vms: Vms) -> Forwards {
+    pub fn new(store: Arc<Store>, vms: Vms, public: bool) -> Forwards {
         Forwards {
             store,
             vms,
+            public,
             live: Arc::default(),
             failed: Arc::default(),
         }
@@ -172,6 +198,7 @@ impl Forwards {
                     req.host_addr.as_deref().unwrap_or("")
                 ),
             })?;
+        check_listen_addr(addr, self.public)?;
         if req.guest_port == 0 {
             return Err(ForwardError::Invalid {
                 what: "guest port",
@@ -293,6 +320,7 @@ impl Forwards {
                             what: "host address",
                             reason: addr.clone(),
                         })
+                        .and_then(|a| check_listen_addr(a, self.public).map(|()| a))
                         .and_then(|a| Self::bind(a, port));
                     match bound {
                         Ok(l) => {
@@ -332,5 +360,31 @@ impl Forwards {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_listens_unless_public_forwards_is_on() {
+        let ok = ["127.0.0.1", "127.8.9.1", "::1", "::ffff:127.0.0.1"];
+        for a in ok {
+            assert!(
+                check_listen_addr(a.parse().expect("ip"), false).is_ok(),
+                "{a}"
+            );
+        }
+        for a in ["0.0.0.0", "::", "192.168.1.5", "10.0.0.1", "::ffff:0.0.0.0"] {
+            let ip: IpAddr = a.parse().expect("ip");
+            let e = check_listen_addr(ip, false).expect_err(a);
+            assert_eq!(e.code(), banger_api::ErrorCode::InvalidRequest);
+            assert!(e.hint().unwrap_or_default().contains("public_forwards"));
+            assert!(
+                check_listen_addr(ip, true).is_ok(),
+                "{a} with public_forwards"
+            );
+        }
     }
 }

@@ -123,7 +123,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     vms.refill_pools();
     let sessions = banger_core::sessions::Sessions::new(store.clone(), vms.clone());
     let workspaces = banger_core::workspaces::Workspaces::new(store.clone(), vms.clone());
-    let forwards = banger_core::forwards::Forwards::new(store.clone(), vms.clone());
+    let forwards = banger_core::forwards::Forwards::new(
+        store.clone(),
+        vms.clone(),
+        config.network.public_forwards,
+    );
     forwards.restore();
     let dns = banger_core::dns::Dns::new(
         vms.clone(),
