@@ -265,7 +265,10 @@ fn guest_network_nat_isolation_egress_reconcile_and_uninstall() {
         let public = d.banger(&["vm", "forward", "b", spec]);
         assert_eq!(public.status.code(), Some(1), "{spec} is refused");
         let e = stderr(&public);
-        assert!(e.contains("publish the VM's port") && e.contains("public_forwards"), "{e}");
+        assert!(
+            e.contains("publish the VM's port") && e.contains("public_forwards"),
+            "{e}"
+        );
     }
 
     // Restart with stale state: a chain and a TAP of a VM that does not

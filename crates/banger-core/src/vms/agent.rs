@@ -12,7 +12,7 @@
 //! Requests: `ping NONCE`, `reload NONCE EPOCH SEED`; answers `ok NONCE` or
 //! `err NONCE REASON`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -42,6 +42,8 @@ pub enum AgentError {
     Refused(String),
     #[error("The vsock device did not connect to the guest agent: {0:?}")]
     Connect(String),
+    #[error("The guest agent sent a line over {0} bytes; the answer was dropped")]
+    Oversized(usize),
 }
 
 /// One request line. Pure.
@@ -87,7 +89,12 @@ pub fn request(
     .map_err(|e| match e {
         // The transports do not know the caller's timeout.
         AgentError::Timeout(_) => AgentError::Timeout(timeout.as_secs()),
-        e => e,
+        e => {
+            if matches!(e, AgentError::Oversized(_)) {
+                tracing::warn!(verb, error = %e, "the guest agent misbehaved; its answer was dropped");
+            }
+            e
+        }
     })?;
     answer.map_err(AgentError::Refused)
 }
@@ -96,6 +103,43 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
     move |source| AgentError::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// The longest answer line the daemon takes from a guest (answers are a
+/// word, a nonce and a short reason).
+pub const MAX_ANSWER: usize = 4096;
+
+/// Splits a guest's byte stream into lines, holding at most
+/// [`MAX_ANSWER`] bytes of an unfinished one: the guest is untrusted, and a
+/// line without end must not grow the daemon. Pure.
+#[derive(Debug, Default)]
+pub struct AnswerLines {
+    pending: Vec<u8>,
+}
+
+impl AnswerLines {
+    /// Takes more bytes; the answer for `nonce` once a line gives it, or
+    /// an error for an oversized line.
+    pub fn push(
+        &mut self,
+        bytes: &[u8],
+        nonce: &str,
+    ) -> Result<Option<Result<(), String>>, AgentError> {
+        for chunk in bytes.split_inclusive(|b| *b == b'\n') {
+            self.pending.extend_from_slice(chunk);
+            if self.pending.len() > MAX_ANSWER {
+                self.pending.clear();
+                return Err(AgentError::Oversized(MAX_ANSWER));
+            }
+            if chunk.ends_with(b"\n") {
+                let line = std::mem::take(&mut self.pending);
+                if let Some(a) = parse_answer(&String::from_utf8_lossy(&line), nonce) {
+                    return Ok(Some(a));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -114,10 +158,11 @@ fn via_pipe(
         .custom_flags(libc_nonblock())
         .open(&out)
         .map_err(io(&out))?;
-    // Answers nobody read (an earlier caller gave up): drop them.
+    // Answers nobody read (an earlier caller gave up): drop them, for no
+    // longer than the caller waits (a guest may write without end).
     let mut buf = [0u8; 4096];
     while let Ok(n) = reader.read(&mut buf) {
-        if n == 0 {
+        if n == 0 || Instant::now() > deadline {
             break;
         }
     }
@@ -128,27 +173,49 @@ fn via_pipe(
         .open(&inp)
         .map_err(io(&inp))?;
     writer.write_all(line.as_bytes()).map_err(io(&inp))?;
-    let mut pending = Vec::new();
+    let mut lines = AnswerLines::default();
     loop {
         match reader.read(&mut buf) {
             Ok(n) if n > 0 => {
-                pending.extend_from_slice(&buf[..n]);
-                while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                    let l: Vec<u8> = pending.drain(..=i).collect();
-                    if let Some(a) = parse_answer(&String::from_utf8_lossy(&l), nonce) {
-                        return Ok(a);
-                    }
+                if let Some(a) = lines.push(&buf[..n], nonce)? {
+                    return Ok(a);
                 }
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
             Err(e) => return Err(io(&out)(e)),
         }
         if Instant::now() > deadline {
             return Err(AgentError::Timeout(0));
         }
-        std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Reads from `stream` until `deadline` at the latest (each read waits only
+/// for what is left of it, so a guest trickling bytes cannot stretch it).
+fn read_until(
+    stream: &mut std::os::unix::net::UnixStream,
+    buf: &mut [u8],
+    deadline: Instant,
+    uds: &Path,
+) -> Result<usize, AgentError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(AgentError::Timeout(0));
+    }
+    stream.set_read_timeout(Some(left)).map_err(io(uds))?;
+    stream.read(buf).map_err(|e| {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            AgentError::Timeout(0)
+        } else {
+            io(uds)(e)
+        }
+    })
 }
 
 fn via_vsock(
@@ -166,40 +233,37 @@ fn via_vsock(
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(10));
-    stream.set_read_timeout(Some(left)).map_err(io(uds))?;
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .map_err(io(uds))?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(io(uds))?);
-    let mut l = String::new();
-    let read = |r: &mut BufReader<_>, l: &mut String| -> Result<usize, AgentError> {
-        l.clear();
-        r.read_line(l).map_err(|e| {
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) {
-                AgentError::Timeout(0)
-            } else {
-                io(uds)(e)
-            }
-        })
-    };
-    read(&mut reader, &mut l)?;
-    if !l.starts_with("OK ") {
-        return Err(AgentError::Connect(l.trim().to_string()));
+    // Firecracker's answer to CONNECT: `OK <host port>\n`, read byte by
+    // byte so nothing of the guest's stream is consumed with it.
+    let mut hello = Vec::new();
+    let mut byte = [0u8; 1];
+    while !hello.ends_with(b"\n") {
+        if read_until(&mut stream, &mut byte, deadline, uds)? == 0 || hello.len() > 64 {
+            return Err(AgentError::Connect(
+                String::from_utf8_lossy(&hello).trim().to_string(),
+            ));
+        }
+        hello.push(byte[0]);
+    }
+    if !hello.starts_with(b"OK ") {
+        return Err(AgentError::Connect(
+            String::from_utf8_lossy(&hello).trim().to_string(),
+        ));
     }
     stream.write_all(line.as_bytes()).map_err(io(uds))?;
+    let mut lines = AnswerLines::default();
+    let mut buf = [0u8; 4096];
     loop {
-        if read(&mut reader, &mut l)? == 0 {
+        let n = read_until(&mut stream, &mut buf, deadline, uds)?;
+        if n == 0 {
             return Err(AgentError::Connect(
                 "the guest closed the connection".into(),
             ));
         }
-        if let Some(a) = parse_answer(&l, nonce) {
+        if let Some(a) = lines.push(&buf[..n], nonce)? {
             return Ok(a);
         }
     }
@@ -269,9 +333,9 @@ mod tests {
             .expect("out");
         to_host.write_all(b"ok stale\n").expect("stale");
         let guest = std::thread::spawn(move || {
-            let mut r = BufReader::new(&mut from_host);
+            let mut r = std::io::BufReader::new(&mut from_host);
             let mut l = String::new();
-            r.read_line(&mut l).expect("read");
+            std::io::BufRead::read_line(&mut r, &mut l).expect("read");
             let nonce = l.split(' ').nth(1).expect("nonce").trim().to_string();
             to_host
                 .write_all(format!("ok other\nerr {nonce} no such thing\n").as_bytes())
@@ -288,6 +352,94 @@ mod tests {
             matches!(r, Err(AgentError::Refused(ref m)) if m == "no such thing"),
             "{r:?}"
         );
+    }
+
+    /// A stand-in guest on a vsock-like Unix socket that answers CONNECT,
+    /// then plays `misbehave` with the request's nonce.
+    fn hostile_guest(
+        misbehave: fn(&mut std::os::unix::net::UnixStream, &str),
+    ) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let uds = dir.path().join("agent.vsock");
+        let l = std::os::unix::net::UnixListener::bind(&uds).expect("bind");
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut r, &mut line);
+            let _ = s.write_all(b"OK 1073741824\n");
+            line.clear();
+            let _ = std::io::BufRead::read_line(&mut r, &mut line);
+            let nonce = line
+                .split(' ')
+                .nth(1)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            misbehave(&mut s, &nonce);
+        });
+        (dir, uds)
+    }
+
+    fn ask(uds: &Path, timeout: Duration) -> (Result<(), AgentError>, Duration) {
+        let link = AgentLink::Vsock {
+            uds: uds.into(),
+            port: 1024,
+        };
+        let t = Instant::now();
+        (request(&link, "ping", &[], timeout), t.elapsed())
+    }
+
+    #[test]
+    fn a_flooding_or_lying_or_stalling_guest_is_bounded() {
+        // One endless line: refused after MAX_ANSWER bytes, not buffered.
+        let (_d, uds) = hostile_guest(|s, _| {
+            let junk = vec![b'x'; 1 << 20];
+            for _ in 0..128 {
+                if s.write_all(&junk).is_err() {
+                    return;
+                }
+            }
+        });
+        let (r, _) = ask(&uds, Duration::from_secs(5));
+        assert!(matches!(r, Err(AgentError::Oversized(MAX_ANSWER))), "{r:?}");
+        // Answers to other nonces without end: the caller's timeout holds.
+        let (_d, uds) = hostile_guest(|s, _| loop {
+            if s.write_all(b"ok someoneelse\n").is_err() {
+                return;
+            }
+        });
+        let (r, took) = ask(&uds, Duration::from_millis(500));
+        assert!(matches!(r, Err(AgentError::Timeout(_))), "{r:?}");
+        assert!(
+            took < Duration::from_secs(3),
+            "bounded by the timeout: {took:?}"
+        );
+        // A byte at a time, never a line: no read resets the deadline.
+        let (_d, uds) = hostile_guest(|s, _| loop {
+            std::thread::sleep(Duration::from_millis(50));
+            if s.write_all(b"o").is_err() {
+                return;
+            }
+        });
+        let (r, took) = ask(&uds, Duration::from_millis(500));
+        assert!(matches!(r, Err(AgentError::Timeout(_))), "{r:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        // And an honest one still answers.
+        let (_d, uds) = hostile_guest(|s, nonce| {
+            let _ = s.write_all(format!("ok other\nok {nonce}\n").as_bytes());
+        });
+        assert!(ask(&uds, Duration::from_secs(5)).0.is_ok());
+    }
+
+    #[test]
+    fn answer_lines_are_bounded() {
+        let mut l = AnswerLines::default();
+        assert_eq!(l.push(b"ok ab", "ab12").expect("ok"), None);
+        assert_eq!(l.push(b"12\n", "ab12").expect("ok"), Some(Ok(())));
+        let mut l = AnswerLines::default();
+        assert!(l.push(&vec![b'a'; MAX_ANSWER + 1], "x").is_err());
+        assert!(l.pending.is_empty());
     }
 
     #[test]
