@@ -722,3 +722,67 @@ fn sigterm_with_a_running_vm_exits_in_the_grace_period_and_the_vm_is_adopted() {
     let stopped: Vm = d.banger_json(&["vm", "stop", "term1"]);
     assert_eq!(stopped.state, VmState::Stopped);
 }
+
+/// A guest (here: a client inside the VMs' network namespace) that opens
+/// 1,100 TCP connections to the `.vm` DNS server and holds them: the daemon
+/// keeps its descriptors bounded, its API answers, and DNS over UDP still
+/// answers. (Each held connection cost the daemon a descriptor for 10 s,
+/// without limit; at 1,024 the API failed.)
+#[test]
+fn a_dns_tcp_connection_flood_from_the_vm_network_is_bounded() {
+    require_kvm();
+    let img = test_image();
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(&ns, &dir.path().join("requests.jsonl"), &[]);
+    d.import_test_image(&img, "default");
+    let out = d.banger(&["vm", "create", "dns1", "--backend", "firecracker"]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let dig = || {
+        let o = banger_tests::in_netns(
+            &ns,
+            &[
+                "dig",
+                "+short",
+                "+time=2",
+                "+tries=1",
+                "@172.30.0.1",
+                "dns1.vm",
+            ],
+        );
+        stdout(&o).trim().to_string()
+    };
+    let vm: Vm = d.banger_json(&["vm", "show", "dns1"]);
+    poll("the DNS server", Duration::from_secs(10), || {
+        (dig() == vm.ip).then_some(())
+    });
+    // The flood, from a thread inside the namespace (its connections stay
+    // in it: 172.30.0.1 is the namespace's own bridge address).
+    let ns_file = std::fs::File::open(Path::new("/run/netns").join(&ns.name)).unwrap();
+    let flood = std::thread::spawn(move || {
+        nix::sched::setns(ns_file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..1100 {
+            let addr = std::net::SocketAddr::from(([172, 30, 0, 1], 53));
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                Ok(s) => held.push(s),
+                Err(_) => break,
+            }
+        }
+        held
+    });
+    let held = flood.join().unwrap();
+    assert!(!held.is_empty(), "the flood connected at all");
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .unwrap()
+        .count();
+    assert!(
+        fds < 400,
+        "the daemon holds {fds} descriptors with {} connections open at it",
+        held.len()
+    );
+    let ls = d.banger(&["vm", "ls"]);
+    assert!(ls.status.success(), "the API answers: {}", stderr(&ls));
+    assert_eq!(dig(), vm.ip, "DNS over UDP still answers");
+    drop(held);
+}

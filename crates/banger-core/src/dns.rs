@@ -9,7 +9,7 @@
 //! `.vm` domain is routed to this server on the bridge link
 //! (`resolvectl dns/domain`), and reverted at shutdown.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +22,70 @@ use crate::network::Subnet;
 
 /// Seconds answers may be cached (VMs come and go).
 pub const TTL: u32 = 5;
+
+/// TCP connections served at once, in all and from one address: guests
+/// are untrusted, and each connection holds a descriptor of the daemon.
+pub const MAX_TCP: usize = 64;
+pub const MAX_TCP_PER_PEER: usize = 8;
+/// UDP questions answered at once (each may wait on an upstream).
+pub const MAX_UDP_IN_FLIGHT: usize = 256;
+/// How long one TCP connection may take for its question and answer.
+const TCP_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Counts connections, in all and per peer, and refuses beyond the limits.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    inner: Arc<Mutex<(usize, std::collections::HashMap<IpAddr, usize>)>>,
+    total: usize,
+    per_peer: usize,
+}
+
+/// A slot held by one connection; freed when dropped.
+#[derive(Debug)]
+pub struct ConnSlot {
+    limits: ConnLimits,
+    peer: IpAddr,
+}
+
+impl ConnLimits {
+    pub fn new(total: usize, per_peer: usize) -> ConnLimits {
+        ConnLimits {
+            inner: Arc::default(),
+            total,
+            per_peer,
+        }
+    }
+
+    /// A slot for a connection from `peer`, or `None` over a limit.
+    pub fn try_take(&self, peer: IpAddr) -> Option<ConnSlot> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (all, by_peer) = &mut *g;
+        let mine = by_peer.entry(peer).or_insert(0);
+        if *all >= self.total || *mine >= self.per_peer {
+            return None;
+        }
+        *mine += 1;
+        *all += 1;
+        Some(ConnSlot {
+            limits: self.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut g = self.limits.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (all, by_peer) = &mut *g;
+        *all = all.saturating_sub(1);
+        if let Some(n) = by_peer.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
 
 /// What the server knows: VM addresses by name, names by address.
 pub trait Zone {
@@ -322,12 +386,17 @@ impl Dns {
         let (u2, up2, stop2) = (udp.clone(), upstream.clone(), stop.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_UDP_IN_FLIGHT));
             loop {
                 let got = tokio::select! {
                     _ = stop2.cancelled() => break,
                     r = u2.recv_from(&mut buf) => r,
                 };
                 let Ok((n, peer)) = got else { continue };
+                // Over the limit the question is dropped: UDP clients retry.
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    continue;
+                };
                 let query = buf[..n].to_vec();
                 let (this, sock, ups) = (this.clone(), u2.clone(), up2.clone());
                 tokio::spawn(async move {
@@ -335,19 +404,35 @@ impl Dns {
                     if !a.is_empty() {
                         let _ = sock.send_to(&a, peer).await;
                     }
+                    drop(permit);
                 });
             }
         });
         let this = self.clone();
+        let limits = ConnLimits::new(MAX_TCP, MAX_TCP_PER_PEER);
         tokio::spawn(async move {
             loop {
                 let got = tokio::select! {
                     _ = stop.cancelled() => break,
                     r = tcp.accept() => r,
                 };
-                let Ok((mut conn, _)) = got else { continue };
+                let (mut conn, peer) = match got {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of descriptors (EMFILE) and the like: back off
+                        // instead of spinning on a listener that stays ready.
+                        tracing::warn!(error = %e, "DNS: cannot accept a TCP connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                // Over a limit the connection is closed at once.
+                let Some(slot) = limits.try_take(peer.ip()) else {
+                    continue;
+                };
                 let (this, ups) = (this.clone(), upstream.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let fut = async {
                         let len = conn.read_u16().await.ok()?;
                         let mut q = vec![0u8; usize::from(len)];
@@ -357,7 +442,7 @@ impl Dns {
                         conn.write_u16(l).await.ok()?;
                         conn.write_all(&a).await.ok()
                     };
-                    let _ = tokio::time::timeout(Duration::from_secs(10), fut).await;
+                    let _ = tokio::time::timeout(TCP_DEADLINE, fut).await;
                 });
             }
             this.unroute_resolved();
@@ -525,5 +610,22 @@ mod tests {
             ),
             [Ipv4Addr::new(127, 0, 0, 53), Ipv4Addr::new(10, 0, 0, 1)]
         );
+    }
+
+    #[test]
+    fn connection_limits_hold_in_all_and_per_peer() {
+        let l = ConnLimits::new(3, 2);
+        let (a, b): (IpAddr, IpAddr) = (
+            "172.30.0.2".parse().expect("ip"),
+            "172.30.0.3".parse().expect("ip"),
+        );
+        let a1 = l.try_take(a).expect("a1");
+        let a2 = l.try_take(a).expect("a2");
+        assert!(l.try_take(a).is_none(), "per peer");
+        let b1 = l.try_take(b).expect("b1");
+        assert!(l.try_take(b).is_none(), "in all");
+        drop(a1);
+        assert!(l.try_take(b).is_some(), "a freed slot is taken again");
+        drop((a2, b1));
     }
 }

@@ -101,6 +101,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         banger_core::network::enter_netns(&config.network.netns)
             .map_err(|e| anyhow::anyhow!("{}", banger_core::error::error_chain(&e)))?;
     }
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -108,4 +109,20 @@ fn run(args: Args) -> anyhow::Result<()> {
         return runtime.block_on(daemon::uninstall_network(config));
     }
     runtime.block_on(daemon::run(config))
+}
+
+/// Raises the soft limit on open files to the hard one (1,024 by default
+/// is a few hundred VMs' sockets, logs and connections). Logged, not fatal.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            eprintln!("bangerd: cannot raise the open-file limit: {e}");
+        }
+    }
 }
