@@ -786,3 +786,91 @@ fn a_dns_tcp_connection_flood_from_the_vm_network_is_bounded() {
     assert_eq!(dig(), vm.ip, "DNS over UDP still answers");
     drop(held);
 }
+
+/// A stored pid that is not the VM's VMM any more (after a host reboot or a
+/// pid reuse it is anyone's) is never killed: here a `creating` row left by
+/// a dead daemon names an unrelated process; the restarted daemon rolls the
+/// row back and leaves that process alone.
+#[test]
+fn a_stale_pid_in_the_store_is_not_killed_at_rollback() {
+    require_kvm();
+    let img = test_image();
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(&ns, &dir.path().join("requests.jsonl"), &[]);
+    d.import_test_image(&img, "default");
+    let out = d.banger(&["vm", "create", "stale1", "--backend", "firecracker"]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let vm: Vm = d.banger_json(&["vm", "show", "stale1"]);
+    d.kill9();
+    for pid in vmm_pids(&vm.id) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status();
+    }
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let sql = format!(
+        "UPDATE vms SET state = 'creating', pid = {} WHERE id = '{}'",
+        bystander.id(),
+        vm.id
+    );
+    let st = std::process::Command::new("sqlite3")
+        .arg(d.state_dir.join("banger.db"))
+        .arg(&sql)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    d.spawn();
+    let list: VmList = d.banger_json(&["vm", "ls"]);
+    assert!(list.vms.is_empty(), "the creating row is rolled back");
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the process that reused the pid is alive"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}
+
+/// `image rm --force` under a running VM removes the name only: the VM
+/// keeps its image files (a QEMU VM's qcow2 root is an overlay of them), can
+/// be stopped and started, across a daemon restart too; the files go once
+/// the last VM using them is gone. (It stuck the VM in `stopping`, and the
+/// next daemon start deleted the files the VM still used.)
+#[test]
+fn image_rm_force_under_a_running_vm_keeps_its_files_until_the_vm_goes() {
+    require_kvm();
+    let img = test_image();
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(&ns, &dir.path().join("requests.jsonl"), &[]);
+    d.import_test_image(&img, "default");
+    let image: banger_api::Image = d.banger_json(&["image", "show", "default"]);
+    let files = d.state_dir.join("images").join(&image.digest);
+    let out = d.banger(&["vm", "create", "keep1", "--backend", "firecracker"]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let refused = d.banger(&["image", "rm", "default"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "in use: refused without --force"
+    );
+    let rm = d.banger(&["image", "rm", "--force", "default"]);
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    assert!(files.exists(), "the running VM's image files stay");
+    let stopped: Vm = d.banger_json(&["vm", "stop", "keep1"]);
+    assert_eq!(stopped.state, VmState::Stopped);
+    d.kill9();
+    d.spawn();
+    assert!(files.exists(), "a restart keeps files a VM uses");
+    let start = d.banger(&["vm", "start", "keep1"]);
+    assert!(start.status.success(), "start: {}", stderr(&start));
+    let started: Vm = d.banger_json(&["vm", "show", "keep1"]);
+    assert_eq!(started.state, VmState::Running);
+    assert!(d.banger(&["vm", "rm", "--force", "keep1"]).status.success());
+    d.kill9();
+    d.spawn();
+    assert!(!files.exists(), "with no name and no VM, the files go");
+}

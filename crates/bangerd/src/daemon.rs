@@ -120,6 +120,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     vms.reconcile()?;
     vms.reconcile_snapshots()?;
+    // After reconcile: only the VMs and snapshots that stay keep files.
+    images.remove_orphans(&vms.digests_in_use()?)?;
     vms.refill_pools();
     let sessions = banger_core::sessions::Sessions::new(store.clone(), vms.clone());
     let workspaces = banger_core::workspaces::Workspaces::new(store.clone(), vms.clone());

@@ -160,13 +160,17 @@ impl Images {
                 verified: std::sync::Mutex::new(std::collections::HashSet::new()),
             }),
         };
-        images.remove_orphans()?;
         Ok(images)
     }
 
-    /// Image directories no name points at (a crash between the rename and
-    /// the insert) are removed.
-    fn remove_orphans(&self) -> Result<(), ImageError> {
+    /// Removes image directories that no name points at and no VM or
+    /// snapshot uses (`in_use`: their digests): a crash between the rename
+    /// and the insert, or the last user of an image removed with `image rm
+    /// --force`. Called by the daemon at start, once the VMs are known.
+    pub fn remove_orphans(
+        &self,
+        in_use: &std::collections::HashSet<String>,
+    ) -> Result<(), ImageError> {
         let dir = self.inner.layout.images_dir();
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Ok(());
@@ -180,8 +184,11 @@ impl Images {
                     |r| r.get(0),
                 )
             })?;
-            if used == 0 {
-                tracing::warn!(digest, "removing image artifacts no image name refers to");
+            if used == 0 && !in_use.contains(&digest) {
+                tracing::warn!(
+                    digest,
+                    "removing image artifacts no image name or VM refers to"
+                );
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -333,6 +340,13 @@ impl Images {
             )?;
             Ok(())
         })
+    }
+
+    /// The image stored under `digest`, whatever its name is now (or
+    /// without one).
+    pub fn by_digest(&self, digest: &str) -> Result<Image, ImageError> {
+        self.stored_manifest(digest)
+            .ok_or_else(|| ImageError::NotFound(format!("with digest {digest}")))
     }
 
     /// The manifest stored with the artifacts of `digest`, if complete.

@@ -921,7 +921,7 @@ impl Vms {
         let spec = self.launch_spec(vm).map_err(api)?;
         let vmm = self.vmm(&vm.backend);
         if vm.backend == "firecracker" && p.root_cow().exists() {
-            let image = self.inner.images.get(&vm.image).map_err(api)?;
+            let image = self.image_of(vm).map_err(api)?;
             let base = self
                 .inner
                 .images
@@ -1123,7 +1123,7 @@ impl Vms {
             .map(|o| o.flatten())
         {
             if let Ok(pid) = u32::try_from(pid) {
-                kill_pid(pid);
+                kill_vmm(pid, id);
             }
         }
         network::delete_tap(&self.tap_of(id));
@@ -1735,9 +1735,32 @@ impl Vms {
         }
     }
 
+    /// The image a VM was made from, by the digest it recorded: the name
+    /// may be gone (`image rm --force`) or name a rebuilt image since.
+    fn image_of(&self, vm: &Vm) -> Result<banger_api::Image, VmError> {
+        let digest: String = self.inner.store.read(|c| {
+            c.query_row(
+                "SELECT image_digest FROM vms WHERE id = ?1",
+                [&vm.id],
+                |r| r.get(0),
+            )
+        })?;
+        Ok(self.inner.images.by_digest(&digest)?)
+    }
+
+    /// The image digests VMs and snapshots use (their files must stay).
+    pub fn digests_in_use(&self) -> Result<std::collections::HashSet<String>, VmError> {
+        self.inner.store.read(|c| -> Result<_, VmError> {
+            let mut stmt =
+                c.prepare("SELECT image_digest FROM vms UNION SELECT image_digest FROM snapshots")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     fn launch_spec(&self, vm: &Vm) -> Result<vmm::LaunchSpec, VmError> {
         let p = self.paths(&vm.id);
-        let image = self.inner.images.get(&vm.image)?;
+        let image = self.image_of(vm)?;
         let kernel_kind = if vm.backend == "firecracker" {
             "vmlinux"
         } else {
@@ -1815,7 +1838,7 @@ impl Vms {
                     ),
                     Err(e) => {
                         if let Ok(Some(pid)) = this.get(&vm.name).map(|v| v.pid) {
-                            kill_pid(pid);
+                            kill_vmm(pid, &vm.id);
                         }
                         network::delete_tap(&this.tap_of(&vm.id));
                         let _ = this.set_state(
@@ -1846,8 +1869,10 @@ impl Vms {
                 })
             }
         };
-        self.set_state(&vm.id, VmState::Stopping, Some(pid), None)?;
+        // Everything that can fail comes before the state changes: a stop
+        // that fails leaves the VM running, not stuck in `stopping`.
         let spec = self.launch_spec(&vm)?;
+        self.set_state(&vm.id, VmState::Stopping, Some(pid), None)?;
         let vmm = self.vmm(&vm.backend);
         if !force {
             let asked = tokio::task::spawn_blocking(move || vmm.request_poweroff(&spec)).await;
@@ -1860,7 +1885,7 @@ impl Vms {
             }
         }
         if pid_alive(pid) {
-            kill_pid(pid);
+            kill_vmm(pid, &vm.id);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while pid_alive(pid) && Instant::now() < deadline {
@@ -2295,7 +2320,13 @@ pub fn is_our_vmm(pid: u32, id: &str) -> bool {
         && pid_alive(pid)
 }
 
-fn kill_pid(pid: u32) {
+/// SIGKILLs `pid` when it is VM `id`'s VMM (a stored pid may be anyone's
+/// after a host reboot or a pid reuse: it is checked first).
+fn kill_vmm(pid: u32, id: &str) {
+    if !is_our_vmm(pid, id) {
+        tracing::warn!(pid, vm = id, "not killing pid: it is not this VM's VMM");
+        return;
+    }
     if let Ok(p) = i32::try_from(pid) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(p),
