@@ -42,6 +42,8 @@ pub enum ImageError {
     Exists(String),
     #[error("No image named {0:?}")]
     NotFound(String),
+    #[error("The image files of digest {0} are gone from the state dir")]
+    Gone(String),
     #[error("Image {name:?} is used by VM(s) {}", vms.join(", "))]
     InUse { name: String, vms: Vec<String> },
     #[error(transparent)]
@@ -91,6 +93,11 @@ impl ToApiError for ImageError {
                 "Pick another name, or remove it first: banger image rm {n}"
             )),
             ImageError::NotFound(_) => Some("List images with `banger image ls`".into()),
+            ImageError::Gone(_) => Some(
+                "The VM cannot start without them: remove it (`banger vm rm NAME`) and create it \
+                 again from an image"
+                    .into(),
+            ),
             ImageError::InUse { .. } => Some("Remove those VMs first, or pass --force".into()),
             ImageError::Tool(t) => t.hint(),
             ImageError::InRoot(inroot::InRootError::Resolve { .. }) => Some(
@@ -346,7 +353,7 @@ impl Images {
     /// without one).
     pub fn by_digest(&self, digest: &str) -> Result<Image, ImageError> {
         self.stored_manifest(digest)
-            .ok_or_else(|| ImageError::NotFound(format!("with digest {digest}")))
+            .ok_or_else(|| ImageError::Gone(digest.into()))
     }
 
     /// The manifest stored with the artifacts of `digest`, if complete.
