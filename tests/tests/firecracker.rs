@@ -692,22 +692,43 @@ fn a_snapshot_cancelled_or_cut_by_a_daemon_crash_while_the_vm_is_paused_resumes_
     assert!(d.banger(&["vm", "rm", "--force", "fc1"]).status.success());
 }
 
+/// A daemon on the fake Firecracker in a namespace of its own, with the
+/// test image as `default` and one running VM. Fields drop in order: the
+/// daemon before its namespace.
+struct FcVm {
+    d: TestDaemon,
+    _dir: tempfile::TempDir,
+    ns: TestNetns,
+    vm: Vm,
+}
+
+fn daemon_with_vm(name: &str) -> FcVm {
+    require_kvm();
+    let img = test_image();
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(&ns, &dir.path().join("requests.jsonl"), &[]);
+    d.import_test_image(&img, "default");
+    let out = d.banger(&["vm", "create", name, "--backend", "firecracker"]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let vm: Vm = d.banger_json(&["vm", "show", name]);
+    FcVm {
+        d,
+        _dir: dir,
+        ns,
+        vm,
+    }
+}
+
 /// SIGTERM ends the daemon within its grace period even while it watches a
 /// VMM it started (its child, which keeps running by design: a blocked
 /// `wait4` on it once kept the process alive forever), and the next daemon
 /// adopts the VM.
 #[test]
 fn sigterm_with_a_running_vm_exits_in_the_grace_period_and_the_vm_is_adopted() {
-    require_kvm();
-    let img = test_image();
-    let ns = TestNetns::new();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("requests.jsonl");
-    let mut d = daemon(&ns, &log, &[]);
-    d.import_test_image(&img, "default");
-    let out = d.banger(&["vm", "create", "term1", "--backend", "firecracker"]);
-    assert!(out.status.success(), "create: {}", stderr(&out));
-    let before: Vm = d.banger_json(&["vm", "show", "term1"]);
+    let mut fc = daemon_with_vm("term1");
+    let before = fc.vm.clone();
+    let d = &mut fc.d;
     // The test config's grace period is 5 s; `terminate` waits up to 20 s.
     let status = d.terminate();
     assert!(status.success(), "bangerd exited with {status}");
@@ -730,17 +751,11 @@ fn sigterm_with_a_running_vm_exits_in_the_grace_period_and_the_vm_is_adopted() {
 /// without limit; at 1,024 the API failed.)
 #[test]
 fn a_dns_tcp_connection_flood_from_the_vm_network_is_bounded() {
-    require_kvm();
-    let img = test_image();
-    let ns = TestNetns::new();
-    let dir = tempfile::tempdir().unwrap();
-    let d = daemon(&ns, &dir.path().join("requests.jsonl"), &[]);
-    d.import_test_image(&img, "default");
-    let out = d.banger(&["vm", "create", "dns1", "--backend", "firecracker"]);
-    assert!(out.status.success(), "create: {}", stderr(&out));
+    let fc = daemon_with_vm("dns1");
+    let (d, ns, vm) = (&fc.d, &fc.ns, &fc.vm);
     let dig = || {
         let o = banger_tests::in_netns(
-            &ns,
+            ns,
             &[
                 "dig",
                 "+short",
@@ -752,7 +767,6 @@ fn a_dns_tcp_connection_flood_from_the_vm_network_is_bounded() {
         );
         stdout(&o).trim().to_string()
     };
-    let vm: Vm = d.banger_json(&["vm", "show", "dns1"]);
     poll("the DNS server", Duration::from_secs(10), || {
         (dig() == vm.ip).then_some(())
     });
@@ -793,15 +807,9 @@ fn a_dns_tcp_connection_flood_from_the_vm_network_is_bounded() {
 /// row back and leaves that process alone.
 #[test]
 fn a_stale_pid_in_the_store_is_not_killed_at_rollback() {
-    require_kvm();
-    let img = test_image();
-    let ns = TestNetns::new();
-    let dir = tempfile::tempdir().unwrap();
-    let mut d = daemon(&ns, &dir.path().join("requests.jsonl"), &[]);
-    d.import_test_image(&img, "default");
-    let out = d.banger(&["vm", "create", "stale1", "--backend", "firecracker"]);
-    assert!(out.status.success(), "create: {}", stderr(&out));
-    let vm: Vm = d.banger_json(&["vm", "show", "stale1"]);
+    let mut fc = daemon_with_vm("stale1");
+    let vm = fc.vm.clone();
+    let d = &mut fc.d;
     d.kill9();
     for pid in vmm_pids(&vm.id) {
         let _ = std::process::Command::new("kill")
@@ -841,16 +849,10 @@ fn a_stale_pid_in_the_store_is_not_killed_at_rollback() {
 /// next daemon start deleted the files the VM still used.)
 #[test]
 fn image_rm_force_under_a_running_vm_keeps_its_files_until_the_vm_goes() {
-    require_kvm();
-    let img = test_image();
-    let ns = TestNetns::new();
-    let dir = tempfile::tempdir().unwrap();
-    let mut d = daemon(&ns, &dir.path().join("requests.jsonl"), &[]);
-    d.import_test_image(&img, "default");
+    let mut fc = daemon_with_vm("keep1");
+    let d = &mut fc.d;
     let image: banger_api::Image = d.banger_json(&["image", "show", "default"]);
     let files = d.state_dir.join("images").join(&image.digest);
-    let out = d.banger(&["vm", "create", "keep1", "--backend", "firecracker"]);
-    assert!(out.status.success(), "create: {}", stderr(&out));
     let refused = d.banger(&["image", "rm", "default"]);
     assert_eq!(
         refused.status.code(),
@@ -873,4 +875,108 @@ fn image_rm_force_under_a_running_vm_keeps_its_files_until_the_vm_goes() {
     d.kill9();
     d.spawn();
     assert!(!files.exists(), "with no name and no VM, the files go");
+}
+
+/// The VMM processes and TAPs no VM row owns: none may exist after a race.
+fn assert_no_orphans(d: &TestDaemon, ns: &TestNetns, id: &str, tap: &str) {
+    let rows = std::process::Command::new("sqlite3")
+        .arg(d.state_dir.join("banger.db"))
+        .arg(format!("SELECT count(*) FROM vms WHERE id = '{id}'"))
+        .output()
+        .unwrap();
+    if stdout(&rows).trim() == "0" {
+        poll("no VMM without a row", Duration::from_secs(10), || {
+            vmm_pids(id).is_empty().then_some(())
+        });
+        assert!(!ns.links().contains(&tap.to_string()), "TAP {tap} left");
+    }
+}
+
+/// `vm start --wait none` then `vm rm`, and `vm rm --force` during a
+/// create: the removal sees the state under the VM's lock, so no VMM or
+/// TAP is left without a row (both left a running VMM, and rm deleted a
+/// pool TAP by the wrong name). The fake's InstanceStart is slowed to
+/// widen the window.
+#[test]
+fn rm_racing_start_or_create_leaves_no_vmm_without_a_row() {
+    require_kvm();
+    let img = test_image();
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let d = daemon(&ns, &log, &[("FAKE_FC_DELAY", "PUT /actions=1500")]);
+    d.import_test_image(&img, "default");
+    let out = d.banger(&["vm", "create", "race1", "--backend", "firecracker"]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let vm: Vm = d.banger_json(&["vm", "show", "race1"]);
+    let tap = stdout(
+        &std::process::Command::new("sqlite3")
+            .arg(d.state_dir.join("banger.db"))
+            .arg(format!("SELECT tap FROM vms WHERE id = '{}'", vm.id))
+            .output()
+            .unwrap(),
+    )
+    .trim()
+    .to_string();
+    assert!(d.banger(&["vm", "stop", "race1"]).status.success());
+    for _ in 0..2 {
+        let st = d.banger(&["vm", "start", "race1", "--wait", "none"]);
+        assert!(st.status.success(), "start: {}", stderr(&st));
+        let _ = d.banger(&["vm", "rm", "race1"]);
+        assert_no_orphans(&d, &ns, &vm.id, &tap);
+        let list: VmList = d.banger_json(&["vm", "ls"]);
+        if let Some(v) = list.vms.iter().find(|v| v.name == "race1") {
+            poll("the start to finish", Duration::from_secs(20), || {
+                let v: Vm = d.banger_json(&["vm", "show", "race1"]);
+                (v.state == VmState::Running).then_some(())
+            });
+            assert!(
+                !vmm_pids(&v.id).is_empty(),
+                "a listed running VM has its VMM"
+            );
+            assert!(d.banger(&["vm", "stop", "race1"]).status.success());
+        }
+    }
+    let _ = d.banger(&["vm", "rm", "--force", "race1"]);
+    assert_no_orphans(&d, &ns, &vm.id, &tap);
+    // rm --force while a create runs.
+    let out = d
+        .banger_cmd()
+        .args([
+            "--json",
+            "vm",
+            "create",
+            "race2",
+            "--backend",
+            "firecracker",
+            "--wait",
+            "none",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let op: Operation = serde_json::from_slice(&out.stdout).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = d.banger(&["vm", "rm", "--force", "race2"]);
+    let _ = banger_tests::wait_op(&d, &op.id);
+    let list: VmList = d.banger_json(&["vm", "ls"]);
+    match list.vms.iter().find(|v| v.name == "race2") {
+        Some(v) => {
+            assert!(!vmm_pids(&v.id).is_empty(), "a listed VM has its VMM");
+            assert!(d.banger(&["vm", "rm", "--force", "race2"]).status.success());
+            assert_no_orphans(&d, &ns, &v.id, "");
+        }
+        None => {
+            // This daemon's VMMs name its runtime dir in their arguments.
+            let left = std::process::Command::new("pgrep")
+                .args(["-f", &format!("{}/run/vms/", d.dir.display())])
+                .output()
+                .unwrap();
+            assert!(
+                stdout(&left).trim().is_empty(),
+                "a VMM is left with no VM: {}",
+                stdout(&left)
+            );
+        }
+    }
 }

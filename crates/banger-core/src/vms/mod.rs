@@ -1126,6 +1126,8 @@ impl Vms {
                 kill_vmm(pid, id);
             }
         }
+        // A VMM launched but not yet recorded (the daemon died in `spawn`).
+        kill_vmms_of(id);
         network::delete_tap(&self.tap_of(id));
         crate::storage::dm::teardown(id);
         self.vmm("firecracker").cleanup(id);
@@ -1910,29 +1912,52 @@ impl Vms {
 
     /// Removes a VM and everything it has (refused while running unless `force`).
     pub async fn remove(&self, name: &str, force: bool) -> Result<(), VmError> {
-        let vm = self.get(name)?;
-        if matches!(
-            vm.state,
-            VmState::Running | VmState::Starting | VmState::Stopping
-        ) {
-            if !force {
+        // A start or a create may hold the VM's lock meanwhile: the state is
+        // read again under the lock, and a VM that runs by then is stopped
+        // first (a row deleted under a running VMM left it without owner).
+        for _ in 0..3 {
+            let vm = self.get(name)?;
+            let live = matches!(vm.state, VmState::Running | VmState::Starting);
+            if (live || vm.state == VmState::Stopping) && !force {
                 return Err(VmError::WrongState {
                     name: name.into(),
                     state: vm.state.as_str(),
                     what: "stop it first, or pass --force",
                 });
             }
-            self.stop(name, true, Duration::ZERO).await?;
+            if live {
+                self.stop(name, true, Duration::ZERO).await?;
+            }
+            let lock = self.lock_for(name);
+            let _held = lock.lock().await;
+            let vm = self.get(name)?;
+            if matches!(vm.state, VmState::Running | VmState::Starting) {
+                continue;
+            }
+            return self.remove_locked(&vm);
         }
-        let lock = self.lock_for(name);
-        let _held = lock.lock().await;
+        Err(VmError::WrongState {
+            name: name.into(),
+            state: "starting",
+            what: "it was started again while being removed; try again",
+        })
+    }
+
+    /// Removes a VM that is not running; the caller holds its lock. Any
+    /// process still naming the VM (a VMM whose pid was never recorded, a
+    /// stuck `stopping` one) is killed.
+    fn remove_locked(&self, vm: &Vm) -> Result<(), VmError> {
+        let name = vm.name.as_str();
+        // Read before the row goes: the TAP may be a pool one.
+        let tap = self.tap_of(&vm.id);
         // The row goes first, in one transaction: a daemon killed after it
         // leaves only files and a TAP no row claims, which reconcile removes.
         self.inner.store.write(|tx| {
             tx.execute("DELETE FROM vms WHERE id = ?1", [&vm.id])
                 .map(|_| ())
         })?;
-        network::delete_tap(&self.tap_of(&vm.id));
+        kill_vmms_of(&vm.id);
+        network::delete_tap(&tap);
         crate::storage::dm::teardown(&vm.id);
         self.vmm(&vm.backend).cleanup(&vm.id);
         let p = self.paths(&vm.id);
@@ -2318,6 +2343,23 @@ pub fn is_our_vmm(pid: u32, id: &str) -> bool {
         })
         .unwrap_or(false)
         && pid_alive(pid)
+}
+
+/// SIGKILLs every process whose command line names VM `id` (its VMM,
+/// jailed or not, recorded or not): the id is unique to this VM.
+fn kill_vmms_of(id: &str) {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.filter_map(Result::ok) {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && is_our_vmm(pid, id) {
+            tracing::warn!(pid, vm = id, "killing a VMM no live VM owns");
+            kill_vmm(pid, id);
+        }
+    }
 }
 
 /// SIGKILLs `pid` when it is VM `id`'s VMM (a stored pid may be anyone's
