@@ -528,6 +528,24 @@ impl Config {
                 return Err(invalid(key, e.to_string()));
             }
         }
+        // The same bounds `vm create` holds a request to: a default it would
+        // refuse makes every create fail.
+        for (key, val, min, max) in [
+            ("vm.memory", &v.memory, 128u64 << 20, 64u64 << 30),
+            ("vm.work_disk_size", &v.work_disk_size, 64 << 20, 16 << 40),
+        ] {
+            let bytes = crate::units::parse_size(val).unwrap_or(0);
+            if !(min..=max).contains(&bytes) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{val} is not in {}..={}",
+                        crate::units::format_size(min),
+                        crate::units::format_size(max)
+                    ),
+                ));
+            }
+        }
         if !["auto", "kvm", "tcg"].contains(&v.accel.as_str()) {
             return Err(invalid(
                 "vm.accel",
@@ -707,6 +725,9 @@ mod tests {
                 "[daemon]\nshutdown_grace_secs = 99999\n",
                 "daemon.shutdown_grace_secs",
             ),
+            ("[vm]\nmemory = \"1K\"\n", "vm.memory"),
+            ("[vm]\nmemory = \"100G\"\n", "vm.memory"),
+            ("[vm]\nwork_disk_size = \"1M\"\n", "vm.work_disk_size"),
         ];
         for (text, key) in cases {
             let err = Config::parse(text, p()).expect_err(text);
