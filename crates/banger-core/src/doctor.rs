@@ -206,7 +206,7 @@ pub fn evaluate(f: &HostFacts) -> DoctorReport {
             CheckStatus::Warn,
             "/dev/kvm is served by kvm_pvm (a PVM host): KVM here runs only PVM-enabled guest kernels, for \
              Firecracker and QEMU+KVM alike; a stock kernel is emulated instruction by instruction and dies \
-             (KVM_EXIT_INTERNAL_ERROR) within about 20 s. banger probes each kernel under QEMU+KVM and falls \
+             (KVM_EXIT_INTERNAL_ERROR) within about 20-40 s. banger probes each kernel under QEMU+KVM and falls \
              back to TCG when it does not boot",
             Some(
                 "Expect TCG speed with stock kernels; for Firecracker or QEMU+KVM guests, build images with a \
@@ -253,7 +253,7 @@ pub fn evaluate(f: &HostFacts) -> DoctorReport {
             CheckStatus::Warn,
             format!(
                 "{} (version {}); this is a PVM host (kvm_pvm): Firecracker's API and devices work, but a \
-                 stock guest kernel dies about 20 s after InstanceStart",
+                 stock guest kernel dies about 20-40 s after InstanceStart",
                 t.path, t.version
             ),
             Some(
