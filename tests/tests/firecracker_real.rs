@@ -613,9 +613,13 @@ fn guest_real_firecracker_vm_create_through_the_daemon() {
         "no VM TAP is left: {:?}",
         ns.links()
     );
-    let fc = Command::new("pgrep")
-        .args(["-f", "banger-vm-"])
-        .output()
-        .unwrap();
-    assert!(fc.stdout.is_empty(), "no VMM is left");
+    // This daemon's VMMs name its runtime dir (other tests' VMMs, and any
+    // installed daemon's, may run meanwhile).
+    let mine = format!("{}/run/vms/", d.dir.display());
+    let fc = Command::new("pgrep").args(["-f", &mine]).output().unwrap();
+    assert!(
+        fc.stdout.is_empty(),
+        "no VMM is left: {}",
+        banger_tests::stdout(&fc)
+    );
 }
