@@ -703,11 +703,16 @@ struct FcVm {
 }
 
 fn daemon_with_vm(name: &str) -> FcVm {
+    daemon_with_vm_env(name, &[])
+}
+
+/// [`daemon_with_vm`], the fake Firecracker given `env`.
+fn daemon_with_vm_env(name: &str, env: &[(&str, &str)]) -> FcVm {
     require_kvm();
     let img = test_image();
     let ns = TestNetns::new();
     let dir = tempfile::tempdir().unwrap();
-    let d = daemon(&ns, &dir.path().join("requests.jsonl"), &[]);
+    let d = daemon(&ns, &dir.path().join("requests.jsonl"), env);
     d.import_test_image(&img, "default");
     let out = d.banger(&["vm", "create", name, "--backend", "firecracker"]);
     assert!(out.status.success(), "create: {}", stderr(&out));
@@ -899,16 +904,8 @@ fn assert_no_orphans(d: &TestDaemon, ns: &TestNetns, id: &str, tap: &str) {
 /// widen the window.
 #[test]
 fn rm_racing_start_or_create_leaves_no_vmm_without_a_row() {
-    require_kvm();
-    let img = test_image();
-    let ns = TestNetns::new();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("requests.jsonl");
-    let d = daemon(&ns, &log, &[("FAKE_FC_DELAY", "PUT /actions=1500")]);
-    d.import_test_image(&img, "default");
-    let out = d.banger(&["vm", "create", "race1", "--backend", "firecracker"]);
-    assert!(out.status.success(), "create: {}", stderr(&out));
-    let vm: Vm = d.banger_json(&["vm", "show", "race1"]);
+    let fc = daemon_with_vm_env("race1", &[("FAKE_FC_DELAY", "PUT /actions=1500")]);
+    let (d, ns, vm) = (&fc.d, &fc.ns, &fc.vm);
     let tap = stdout(
         &std::process::Command::new("sqlite3")
             .arg(d.state_dir.join("banger.db"))
@@ -923,7 +920,7 @@ fn rm_racing_start_or_create_leaves_no_vmm_without_a_row() {
         let st = d.banger(&["vm", "start", "race1", "--wait", "none"]);
         assert!(st.status.success(), "start: {}", stderr(&st));
         let _ = d.banger(&["vm", "rm", "race1"]);
-        assert_no_orphans(&d, &ns, &vm.id, &tap);
+        assert_no_orphans(d, ns, &vm.id, &tap);
         let list: VmList = d.banger_json(&["vm", "ls"]);
         if let Some(v) = list.vms.iter().find(|v| v.name == "race1") {
             poll("the start to finish", Duration::from_secs(20), || {
@@ -938,7 +935,7 @@ fn rm_racing_start_or_create_leaves_no_vmm_without_a_row() {
         }
     }
     let _ = d.banger(&["vm", "rm", "--force", "race1"]);
-    assert_no_orphans(&d, &ns, &vm.id, &tap);
+    assert_no_orphans(d, ns, &vm.id, &tap);
     // rm --force while a create runs.
     let out = d
         .banger_cmd()
@@ -956,15 +953,20 @@ fn rm_racing_start_or_create_leaves_no_vmm_without_a_row() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let op: Operation = serde_json::from_slice(&out.stdout).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Remove it while its VMM starts (the fake holds InstanceStart 1.5 s).
+    poll("the create's spawn step", Duration::from_secs(20), || {
+        let now: Operation = d.banger_json(&["ops", "show", &op.id]);
+        let spawn = now.steps.iter().find(|s| s.name == "spawn")?;
+        (spawn.status != banger_api::StepStatus::Pending).then_some(())
+    });
     let _ = d.banger(&["vm", "rm", "--force", "race2"]);
-    let _ = banger_tests::wait_op(&d, &op.id);
+    let _ = banger_tests::wait_op(d, &op.id);
     let list: VmList = d.banger_json(&["vm", "ls"]);
     match list.vms.iter().find(|v| v.name == "race2") {
         Some(v) => {
             assert!(!vmm_pids(&v.id).is_empty(), "a listed VM has its VMM");
             assert!(d.banger(&["vm", "rm", "--force", "race2"]).status.success());
-            assert_no_orphans(&d, &ns, &v.id, "");
+            assert_no_orphans(d, ns, &v.id, "");
         }
         None => {
             // This daemon's VMMs name its runtime dir in their arguments.
