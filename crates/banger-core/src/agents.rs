@@ -304,6 +304,8 @@ pub enum AgentRunError {
     Workspace(Box<crate::workspaces::WorkspaceError>),
     #[error(transparent)]
     Vm(Box<crate::vms::VmError>),
+    #[error(transparent)]
+    Transport(#[from] crate::guest_ssh::GuestSshError),
 }
 
 impl From<crate::sessions::SessionError> for AgentRunError {
@@ -332,6 +334,7 @@ impl crate::ToApiError for AgentRunError {
             AgentRunError::Session(e) => e.code(),
             AgentRunError::Workspace(e) => e.code(),
             AgentRunError::Vm(e) => e.code(),
+            AgentRunError::Transport(e) => e.code(),
         }
     }
     fn hint(&self) -> Option<String> {
@@ -344,6 +347,7 @@ impl crate::ToApiError for AgentRunError {
             AgentRunError::Session(e) => e.hint(),
             AgentRunError::Workspace(e) => e.hint(),
             AgentRunError::Vm(e) => e.hint(),
+            AgentRunError::Transport(e) => e.hint(),
             AgentRunError::File { .. } => None,
         }
     }
@@ -407,8 +411,8 @@ impl AgentRuns {
             );
             let out = self
                 .vms
-                .guest_run(
-                    &vm,
+                .guest(&vm)?
+                .run(
                     &format!("sh -c {}", crate::shell::quote(&script)),
                     Some(f.content.clone().into_bytes()),
                 )

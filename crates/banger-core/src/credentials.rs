@@ -15,8 +15,9 @@ use base64::Engine;
 use thiserror::Error;
 
 use crate::config::{AuthItemConfig, AuthKind};
+use crate::guest_ssh::GuestInput;
 use crate::shell::quote;
-use crate::vms::{GuestInput, VmError, Vms};
+use crate::vms::{VmError, Vms};
 use crate::ToApiError;
 
 /// The guest user credentials go to, and its home.
@@ -41,6 +42,8 @@ pub enum CredentialError {
     Guest { name: String, stderr: String },
     #[error(transparent)]
     Vm(Box<VmError>),
+    #[error(transparent)]
+    Transport(#[from] crate::guest_ssh::GuestSshError),
 }
 
 impl From<VmError> for CredentialError {
@@ -57,6 +60,7 @@ impl ToApiError for CredentialError {
             | CredentialError::WrongKind { .. }
             | CredentialError::Invalid { .. } => C::InvalidRequest,
             CredentialError::Vm(e) => e.code(),
+            CredentialError::Transport(e) => e.code(),
             CredentialError::Guest { .. } => C::Internal,
         }
     }
@@ -66,6 +70,7 @@ impl ToApiError for CredentialError {
                 "See the configured items with `banger auth ls`; add items under [auth] in /etc/banger/config.toml".into(),
             ),
             CredentialError::Vm(e) => e.hint(),
+            CredentialError::Transport(e) => e.hint(),
             _ => None,
         }
     }
@@ -215,8 +220,8 @@ impl Credentials {
         {
             let out = self
                 .vms
-                .guest_exec(
-                    &vm,
+                .guest(&vm)?
+                .exec(
                     &format!("sh -c {}", quote(&script)),
                     input.map_or(GuestInput::None, GuestInput::Bytes),
                     Duration::from_secs(60),

@@ -24,6 +24,7 @@ pub mod error;
 pub mod firewall;
 pub mod forwards;
 pub mod guest;
+pub mod guest_ssh;
 pub mod images;
 pub mod names;
 pub mod netlink;

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Store, StoreError};
+use crate::ToApiError;
 
 /// Progress events closer together than this are coalesced (the last one wins
 /// when the step finishes).
@@ -43,6 +44,12 @@ pub enum OpsError {
     AlreadyFinished { id: String, state: &'static str },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A step was cancelled (by `banger ops cancel` or daemon shutdown).
+    #[error("Operation cancelled")]
+    Cancelled,
+    /// A step's blocking task panicked or was torn down.
+    #[error("A background task failed: {0}")]
+    Task(String),
 }
 
 impl From<rusqlite::Error> for OpsError {
@@ -51,12 +58,13 @@ impl From<rusqlite::Error> for OpsError {
     }
 }
 
-impl crate::ToApiError for OpsError {
+impl ToApiError for OpsError {
     fn code(&self) -> ErrorCode {
         match self {
             OpsError::NotFound(_) => ErrorCode::NotFound,
             OpsError::AlreadyFinished { .. } => ErrorCode::Conflict,
-            OpsError::Store(_) => ErrorCode::Internal,
+            OpsError::Cancelled => ErrorCode::Cancelled,
+            OpsError::Store(_) | OpsError::Task(_) => ErrorCode::Internal,
         }
     }
     fn hint(&self) -> Option<String> {
@@ -284,7 +292,7 @@ impl Ops {
     /// Creates an operation and runs `work` for it in a new task. The
     /// operation finishes with the work's result: `Ok` succeeds, an error
     /// with code `cancelled` cancels, any other error fails it.
-    pub fn spawn<F, Fut>(
+    pub fn spawn<F, Fut, E>(
         &self,
         kind: &str,
         target: &str,
@@ -293,14 +301,15 @@ impl Ops {
     ) -> Result<Operation, OpsError>
     where
         F: FnOnce(OpHandle) -> Fut,
-        Fut: Future<Output = Result<serde_json::Value, ApiError>> + Send + 'static,
+        Fut: Future<Output = Result<serde_json::Value, E>> + Send + 'static,
+        E: ToApiError,
     {
         let handle = self.begin(kind, target, steps)?;
         let snapshot = self.get(handle.id())?;
         let fut = work(handle.clone());
         tokio::spawn(async move {
             let result = fut.await;
-            handle.finish(result);
+            handle.finish(result.map_err(|e| e.to_api_error()));
         });
         Ok(snapshot)
     }
@@ -486,19 +495,23 @@ impl OpHandle {
     /// and marks it done, failed or cancelled. A cancelled step's future is
     /// dropped, which is where effectful steps must clean up (or leave work
     /// for the operation's rollback).
-    pub async fn step<T, F>(&self, name: &str, fut: F) -> Result<T, ApiError>
+    ///
+    /// Steps speak their subsystem's error type; it becomes the wire form
+    /// once, when the operation finishes.
+    pub async fn step<T, E, F>(&self, name: &str, fut: F) -> Result<T, E>
     where
-        F: Future<Output = Result<T, ApiError>>,
+        E: StepError,
+        F: Future<Output = Result<T, E>>,
     {
         if self.cancel.is_cancelled() {
-            return Err(cancelled_error());
+            return Err(OpsError::Cancelled.into());
         }
         self.ops
             .inner
             .emit(&self.id, OpEventBody::StepStarted { step: name.into() });
         let r = tokio::select! {
             biased;
-            _ = self.cancel.cancelled() => Err(cancelled_error()),
+            _ = self.cancel.cancelled() => Err(OpsError::Cancelled.into()),
             r = fut => r,
         };
         self.end_step(name, &r);
@@ -506,11 +519,11 @@ impl OpHandle {
     }
 
     /// Reports a step's end from its result.
-    fn end_step<T>(&self, name: &str, r: &Result<T, ApiError>) {
+    fn end_step<T, E: StepError>(&self, name: &str, r: &Result<T, E>) {
         self.flush_progress(name);
         let status = match r {
             Ok(_) => StepStatus::Done,
-            Err(e) if e.code == ErrorCode::Cancelled => StepStatus::Cancelled,
+            Err(e) if e.code() == ErrorCode::Cancelled => StepStatus::Cancelled,
             Err(_) => StepStatus::Failed,
         };
         self.ops.inner.emit(
@@ -526,9 +539,10 @@ impl OpHandle {
     /// meanwhile: for work that must not be abandoned halfway (a VM paused
     /// for a snapshot is resumed whatever happens). The caller checks
     /// [`OpHandle::cancel_token`] afterwards.
-    pub async fn step_to_end<T, F>(&self, name: &str, fut: F) -> Result<T, ApiError>
+    pub async fn step_to_end<T, E, F>(&self, name: &str, fut: F) -> Result<T, E>
     where
-        F: Future<Output = Result<T, ApiError>>,
+        E: StepError,
+        F: Future<Output = Result<T, E>>,
     {
         self.ops
             .inner
@@ -633,19 +647,38 @@ impl OpHandle {
 
 /// Runs blocking work (processes, file copies, hashing) of an operation's
 /// step on the blocking pool, so cancellation of the step can drop it.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        ApiError::new(
-            ErrorCode::Internal,
-            format!("A background task failed: {e}"),
-        )
-    })?
+pub async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<OpsError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| E::from(OpsError::Task(e.to_string())))?
 }
 
-pub(crate) fn cancelled_error() -> ApiError {
-    ApiError::new(ErrorCode::Cancelled, "Operation cancelled")
+/// What a step may fail with: a subsystem error that maps onto the wire
+/// and can say "cancelled" and "the task failed".
+pub trait StepError: ToApiError + From<OpsError> {}
+impl<E: ToApiError + From<OpsError>> StepError for E {}
+
+/// The wire error is a step error too (steps that already hold one).
+impl ToApiError for ApiError {
+    fn code(&self) -> ErrorCode {
+        self.code
+    }
+    fn hint(&self) -> Option<String> {
+        self.hint.clone()
+    }
+    fn to_api_error(&self) -> ApiError {
+        self.clone()
+    }
+}
+
+impl From<OpsError> for ApiError {
+    fn from(e: OpsError) -> Self {
+        e.to_api_error()
+    }
 }
 
 const OP_COLUMNS: &str =
@@ -778,14 +811,14 @@ mod tests {
         let (_d, _s, ops) = ops();
         let op = ops
             .spawn("test.kind", "t1", two_steps(), |h| async move {
-                h.step("a", async { Ok(()) }).await?;
+                h.step::<_, ApiError, _>("a", async { Ok(()) }).await?;
                 h.message("b", "hello");
-                h.step("b", async {
+                h.step::<_, ApiError, _>("b", async {
                     h.progress("b", 5, Some(5), Some("things"));
                     Ok(())
                 })
                 .await?;
-                Ok(serde_json::json!({"answer": 42}))
+                Ok::<_, ApiError>(serde_json::json!({"answer": 42}))
             })
             .expect("spawn");
         let done = wait_finished(&ops, &op.id).await;
@@ -825,12 +858,12 @@ mod tests {
         let (_d, _s, ops) = ops();
         let op = ops
             .spawn("test.kind", "t", two_steps(), |h| async move {
-                h.step("a", async {
+                h.step::<_, ApiError, _>("a", async {
                     Err::<(), _>(ApiError::new(ErrorCode::Internal, "boom"))
                 })
                 .await?;
-                h.step("b", async { Ok(()) }).await?;
-                Ok(serde_json::Value::Null)
+                h.step::<_, ApiError, _>("b", async { Ok(()) }).await?;
+                Ok::<_, ApiError>(serde_json::Value::Null)
             })
             .expect("spawn");
         let done = wait_finished(&ops, &op.id).await;
@@ -849,13 +882,13 @@ mod tests {
         let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
         let op = ops
             .spawn("test.kind", "t", two_steps(), |h| async move {
-                h.step("a", async {
+                h.step::<_, ApiError, _>("a", async {
                     let _ = entered_tx.send(());
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     Ok(())
                 })
                 .await?;
-                Ok(serde_json::Value::Null)
+                Ok::<_, ApiError>(serde_json::Value::Null)
             })
             .expect("spawn");
         entered_rx.await.expect("step entered");
@@ -873,7 +906,9 @@ mod tests {
     async fn persisted_state_survives_reopen_and_running_ops_become_interrupted() {
         let (dir, store, ops) = ops();
         let h = ops.begin("test.kind", "t", two_steps()).expect("begin");
-        h.step("a", async { Ok(()) }).await.expect("step a");
+        h.step("a", async { Ok::<_, ApiError>(()) })
+            .await
+            .expect("step a");
         let id = h.id().to_string();
         // Simulate a crash: the handle is never finished; reopen the database.
         drop(h);

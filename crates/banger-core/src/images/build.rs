@@ -9,13 +9,13 @@
 
 use std::path::Path;
 
-use banger_api::{ApiError, Image, Operation};
+use banger_api::{Image, Operation};
 use serde_json::json;
 
 use super::inroot::{InRoot, InRootError};
 use super::kernel::{self, ExtractedKernel};
 use super::recipe::{Distro, InitMode, Recipe};
-use super::{api, backends_for, describe_artifacts, io_err, ImageError, Images, TmpDir};
+use super::{backends_for, describe_artifacts, io_err, ImageError, Images, TmpDir};
 use crate::guest;
 use crate::names::validate_name;
 use crate::ops::{blocking, OpHandle, StepSpec};
@@ -58,7 +58,7 @@ impl Images {
         h: &OpHandle,
         name: &str,
         recipe: Recipe,
-    ) -> Result<serde_json::Value, ApiError> {
+    ) -> Result<serde_json::Value, ImageError> {
         let layout = self.inner.layout.clone();
         let tmp = TmpDir(layout.op_tmp(h.id()));
         let out = tmp.0.join("out");
@@ -66,10 +66,8 @@ impl Images {
         let digest = recipe.digest();
 
         let reuse = h
-            .step("prepare", async {
-                std::fs::create_dir_all(&out)
-                    .map_err(io_err(&out))
-                    .map_err(api)?;
+            .step::<_, ImageError, _>("prepare", async {
+                std::fs::create_dir_all(&out).map_err(io_err(&out))?;
                 h.message("prepare", format!("recipe digest {}", &digest[..16]));
                 Ok(self.stored_manifest(&digest))
             })
@@ -90,7 +88,7 @@ impl Images {
                         used_by: vec![],
                         ..existing
                     };
-                    self.register(&image).map_err(api)?;
+                    self.register(&image)?;
                     Ok(json!({ "image": name, "digest": digest, "reused": true }))
                 })
                 .await;
@@ -101,21 +99,19 @@ impl Images {
         let k: ExtractedKernel = h
             .step(
                 "kernel",
-                blocking(move || kernel::fetch(&pkg, &kernel_cache).map_err(api)),
+                blocking(move || Ok::<_, ImageError>(kernel::fetch(&pkg, &kernel_cache)?)),
             )
             .await?;
         h.message("kernel", format!("kernel {}", k.version));
 
         let (k2, out2, scratch) = (k.clone(), out.clone(), tmp.0.join("initrd"));
         let (modules, vmlinux_ok) = h
-            .step(
+            .step::<_, ImageError, _>(
                 "initrd",
                 blocking(move || {
-                    let mods = kernel::build_initrd(&k2, &scratch, &out2.join("initrd.img"))
-                        .map_err(api)?;
+                    let mods = kernel::build_initrd(&k2, &scratch, &out2.join("initrd.img"))?;
                     std::fs::copy(k2.vmlinuz(), out2.join("vmlinuz"))
-                        .map_err(io_err(&k2.vmlinuz()))
-                        .map_err(api)?;
+                        .map_err(io_err(&k2.vmlinuz()))?;
                     let vmlinux =
                         kernel::extract_vmlinux(&k2.vmlinuz(), &out2.join("vmlinux")).is_ok();
                     Ok((mods, vmlinux))
@@ -144,7 +140,6 @@ impl Images {
                     r2.init,
                     r2.kernel_modules_in_rootfs.then_some(&k3),
                 )
-                .map_err(api)
             }),
         )
         .await?;
@@ -152,7 +147,7 @@ impl Images {
         let (rootfs3, out3, size) = (rootfs.clone(), out.clone(), recipe.size_bytes);
         h.step(
             "mkfs",
-            blocking(move || make_ext4(&rootfs3, &out3.join("rootfs.ext4"), size).map_err(api)),
+            blocking(move || make_ext4(&rootfs3, &out3.join("rootfs.ext4"), size)),
         )
         .await?;
 
@@ -164,7 +159,7 @@ impl Images {
             .collect();
         h.step("finalize", async {
             let out4 = out.clone();
-            let artifacts = blocking(move || describe_artifacts(&out4).map_err(api)).await?;
+            let artifacts = blocking(move || describe_artifacts(&out4)).await?;
             let image = Image {
                 name: name.into(),
                 digest: digest.clone(),
@@ -182,7 +177,7 @@ impl Images {
                 agent: recipe.agent.map(|a| a.as_str().to_string()),
                 used_by: vec![],
             };
-            self.finish_dir(&out, &image).map_err(api)?;
+            self.finish_dir(&out, &image)?;
             Ok(json!({ "image": name, "digest": digest, "reused": false }))
         })
         .await
@@ -230,12 +225,10 @@ impl Images {
         recipe: &Recipe,
         rootfs: &Path,
         pkg_list: &Path,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ImageError> {
         let cache = self.inner.layout.apt_cache();
-        std::fs::create_dir_all(&cache)
-            .map_err(io_err(&cache))
-            .map_err(api)?;
-        let mmdebstrap = tools::require("mmdebstrap").map_err(api)?;
+        std::fs::create_dir_all(&cache).map_err(io_err(&cache))?;
+        let mmdebstrap = tools::require("mmdebstrap")?;
         let mut cmd = tokio::process::Command::from(crate::network::host_net_command(&mmdebstrap));
         cmd.arg("--mode=unshare")
             .arg("--variant=minbase")
@@ -285,13 +278,10 @@ impl Images {
             }
         })
         .await
-        .map_err(|e| {
-            let mut a = api(e);
-            a.hint = Some(format!(
-                                "The lines above say which step failed: apt (is the mirror {} reachable, does it serve suite {:?}?) or a customize hook (the agent's npm install)",
-                recipe.mirror, recipe.suite
-            ));
-            a
+        .map_err(|source| ImageError::Bootstrap {
+            source,
+            mirror: recipe.mirror.clone(),
+            suite: recipe.suite.clone(),
         })
     }
 }

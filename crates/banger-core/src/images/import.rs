@@ -8,14 +8,14 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use banger_api::{ApiError, Image, ImageImportRequest, Operation};
+use banger_api::{Image, ImageImportRequest, Operation};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::build::{dir_size, guest_files, install_guest_files, make_ext4};
 use super::kernel;
 use super::recipe::InitMode;
-use super::{api, backends_for, describe_artifacts, io_err, ImageError, Images, TmpDir};
+use super::{backends_for, describe_artifacts, io_err, ImageError, Images, TmpDir};
 use crate::names::validate_name;
 use crate::ops::{blocking, OpHandle, StepSpec};
 use crate::storage::clone_file;
@@ -149,13 +149,11 @@ impl Images {
         initrd_in: Option<PathBuf>,
         vmlinux_in: Option<PathBuf>,
         size: Option<u64>,
-    ) -> Result<serde_json::Value, ApiError> {
+    ) -> Result<serde_json::Value, ImageError> {
         let tmp = TmpDir(self.inner.layout.op_tmp(h.id()));
         let out = tmp.0.join("out");
-        h.step("inspect", async {
-            std::fs::create_dir_all(&out)
-                .map_err(io_err(&out))
-                .map_err(api)?;
+        h.step::<_, ImageError, _>("inspect", async {
+            std::fs::create_dir_all(&out).map_err(io_err(&out))?;
             h.message(
                 "inspect",
                 format!("rootfs is {kind:?} at {}", rootfs.display()),
@@ -167,14 +165,13 @@ impl Images {
         let (out2, cache) = (out.clone(), self.inner.layout.kernel_cache());
         let scratch = tmp.0.join("initrd");
         let (kernel_version, virtio_mmio) = h
-            .step(
+            .step::<_, ImageError, _>(
                 "kernel",
                 blocking(move || {
-                    let copy = |from: &Path, to: &str| -> Result<(), ApiError> {
+                    let copy = |from: &Path, to: &str| -> Result<(), ImageError> {
                         std::fs::copy(from, out2.join(to))
                             .map(|_| ())
                             .map_err(io_err(from))
-                            .map_err(api)
                     };
                     if let Some(k) = &kernel_in {
                         copy(k, "vmlinuz")?;
@@ -189,9 +186,8 @@ impl Images {
                         }
                         return Ok((None, vmlinux_in.is_some()));
                     }
-                    let k = kernel::fetch("linux-image-cloud-amd64", &cache).map_err(api)?;
-                    let mods = kernel::build_initrd(&k, &scratch, &out2.join("initrd.img"))
-                        .map_err(api)?;
+                    let k = kernel::fetch("linux-image-cloud-amd64", &cache)?;
+                    let mods = kernel::build_initrd(&k, &scratch, &out2.join("initrd.img"))?;
                     copy(&k.vmlinuz(), "vmlinuz")?;
                     match &vmlinux_in {
                         Some(v) => copy(v, "vmlinux")?,
@@ -210,29 +206,25 @@ impl Images {
         let image_file = out.join("rootfs.ext4");
         let (img2, unpack) = (image_file.clone(), tmp.0.join("unpack"));
         let rootfs2 = rootfs.clone();
-        h.step(
+        h.step::<_, ImageError, _>(
             "rootfs",
             blocking(move || {
                 let pad = |used: u64| size.unwrap_or(used + used / 2 + (256 << 20)).max(256 << 20);
                 match kind {
                     RootfsKind::Ext4 => {
-                        clone_file(&rootfs2, &img2).map_err(api)?;
-                        let e2fsck = tools::require("e2fsck").map_err(api)?;
+                        clone_file(&rootfs2, &img2)?;
+                        let e2fsck = tools::require("e2fsck")?;
                         tools::run(&e2fsck, ["-fn".as_ref(), img2.as_os_str()]).map_err(|e| {
-                            api(bad(
+                            bad(
                                 &rootfs2.display().to_string(),
                                 format!("the ext4 image is damaged: {e}"),
-                            ))
+                            )
                         })?;
                     }
-                    RootfsKind::Dir => {
-                        make_ext4(&rootfs2, &img2, pad(dir_size(&rootfs2))).map_err(api)?
-                    }
+                    RootfsKind::Dir => make_ext4(&rootfs2, &img2, pad(dir_size(&rootfs2)))?,
                     RootfsKind::Tarball => {
-                        std::fs::create_dir_all(&unpack)
-                            .map_err(io_err(&unpack))
-                            .map_err(api)?;
-                        let tar = tools::require("tar").map_err(api)?;
+                        std::fs::create_dir_all(&unpack).map_err(io_err(&unpack))?;
+                        let tar = tools::require("tar")?;
                         tools::run(
                             &tar,
                             [
@@ -246,13 +238,13 @@ impl Images {
                             ],
                         )
                         .map_err(|e| {
-                            api(bad(
+                            bad(
                                 &rootfs2.display().to_string(),
                                 format!("the tarball cannot be unpacked: {e}"),
-                            ))
+                            )
                         })?;
-                        install_guest_files(&unpack, InitMode::Light, None).map_err(api)?;
-                        make_ext4(&unpack, &img2, pad(dir_size(&unpack))).map_err(api)?;
+                        install_guest_files(&unpack, InitMode::Light, None)?;
+                        make_ext4(&unpack, &img2, pad(dir_size(&unpack)))?;
                         let _ = std::fs::remove_dir_all(&unpack);
                     }
                 }
@@ -263,16 +255,16 @@ impl Images {
 
         let (img3, staging) = (image_file.clone(), tmp.0.join("guest"));
         let (added, has_sshd) = h
-            .step(
+            .step::<_, ImageError, _>(
                 "guest_init",
                 blocking(move || {
-                    let added = if debugfs_exists(&img3, "/usr/lib/banger/init").map_err(api)? {
+                    let added = if debugfs_exists(&img3, "/usr/lib/banger/init")? {
                         false
                     } else {
-                        inject_guest_files(&img3, &staging).map_err(api)?;
+                        inject_guest_files(&img3, &staging)?;
                         true
                     };
-                    Ok((added, debugfs_exists(&img3, "/usr/sbin/sshd").map_err(api)?))
+                    Ok((added, debugfs_exists(&img3, "/usr/sbin/sshd")?))
                 }),
             )
             .await?;
@@ -291,9 +283,9 @@ impl Images {
         h.step("finalize", async {
             let (out4, img4) = (out.clone(), image_file.clone());
             let artifacts = blocking(move || {
-                let e2fsck = tools::require("e2fsck").map_err(api)?;
-                tools::run(&e2fsck, ["-fn".as_ref(), img4.as_os_str()]).map_err(api)?;
-                describe_artifacts(&out4).map_err(api)
+                let e2fsck = tools::require("e2fsck")?;
+                tools::run(&e2fsck, ["-fn".as_ref(), img4.as_os_str()])?;
+                describe_artifacts(&out4)
             })
             .await?;
             let mut hasher = Sha256::new();
@@ -315,7 +307,7 @@ impl Images {
                 agent: None,
                 used_by: vec![],
             };
-            self.finish_dir(&out, &image).map_err(api)?;
+            self.finish_dir(&out, &image)?;
             Ok(json!({ "image": name, "digest": digest, "guest_init_added": added, "sshd": has_sshd }))
         })
         .await

@@ -20,7 +20,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use banger_api::{ApiError, Artifact, ErrorCode, Image, ImageRemoved};
+use banger_api::{Artifact, ErrorCode, Image, ImageRemoved};
 use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -64,6 +64,18 @@ pub enum ImageError {
     Tool(#[from] ToolError),
     #[error(transparent)]
     InRoot(#[from] inroot::InRootError),
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// mmdebstrap failed; the mirror and suite say where to look.
+    #[error("Bootstrapping the root filesystem failed")]
+    Bootstrap {
+        #[source]
+        source: ToolError,
+        mirror: String,
+        suite: String,
+    },
 }
 
 impl From<rusqlite::Error> for ImageError {
@@ -80,7 +92,10 @@ impl ToApiError for ImageError {
             }
             ImageError::Exists(_) | ImageError::InUse { .. } => ErrorCode::Conflict,
             ImageError::NotFound(_) => ErrorCode::NotFound,
-            ImageError::Tool(t) => t.code(),
+            ImageError::Tool(t) | ImageError::Bootstrap { source: t, .. } => t.code(),
+            ImageError::Ops(e) => e.code(),
+            ImageError::Kernel(e) => e.code(),
+            ImageError::Storage(e) => e.code(),
             // The image's own symlinks lead out of it or loop.
             ImageError::InRoot(inroot::InRootError::Resolve { .. }) => ErrorCode::InvalidRequest,
             _ => ErrorCode::Internal,
@@ -100,6 +115,11 @@ impl ToApiError for ImageError {
             ),
             ImageError::InUse { .. } => Some("Remove those VMs first, or pass --force".into()),
             ImageError::Tool(t) => t.hint(),
+            ImageError::Kernel(e) => e.hint(),
+            ImageError::Bootstrap { mirror, suite, .. } => Some(format!(
+                "The lines above say which step failed: apt (is the mirror {mirror} reachable, \
+                 does it serve suite {suite:?}?) or a customize hook (the agent's npm install)"
+            )),
             ImageError::InRoot(inroot::InRootError::Resolve { .. }) => Some(
                 "The root filesystem's symlinks must resolve inside it as the guest sees them \
                  (an absolute target such as etc -> /etc names the guest's own path); fix the \
@@ -109,11 +129,6 @@ impl ToApiError for ImageError {
             _ => None,
         }
     }
-}
-
-/// Maps any subsystem error into the API error an operation fails with.
-pub(crate) fn api<E: ToApiError>(e: E) -> ApiError {
-    e.to_api_error()
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {

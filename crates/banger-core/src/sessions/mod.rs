@@ -44,6 +44,8 @@ pub enum SessionError {
     #[error(transparent)]
     Vm(Box<VmError>),
     #[error(transparent)]
+    Transport(#[from] crate::guest_ssh::GuestSshError),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -70,6 +72,7 @@ impl ToApiError for SessionError {
             SessionError::NotFound(_) => C::NotFound,
             SessionError::Exists(_) | SessionError::WrongState { .. } => C::Conflict,
             SessionError::Vm(e) => e.code(),
+            SessionError::Transport(e) => e.code(),
             _ => C::Internal,
         }
     }
@@ -83,6 +86,7 @@ impl ToApiError for SessionError {
                 "Install {c} in the guest (banger vm ssh VM), or use an image that has it"
             )),
             SessionError::Vm(e) => e.hint(),
+            SessionError::Transport(e) => e.hint(),
             _ => None,
         }
     }
@@ -152,7 +156,7 @@ impl Sessions {
         stdin: Option<Vec<u8>>,
     ) -> Result<std::process::Output, SessionError> {
         let command = format!("bash -c {}", crate::shell::quote(script));
-        Ok(self.vms.guest_run(vm, &command, stdin).await?)
+        Ok(self.vms.guest(vm)?.run(&command, stdin).await?)
     }
 
     /// Preflight and launch in the guest; registers the session.

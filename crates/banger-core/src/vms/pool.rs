@@ -9,10 +9,12 @@
 use banger_api::{Operation, PoolSetRequest, PoolStatus, VmCreateRequest};
 use rusqlite::{params, OptionalExtension};
 
-use super::{api, check_cpus, opt_size, VmError, VmState, Vms};
+use super::resolve::{check_cpus, opt_size};
+use super::{blocking, VmError, Vms};
 use crate::names::validate_name;
 use crate::ops::StepSpec;
 use crate::shell::quote;
+use banger_api::VmState;
 
 /// What a create asks for, resolved; a pool VM fits when all are equal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,82 +88,81 @@ impl Vms {
             StepSpec::new("personalize", "Give it its name (hostname, config disk)"),
         ];
         let this = self.clone();
-        let op = self.inner.ops.spawn("vm.create", &vm.name.clone(), steps, move |h| async move {
-            let lock = this.lock_for(&vm.name);
-            let _held = lock.lock().await;
-            // It booted in the background at the lowest priority; it is in
-            // use now.
-            let pid = vm.pid;
-            h.step(
-                "claim",
-                crate::ops::blocking(move || {
-                    if let Some(pid) = pid {
-                        super::vmm::set_priority(pid, 0);
-                    }
-                    Ok(())
-                }),
-            )
-            .await?;
-            let r = h
-                .step("personalize", async {
-                    // The guest takes the name while the host rewrites the
-                    // config disk.
-                    let rename = this.rename_guest(&vm);
-                    let (t2, v2) = (this.clone(), vm.clone());
-                    let host = crate::ops::blocking(move || {
-                        t2.write_config_disk(&v2, false).map_err(api)?;
-                        if t2.network_active() {
-                            t2.sync_firewall().map_err(api)?;
-                        }
-                        Ok(())
-                    });
-                    let (a, b) = tokio::join!(rename, host);
-                    a.and(b)
-                })
-                .await;
-            let refill = this.clone();
-            tokio::spawn(async move { refill.refill_pools() });
-            r?;
-            Ok(serde_json::json!({ "vm": vm.name, "ip": vm.ip, "state": "running", "from_pool": true }))
-        })?;
+        let op =
+            self.inner
+                .ops
+                .spawn("vm.create", &vm.name.clone(), steps, move |h| async move {
+                    let lock = this.lock_for(&vm.name);
+                    let _held = lock.lock().await;
+                    // It booted in the background at the lowest priority; it is in
+                    // use now.
+                    let pid = vm.pid;
+                    h.step(
+                        "claim",
+                        blocking(move || {
+                            if let Some(pid) = pid {
+                                super::vmm::set_priority(pid, 0);
+                            }
+                            Ok(())
+                        }),
+                    )
+                    .await?;
+                    let r = h
+                        .step("personalize", async {
+                            // The guest takes the name while the host rewrites the
+                            // config disk.
+                            let rename = this.rename_guest(&vm);
+                            let (t2, v2) = (this.clone(), vm.clone());
+                            let host = blocking(move || {
+                                t2.write_config_disk(&v2, false)?;
+                                if t2.network_active() {
+                                    t2.sync_firewall()?;
+                                }
+                                Ok(())
+                            });
+                            let (a, b) = tokio::join!(rename, host);
+                            a.and(b)
+                        })
+                        .await;
+                    let refill = this.clone();
+                    tokio::spawn(async move { refill.refill_pools() });
+                    r?;
+                    Ok::<_, VmError>(serde_json::json!({
+                        "vm": vm.name, "ip": vm.ip, "state": "running", "from_pool": true
+                    }))
+                })?;
         Ok(Some(op))
     }
 
     /// A claimed pool VM's guest takes its new name: through its agent
     /// (one line on a channel that is already open), or over SSH for images
     /// built before the agent existed.
-    async fn rename_guest(&self, vm: &banger_api::Vm) -> Result<(), banger_api::ApiError> {
-        let spec = self.launch_spec(vm).map_err(api)?;
+    async fn rename_guest(&self, vm: &banger_api::Vm) -> Result<(), VmError> {
+        let spec = self.launch_spec(vm)?;
         let link = self.vmm(&vm.backend).agent(&spec);
         let name = vm.name.clone();
-        let by_agent = crate::ops::blocking(move || {
+        let by_agent = blocking(move || {
             super::agent::request(&link, "rename", &[&name], std::time::Duration::from_secs(3))
-                .map_err(|e| {
-                    api(VmError::Invalid {
-                        what: "pool VM",
-                        reason: e.to_string(),
-                    })
+                .map_err(|e| VmError::Internal {
+                    what: "pool VM",
+                    reason: e.to_string(),
                 })
         })
         .await;
         let Err(e) = by_agent else { return Ok(()) };
-        tracing::info!(vm = %vm.name, error = %e.message, "no guest agent; renaming over SSH");
+        tracing::info!(vm = %vm.name, error = %crate::error::error_chain(&e), "no guest agent; renaming over SSH");
         let out = self
-            .guest_run(
-                vm,
-                &format!("sh -c {}", quote(&rename_script(&vm.name))),
-                None,
-            )
-            .await
-            .map_err(api)?;
+            .guest(vm)?
+            .run(&format!("sh -c {}", quote(&rename_script(&vm.name))), None)
+            .await?;
         if !out.status.success() {
-            return Err(api(VmError::Invalid {
+            return Err(VmError::Internal {
                 what: "pool VM",
                 reason: format!(
                     "renaming it in the guest failed: {}",
                     String::from_utf8_lossy(&out.stderr).trim()
                 ),
-            }));
+            });
         }
         Ok(())
     }
@@ -332,7 +333,11 @@ impl Vms {
     /// After a pool VM booted: open its SSH connection now, so a claim
     /// costs one round trip instead of a handshake.
     pub(super) async fn warm_pool_connection(&self, vm: &banger_api::Vm) {
-        if let Err(e) = self.guest_run(vm, "true", None).await {
+        let warmed = match self.guest(vm) {
+            Ok(g) => g.run("true", None).await.map(|_| ()).map_err(VmError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = warmed {
             tracing::debug!(vm = %vm.name, error = %e, "cannot pre-open the pool VM's SSH connection");
         }
     }

@@ -24,14 +24,16 @@
 use std::path::{Path, PathBuf};
 
 use banger_api::{
-    ApiError, Operation, Snapshot, SnapshotList, Vm, VmCreateRequest, VmForkRequest,
-    VmSnapshotRequest, VmState,
+    Operation, Snapshot, SnapshotList, Vm, VmCreateRequest, VmForkRequest, VmSnapshotRequest,
+    VmState,
 };
 use rusqlite::{params, OptionalExtension};
 
-use super::{agent, api, NewRow, VmError, Vms};
+use super::blocking;
+use super::rows::NewRow;
+use super::{agent, VmError, Vms};
 use crate::names::validate_name;
-use crate::ops::{blocking, OpHandle, StepSpec};
+use crate::ops::{OpHandle, StepSpec};
 
 /// Disk files a snapshot copies from a VM's directory (those that exist).
 const DISK_FILES: &[&str] = &["root.qcow2", "root.raw", "root.cow", "work.ext4"];
@@ -290,39 +292,37 @@ impl Vms {
         h: &OpHandle,
         vm_name: &str,
         snap: &SnapRow,
-    ) -> Result<SnapRow, ApiError> {
-        let vm = self.get(vm_name).map_err(api)?;
+    ) -> Result<SnapRow, VmError> {
+        let vm = self.get(vm_name)?;
         if vm.id != snap.source_id {
-            return Err(api(VmError::Invalid {
+            return Err(VmError::Invalid {
                 what: "snapshot",
                 reason: format!("VM {vm_name:?} was replaced while the snapshot was queued"),
-            }));
+            });
         }
         let running = vm.state == VmState::Running;
         if running != snap.with_memory {
-            return Err(api(VmError::WrongState {
+            return Err(VmError::WrongState {
                 name: vm.name.clone(),
                 state: vm.state.as_str(),
                 what: "it changed state while the snapshot was queued; try again",
-            }));
+            });
         }
         let dir = self.snap_dir(&snap.id);
-        std::fs::create_dir_all(&dir).map_err(|source| {
-            api(VmError::Io {
-                path: dir.clone(),
-                source,
-            })
+        std::fs::create_dir_all(&dir).map_err(|source| VmError::Io {
+            path: dir.clone(),
+            source,
         })?;
-        let spec = self.launch_spec(&vm).map_err(api)?;
+        let spec = self.launch_spec(&vm)?;
         if running {
             let link = self.vmm(&vm.backend).agent(&spec);
             let name = vm.name.clone();
             blocking(move || {
                 agent::request(&link, "ping", &[], std::time::Duration::from_secs(5)).map_err(|e| {
-                    api(VmError::NoGuestAgent {
+                    VmError::NoGuestAgent {
                         name,
                         reason: crate::error::error_chain(&e),
-                    })
+                    }
                 })
             })
             .await?;
@@ -332,10 +332,7 @@ impl Vms {
             let saved = h
                 .step_to_end(
                     "save",
-                    blocking(move || {
-                        vmm.save_state(&spec2, &d2)
-                            .map_err(|e| api(VmError::Vmm(e)))
-                    }),
+                    blocking(move || vmm.save_state(&spec2, &d2).map_err(VmError::Vmm)),
                 )
                 .await;
             if let Err(e) = saved {
@@ -354,7 +351,7 @@ impl Vms {
                         let from = src.join(f);
                         if from.exists() {
                             crate::storage::clone_file(&from, &d2.join(f))
-                                .map_err(|e| api(VmError::Storage(e)))?;
+                                .map_err(VmError::Storage)?;
                         }
                     }
                     Ok(())
@@ -366,7 +363,7 @@ impl Vms {
             let resumed = h
                 .step_to_end(
                     "resume",
-                    blocking(move || vmm.resume(&spec2).map_err(|e| api(VmError::Vmm(e)))),
+                    blocking(move || vmm.resume(&spec2).map_err(VmError::Vmm)),
                 )
                 .await;
             copied?;
@@ -377,7 +374,7 @@ impl Vms {
         }
         if h.cancel_token().is_cancelled() {
             // The VM runs again; the caller drops the snapshot.
-            return Err(crate::ops::cancelled_error());
+            return Err(crate::ops::OpsError::Cancelled.into());
         }
         let size = allocated(&dir, None);
         let id = snap.id.clone();
@@ -390,7 +387,7 @@ impl Vms {
                 )
                 .map(|_| ())
             })
-            .map_err(|e| api(VmError::from(e)))?;
+            .map_err(VmError::from)?;
         Ok(SnapRow {
             state: "ready".into(),
             size_bytes: size,
@@ -452,7 +449,7 @@ impl Vms {
             validate_name("agent", a)?;
             self.inner.config.agents.get(a)?;
         }
-        let egress = super::parse_egress(req.egress_allow.as_deref())?;
+        let egress = super::resolve::parse_egress(req.egress_allow.as_deref())?;
         let vm =
             self.reserve_from_snapshot(&req.name, &snap, req.agent.clone(), req.isolated, egress)?;
         let (this, id, name) = (self.clone(), vm.id.clone(), vm.name.clone());
@@ -464,7 +461,7 @@ impl Vms {
                 let dir = this.snap_dir(&snap.id);
                 let r = this.restore_into(&h, &vm, &snap, &dir, false).await;
                 if let Err(e) = &r {
-                    tracing::warn!(vm = %vm.name, error = %e.message, "restore failed; rolling back");
+                    tracing::warn!(vm = %vm.name, error = %crate::error::error_chain(e), "restore failed; rolling back");
                     this.rollback(&vm.id, &vm.name);
                 }
                 r
@@ -531,8 +528,8 @@ impl Vms {
             )?;
             crate::workspaces::restore_carried(tx, &vm_id, &json).map_err(|e| match e {
                 crate::workspaces::WorkspaceError::Store(e) => VmError::Store(e),
-                e => VmError::Invalid {
-                    what: "snapshot",
+                e => VmError::Internal {
+                    what: "snapshot workspaces",
                     reason: e.to_string(),
                 },
             })?;
@@ -554,21 +551,20 @@ impl Vms {
         snap: &SnapRow,
         snap_dir: &Path,
         take: bool,
-    ) -> Result<serde_json::Value, ApiError> {
+    ) -> Result<serde_json::Value, VmError> {
         let p = self.paths(&vm.id);
         let (dir, from) = (p.dir.clone(), snap_dir.to_path_buf());
         h.step(
             "disks",
             blocking(move || {
-                p.create().map_err(api)?;
+                p.create()?;
                 for f in DISK_FILES {
                     let (src, dst) = (from.join(f), dir.join(f));
                     if !src.exists() {
                         continue;
                     }
                     if !(take && std::fs::rename(&src, &dst).is_ok()) {
-                        crate::storage::clone_file(&src, &dst)
-                            .map_err(|e| api(VmError::Storage(e)))?;
+                        crate::storage::clone_file(&src, &dst).map_err(VmError::Storage)?;
                     }
                 }
                 Ok(())
@@ -576,15 +572,12 @@ impl Vms {
         )
         .await?;
         let (this, vm2) = (self.clone(), vm.clone());
-        h.step(
-            "config",
-            blocking(move || this.new_identity(&vm2, false).map_err(api)),
-        )
-        .await?;
+        h.step("config", blocking(move || this.new_identity(&vm2, false)))
+            .await?;
         let t = self
             .boot(h, vm, snap.with_memory.then(|| snap_dir.to_path_buf()))
             .await?;
-        let vm = self.get_by_id(&vm.id).map_err(api)?;
+        let vm = self.get_by_id(&vm.id)?;
         Ok(serde_json::json!({
             "vm": vm.name, "ip": vm.ip, "state": "running", "boot_seconds": t,
             "from_snapshot": snap.name, "restored": snap.with_memory,
@@ -612,7 +605,7 @@ impl Vms {
             &snap,
             src.agent.clone(),
             src.isolated,
-            super::parse_egress(src.egress_allow.as_deref())?,
+            super::resolve::parse_egress(src.egress_allow.as_deref())?,
         ) {
             Ok(vm) => vm,
             Err(e) => {
@@ -627,7 +620,7 @@ impl Vms {
         self.inner
             .ops
             .spawn("vm.fork", &vm.name.clone(), steps, move |h| async move {
-                let r: Result<serde_json::Value, ApiError> = async {
+                let r: Result<serde_json::Value, VmError> = async {
                     let taken = {
                         let lock = this.lock_for(&src.name);
                         let _held = lock.lock().await;
@@ -643,7 +636,7 @@ impl Vms {
                 .await;
                 let _ = this.drop_snapshot(&snap2.id);
                 if let Err(e) = &r {
-                    tracing::warn!(vm = %vm2.name, error = %e.message, "fork failed; rolling back");
+                    tracing::warn!(vm = %vm2.name, error = %crate::error::error_chain(e), "fork failed; rolling back");
                     this.rollback(&vm2.id, &vm2.name);
                 }
                 r

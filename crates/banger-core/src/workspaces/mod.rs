@@ -18,9 +18,10 @@ use banger_api::{Workspace, WorkspaceChanges, WorkspaceCommit};
 use rusqlite::{params, OptionalExtension, Row};
 use thiserror::Error;
 
+use crate::guest_ssh::GuestInput;
 use crate::names::{validate_name, NameError};
 use crate::store::{Store, StoreError};
-use crate::vms::{GuestInput, VmError, Vms};
+use crate::vms::{VmError, Vms};
 use crate::ToApiError;
 
 #[derive(Debug, Error)]
@@ -60,6 +61,8 @@ pub enum WorkspaceError {
     #[error(transparent)]
     Vm(Box<VmError>),
     #[error(transparent)]
+    Transport(#[from] crate::guest_ssh::GuestSshError),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -89,6 +92,7 @@ impl ToApiError for WorkspaceError {
             | WorkspaceError::Missing { .. }
             | WorkspaceError::NoGit(_) => C::Conflict,
             WorkspaceError::Vm(e) => e.code(),
+            WorkspaceError::Transport(e) => e.code(),
             _ => C::Internal,
         }
     }
@@ -114,6 +118,7 @@ impl ToApiError for WorkspaceError {
                 "Push it again (banger workspace push --force), or forget it (banger workspace rm)".into()
             }
             WorkspaceError::Vm(e) => return e.hint(),
+            WorkspaceError::Transport(e) => return e.hint(),
             _ => return None,
         })
     }
@@ -311,8 +316,8 @@ impl Workspaces {
         let command = format!("bash -c {}", crate::shell::quote(&text));
         let out = self
             .vms
-            .guest_exec(
-                &vm,
+            .guest(&vm)?
+            .exec(
                 &command,
                 GuestInput::Reader(input),
                 Duration::from_secs(3600),
@@ -406,8 +411,8 @@ impl Workspaces {
         let text = script::changes_script(&ws.dest, &ws.base_commit, ws.exported_commit.as_deref());
         let out = self
             .vms
-            .guest_exec(
-                &vm,
+            .guest(&vm)?
+            .exec(
                 &format!("bash -c {}", crate::shell::quote(&text)),
                 GuestInput::None,
                 Duration::from_secs(300),
@@ -493,8 +498,8 @@ impl Workspaces {
         let text = script::bundle_script(&ws.dest, &ws.base_commit, head);
         let out = self
             .vms
-            .guest_exec(
-                &vm,
+            .guest(&vm)?
+            .exec(
                 &format!("bash -c {}", crate::shell::quote(&text)),
                 GuestInput::None,
                 Duration::from_secs(1800),

@@ -193,7 +193,7 @@ pub async fn debug_start(
                 })
                 .await?;
             }
-            Ok(serde_json::json!({ "steps": req.steps }))
+            Ok::<_, banger_api::ApiError>(serde_json::json!({ "steps": req.steps }))
         })?;
     Ok((StatusCode::ACCEPTED, Json(op)))
 }

@@ -1,0 +1,366 @@
+//! Booting a VM (network -> spawn -> boot), watching its VMM, `vm.start`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use banger_api::{Operation, Vm, VmState};
+use rusqlite::{params, OptionalExtension};
+
+use super::blocking;
+use crate::network;
+use crate::ops::{OpHandle, StepSpec};
+use crate::tools::{self};
+
+use super::error::VmError;
+use super::procs::{kill_vmm, pid_alive};
+use super::qemu::Accel;
+use super::{agent, ready, vmm, Vms, BOOT_TIMEOUT, POLL};
+
+impl Vms {
+    /// network -> spawn -> boot; leaves the VM running or returns an error
+    /// (the caller rolls back or marks it stopped).
+    /// `restore`: a snapshot's directory to resume from instead of booting
+    /// (then the guest agent re-applies the VM's identity).
+    pub(super) async fn boot(
+        &self,
+        h: &OpHandle,
+        vm: &Vm,
+        restore: Option<PathBuf>,
+    ) -> Result<f64, VmError> {
+        let vm_ip = vm.ip.clone();
+        // A jailed Firecracker opens its TAP as the jail's user.
+        let tap_owner = (vm.backend == "firecracker" && !self.inner.config.jailer.is_empty())
+            .then_some((self.inner.config.jail_uid, self.inner.config.jail_gid));
+        let (bridge, subnet) = (self.inner.config.bridge.clone(), self.inner.config.subnet);
+        let this = self.clone();
+        let id = vm.id.clone();
+        h.step(
+            "network",
+            blocking(move || {
+                network::ensure_bridge(&bridge, &subnet)?;
+                network::flush_neighbor(&vm_ip, &bridge);
+                // A ready TAP from the pool, else a new one (a jailed
+                // Firecracker needs one owned by the jail's user).
+                let pooled = if tap_owner.is_none() {
+                    this.inner.pool.take()
+                } else {
+                    None
+                };
+                let tap = match pooled {
+                    Some(t) => t,
+                    None => {
+                        let t = network::tap_name(&id);
+                        network::create_tap(&t, &bridge, tap_owner)?;
+                        t
+                    }
+                };
+                let t2 = tap.clone();
+                this.inner.store.write(|tx| -> Result<(), VmError> {
+                    tx.execute("UPDATE vms SET tap = ?2 WHERE id = ?1", params![id, t2])?;
+                    Ok(())
+                })?;
+                this.sync_firewall()?;
+                this.inner.net_up.send_replace(true);
+                this.inner.pool.refill_later();
+                Ok(())
+            }),
+        )
+        .await?;
+        let p = self.paths(&vm.id);
+        let spec = self.launch_spec(vm)?;
+        let vmm = self.vmm(&vm.backend);
+        if vm.backend == "firecracker" && p.root_cow().exists() {
+            let image = self.image_of(vm)?;
+            let base = self
+                .inner
+                .images
+                .artifact_path(&image, "rootfs")
+                .ok_or_else(|| VmError::Internal {
+                    what: "image",
+                    reason: "it has no root filesystem".into(),
+                })?;
+            let (id, cow) = (vm.id.clone(), p.root_cow());
+            blocking(move || {
+                crate::storage::dm::setup(&id, &base, &cow)?;
+                Ok(())
+            })
+            .await?;
+        }
+        let started = Instant::now();
+        let pid = h
+            .step::<_, VmError, _>("spawn", async {
+                let (spec2, restore) = (spec.clone(), restore.clone());
+                let child = blocking(move || {
+                    match &restore {
+                        Some(dir) => vmm.restore(&spec2, dir),
+                        None => vmm.launch(&spec2),
+                    }
+                    .map_err(VmError::from)
+                })
+                .await?;
+                let pid = child.id();
+                if vm.state == VmState::Creating {
+                    // Stays `creating` (rolled back after a crash) until booted.
+                    let id = vm.id.clone();
+                    self.inner
+                        .store
+                        .write(|tx| {
+                            tx.execute("UPDATE vms SET pid = ?2 WHERE id = ?1", params![id, pid])
+                                .map(|_| ())
+                        })
+                        .map_err(VmError::from)?;
+                } else {
+                    self.set_state(&vm.id, VmState::Starting, Some(pid), None)?;
+                }
+                self.watch_child(vm.id.clone(), child);
+                h.message(
+                    "spawn",
+                    format!("{} pid {pid} ({} accel)", vm.backend, vm.accel),
+                );
+                Ok(pid)
+            })
+            .await?;
+        let console = p.console();
+        let logs = self.vmm(&vm.backend).logs(&spec);
+        if restore.is_some() {
+            // A restored guest is up already: it takes its own identity.
+            let link = self.vmm(&vm.backend).agent(&spec);
+            h.step("boot", blocking(move || reapply_identity(&link)))
+                .await?;
+        } else {
+            self.wait_ready(h, pid, &console, &logs).await?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        self.set_state(&vm.id, VmState::Running, Some(pid), None)?;
+        Ok(secs)
+    }
+
+    /// The `boot` step of a cold boot: until the guest's readiness marker
+    /// is on its console (or its VMM exits, or the boot times out).
+    pub(super) async fn wait_ready(
+        &self,
+        h: &OpHandle,
+        pid: u32,
+        console: &std::path::Path,
+        logs: &[PathBuf],
+    ) -> Result<(), VmError> {
+        h.step("boot", async {
+            let deadline = Instant::now() + BOOT_TIMEOUT;
+            let mut scan = ready::ReadyScan::default();
+            loop {
+                if scan.poll(console) {
+                    return Ok(());
+                }
+                if !pid_alive(pid) {
+                    return Err(VmError::VmmDied {
+                        report: ready::tail_report(console, logs),
+                    });
+                }
+                if Instant::now() > deadline {
+                    return Err(VmError::BootTimeout {
+                        secs: BOOT_TIMEOUT.as_secs(),
+                    });
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        })
+        .await
+    }
+
+    /// Reaps our VMM child and records an unexpected exit. The wait holds
+    /// no thread (a blocked `wait4` kept a SIGTERMed daemon alive, since
+    /// the runtime waits for its blocking threads and VMMs outlive it).
+    pub(super) fn watch_child(&self, id: String, mut child: std::process::Child) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let status = tools::wait_exit(&mut child).await;
+            let pid = child.id();
+            // on_exit blocks on the per-VM lock: not on an async thread.
+            let _ = tokio::task::spawn_blocking(move || this.on_exit(&id, pid, status)).await;
+        });
+    }
+
+    /// Polls an adopted VMM (not our child) until it exits.
+    pub(super) fn watch_adopted(&self, id: String, pid: u32) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            while pid_alive(pid) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            // on_exit blocks on the per-VM lock: not on an async thread.
+            let _ =
+                tokio::task::spawn_blocking(move || this.on_exit(&id, pid, "exited".into())).await;
+        });
+    }
+
+    /// Records that VMM `pid` of VM `id` exited. Blocking: it takes the
+    /// per-VM lock, so it cannot interleave with a stop or start of the same
+    /// VM (a late call for an old process then sees another pid and does
+    /// nothing). Call from a blocking thread.
+    pub(super) fn on_exit(&self, id: &str, pid: u32, status: String) {
+        let name: Option<String> = self
+            .inner
+            .store
+            .read(|c| {
+                c.query_row("SELECT name FROM vms WHERE id = ?1", [id], |r| r.get(0))
+                    .optional()
+            })
+            .ok()
+            .flatten();
+        let Some(name) = name else { return };
+        let lock = self.lock_for(&name);
+        let _held = lock.blocking_lock();
+        let row: Option<(String, Option<i64>, String)> = self
+            .inner
+            .store
+            .read(|c| {
+                c.query_row("SELECT state, pid, tap FROM vms WHERE id = ?1", [id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+            })
+            .ok()
+            .flatten();
+        let Some((state, cur_pid, tap)) = row else {
+            return;
+        };
+        if cur_pid != Some(i64::from(pid)) {
+            return;
+        }
+        let reason = if state == "stopping" {
+            "stopped by user".to_string()
+        } else {
+            format!("VMM exited ({status})")
+        };
+        if state != "creating" {
+            let _ = self.set_state(id, VmState::Stopped, None, Some(&reason));
+        }
+        network::delete_tap(&tap);
+        crate::storage::dm::teardown(id);
+        self.vmm("firecracker").cleanup(id);
+        self.paths(id).remove_sockets();
+        tracing::info!(vm = id, pid, reason, "VMM exited");
+    }
+
+    pub(super) fn launch_spec(&self, vm: &Vm) -> Result<vmm::LaunchSpec, VmError> {
+        let p = self.paths(&vm.id);
+        let image = self.image_of(vm)?;
+        let kernel_kind = if vm.backend == "firecracker" {
+            "vmlinux"
+        } else {
+            "kernel"
+        };
+        let kernel = self
+            .inner
+            .images
+            .artifact_path(&image, kernel_kind)
+            .ok_or_else(|| VmError::Internal {
+                what: "image",
+                reason: format!("image {:?} has no {kernel_kind}", image.name),
+            })?;
+        Ok(vmm::LaunchSpec {
+            vm_id: vm.id.clone(),
+            name: vm.name.clone(),
+            cpus: vm.cpus,
+            memory_mib: vm.memory_mib,
+            accel: if vm.accel == "kvm" {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            },
+            kernel,
+            initrd: self.inner.images.artifact_path(&image, "initrd"),
+            root_disk: if vm.backend == "firecracker" && p.root_cow().exists() {
+                crate::storage::dm::device_path(&vm.id)
+            } else {
+                p.root(&vm.backend)
+            },
+            config_disk: p.config(),
+            work_disk: p.work(),
+            tap: self.tap_of(&vm.id),
+            mac: vm.mac.clone(),
+            console_log: p.console(),
+            stderr_log: p.dir.join("vmm.stderr"),
+            run_dir: p.run.clone(),
+            background: self.is_pool(&vm.id),
+        })
+    }
+
+    /// `vm.start` of a stopped VM.
+    pub fn start_start(&self, name: &str) -> Result<Operation, VmError> {
+        let vm = self.get(name)?;
+        if vm.state != VmState::Stopped {
+            return Err(VmError::WrongState {
+                name: name.into(),
+                state: vm.state.as_str(),
+                what: "only a stopped VM can be started",
+            });
+        }
+        let steps = vec![
+            StepSpec::new("network", "Set up bridge and TAP"),
+            StepSpec::new("spawn", "Start the VMM"),
+            StepSpec::new("boot", "Wait for the guest (sshd ready)"),
+        ];
+        let this = self.clone();
+        Ok(self
+            .inner
+            .ops
+            .spawn("vm.start", name, steps, move |h| async move {
+                let lock = this.lock_for(&vm.name);
+                let _held = lock.lock().await;
+                let cur = this.get(&vm.name)?;
+                if cur.state != VmState::Stopped {
+                    return Err(VmError::WrongState {
+                        name: vm.name.clone(),
+                        state: cur.state.as_str(),
+                        what: "only a stopped VM can be started",
+                    });
+                }
+                match this.boot(&h, &cur, None).await {
+                    Ok(t) => Ok(
+                        serde_json::json!({ "vm": vm.name, "state": "running", "boot_seconds": t }),
+                    ),
+                    Err(e) => {
+                        if let Ok(Some(pid)) = this.get(&vm.name).map(|v| v.pid) {
+                            kill_vmm(pid, &vm.id);
+                        }
+                        network::delete_tap(&this.tap_of(&vm.id));
+                        let _ = this.set_state(
+                            &vm.id,
+                            VmState::Stopped,
+                            None,
+                            Some(&format!("start failed: {}", crate::error::error_chain(&e))),
+                        );
+                        Err(e)
+                    }
+                }
+            })?)
+    }
+}
+
+/// Asks a guest restored from a snapshot to re-read its config disk (its
+/// own name, address, MAC, host key, machine-id) and to take the host's
+/// clock and fresh randomness. Blocking.
+pub(super) fn reapply_identity(link: &agent::AgentLink) -> Result<(), VmError> {
+    let epoch = chrono::Utc::now().timestamp().to_string();
+    let mut seed = [0u8; 32];
+    getrandom_fill(&mut seed);
+    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+    agent::request(link, "reload", &[&epoch, &hex], agent::AGENT_TIMEOUT).map_err(|e| {
+        VmError::Internal {
+            what: "restored guest",
+            reason: format!(
+                "re-applying its identity failed: {}",
+                crate::error::error_chain(&e)
+            ),
+        }
+    })
+}
+
+/// Fills `buf` from the kernel's random source.
+pub(super) fn getrandom_fill(buf: &mut [u8]) {
+    use std::io::Read;
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(buf);
+    }
+}

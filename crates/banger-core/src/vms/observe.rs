@@ -1,0 +1,171 @@
+//! What a VM shows: console log, stats, listening ports; connections to it.
+
+use std::time::{Duration, Instant};
+
+use banger_api::{Vm, VmState};
+
+use crate::tools::ToolError;
+
+use super::error::VmError;
+use super::procs::pid_alive;
+use super::{ports, stats, Vms};
+
+impl Vms {
+    /// A guest command's stdout, for figures that are reported as text.
+    async fn guest_stdout_of(&self, vm: &Vm, command: &str) -> Result<String, VmError> {
+        Ok(self.guest(vm)?.stdout(command).await?)
+    }
+
+    /// The console log from byte `offset` on, and the log's size.
+    pub fn console_log_from(&self, name: &str, offset: u64) -> Result<(String, u64), VmError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let vm = self.get(name)?;
+        let p = self.paths(&vm.id).console();
+        let Ok(mut f) = std::fs::File::open(&p) else {
+            return Ok((String::new(), 0));
+        };
+        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        // A log shorter than the offset was restarted (a new boot): from 0.
+        let from = if offset > size { 0 } else { offset };
+        f.seek(SeekFrom::Start(from))
+            .map_err(|source| VmError::Io {
+                path: p.clone(),
+                source,
+            })?;
+        let mut buf = Vec::new();
+        f.take(4 << 20)
+            .read_to_end(&mut buf)
+            .map_err(|source| VmError::Io {
+                path: p.clone(),
+                source,
+            })?;
+        Ok((
+            String::from_utf8_lossy(&buf).into_owned(),
+            from + buf.len() as u64,
+        ))
+    }
+
+    /// Host-side figures from /proc and the disks; guest-side over SSH.
+    /// A VMM's CPU ticks and RSS now (for live figures); `None` when not running.
+    pub fn vmm_sample(&self, vm: &Vm) -> Option<(u64, Option<u64>)> {
+        let pid = vm
+            .pid
+            .filter(|p| vm.state == VmState::Running && pid_alive(*p))?;
+        let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .as_deref()
+            .and_then(stats::parse_proc_stat_ticks)?;
+        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .as_deref()
+            .and_then(stats::parse_rss);
+        Some((ticks, rss))
+    }
+
+    pub async fn stats(&self, name: &str) -> Result<banger_api::VmStats, VmError> {
+        let vm = self.get(name)?;
+        let p = self.paths(&vm.id);
+        let disk_allocated_bytes = std::fs::read_dir(&p.dir)
+            .map(|r| {
+                use std::os::unix::fs::MetadataExt;
+                r.filter_map(Result::ok)
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.blocks() * 512)
+                    .sum()
+            })
+            .unwrap_or(0);
+        let running = vm.state == VmState::Running;
+        let pid = vm.pid.filter(|p| running && pid_alive(*p));
+        let mut host = banger_api::HostStats {
+            pid,
+            cpu_percent: None,
+            rss_bytes: None,
+            disk_allocated_bytes,
+        };
+        if let Some(pid) = pid {
+            let ticks = || {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .as_deref()
+                    .and_then(stats::parse_proc_stat_ticks)
+            };
+            let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                .ok()
+                .flatten()
+                .unwrap_or(100) as f64;
+            let (a, t0) = (ticks(), Instant::now());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let (Some(a), Some(b)) = (a, ticks()) {
+                host.cpu_percent = Some(
+                    ((b.saturating_sub(a)) as f64 / hz / t0.elapsed().as_secs_f64() * 1000.0)
+                        .round()
+                        / 10.0,
+                );
+            }
+            host.rss_bytes = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .as_deref()
+                .and_then(stats::parse_rss);
+        }
+        let (guest, guest_error) = if running {
+            match self.guest_stdout_of(&vm, stats::GUEST_STATS_COMMAND).await {
+                Ok(out) => match stats::parse_guest(&out) {
+                    Ok(g) => (Some(g), None),
+                    Err(e) => (None, Some(format!("unexpected output from the guest: {e}"))),
+                },
+                Err(e) => (None, Some(crate::error::error_chain(&e))),
+            }
+        } else {
+            (None, Some(format!("the VM is {}", vm.state.as_str())))
+        };
+        Ok(banger_api::VmStats {
+            name: vm.name,
+            state: vm.state,
+            host,
+            guest,
+            guest_error,
+        })
+    }
+
+    /// The guest's listening TCP and UDP sockets.
+    pub async fn ports(&self, name: &str) -> Result<banger_api::VmPortList, VmError> {
+        let vm = self.get(name)?;
+        let out = self.guest(&vm)?.stdout(ports::GUEST_PORTS_COMMAND).await?;
+        let ports = ports::parse_ss(&out, &vm.name).map_err(|detail| {
+            VmError::Tool(ToolError::BadOutput {
+                program: "ss (in the guest)".into(),
+                detail,
+            })
+        })?;
+        Ok(banger_api::VmPortList { vm: vm.name, ports })
+    }
+
+    /// Opens a TCP connection to a port of a running VM (from the daemon's
+    /// network namespace).
+    pub async fn connect(&self, name: &str, port: u16) -> Result<tokio::net::TcpStream, VmError> {
+        let vm = self.get(name)?;
+        if vm.state != VmState::Running {
+            return Err(VmError::WrongState {
+                name: name.into(),
+                state: vm.state.as_str(),
+                what: "only a running VM can be reached",
+            });
+        }
+        let addr = format!("{}:{port}", vm.ip);
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect(&addr),
+        )
+        .await
+        .map_err(|_| VmError::Connect {
+            name: name.into(),
+            port,
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+        })?
+        .map_err(|source| VmError::Connect {
+            name: name.into(),
+            port,
+            source,
+        })
+    }
+}

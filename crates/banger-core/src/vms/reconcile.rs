@@ -1,0 +1,110 @@
+//! After a daemon (re)start: stored state converges with what runs.
+
+use banger_api::VmState;
+
+use crate::network;
+
+use super::error::VmError;
+use super::procs::is_our_vmm;
+use super::Vms;
+
+impl Vms {
+    /// Removes VM directories and `bg-` TAPs that no row claims (left by a
+    /// daemon killed in the middle of `rm` or of a rollback). One daemon owns
+    /// the TAPs of its network namespace.
+    pub(super) fn remove_orphans(&self) -> Result<(), VmError> {
+        let vms = self.list()?;
+        let ids: std::collections::HashSet<String> = vms.iter().map(|v| v.id.clone()).collect();
+        for base in [
+            self.inner.layout.state_dir.join("vms"),
+            self.inner.layout.runtime_dir.join("vms"),
+        ] {
+            let Ok(entries) = std::fs::read_dir(&base) else {
+                continue;
+            };
+            for e in entries.filter_map(Result::ok) {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if !ids.contains(&id) {
+                    tracing::warn!(dir = %e.path().display(), "removing files of a VM that no longer exists");
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        // Snapshot devices of VMs that are gone or not running.
+        let running: std::collections::HashSet<String> = vms
+            .into_iter()
+            .filter(|v| {
+                matches!(
+                    v.state,
+                    VmState::Running | VmState::Starting | VmState::Stopping
+                ) && v.pid.is_some_and(|p| is_our_vmm(p, &v.id))
+            })
+            .map(|v| v.id)
+            .collect();
+        for dev in crate::storage::dm::list() {
+            if let Some(id) = crate::storage::dm::vm_id_of(&dev) {
+                if !running.contains(id) {
+                    tracing::warn!(device = %dev, "removing a stale device-mapper snapshot");
+                    crate::storage::dm::teardown(id);
+                }
+            }
+        }
+        let taps: std::collections::HashSet<String> = self.inner.store.read(|c| {
+            let mut stmt = c.prepare("SELECT tap FROM vms")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()
+        })?;
+        for link in network::list_links() {
+            if link.starts_with("bg-") && !taps.contains(&link) {
+                tracing::warn!(tap = %link, "removing a TAP no VM owns");
+                network::delete_tap(&link);
+            }
+        }
+        self.inner.pool.remove_strays(&taps);
+        Ok(())
+    }
+
+    /// Converges stored state with reality after a daemon (re)start.
+    pub fn reconcile(&self) -> Result<(), VmError> {
+        self.remove_orphans()?;
+        // Rules for VMs that no longer exist go; missing ones come back.
+        if self.network_active() {
+            if network::link_exists(&self.inner.config.bridge) {
+                self.inner.net_up.send_replace(true);
+                self.inner.pool.refill_later();
+            }
+            if let Err(e) = self.sync_firewall() {
+                tracing::warn!(error = %e, "cannot reconcile the firewall");
+            }
+        }
+        for vm in self.list()? {
+            match vm.state {
+                VmState::Creating => {
+                    tracing::warn!(vm = %vm.name, "rolling back a create the previous daemon did not finish");
+                    self.rollback(&vm.id, &vm.name);
+                }
+                VmState::Running | VmState::Starting | VmState::Stopping => match vm.pid {
+                    Some(pid) if is_our_vmm(pid, &vm.id) => {
+                        tracing::info!(vm = %vm.name, pid, "adopted running VM");
+                        if vm.state != VmState::Running {
+                            self.set_state(&vm.id, VmState::Running, Some(pid), None)?;
+                        }
+                        self.watch_adopted(vm.id.clone(), pid);
+                    }
+                    _ => {
+                        tracing::warn!(vm = %vm.name, "VMM is gone; marking stopped");
+                        self.set_state(
+                            &vm.id,
+                            VmState::Stopped,
+                            None,
+                            Some("VMM exited while bangerd was not running"),
+                        )?;
+                        network::delete_tap(&self.tap_of(&vm.id));
+                    }
+                },
+                VmState::Stopped => network::delete_tap(&self.tap_of(&vm.id)),
+            }
+        }
+        Ok(())
+    }
+}
