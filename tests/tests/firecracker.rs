@@ -503,7 +503,7 @@ fn firecracker_snapshot_restore_and_fork_use_the_snapshot_api_with_overrides() {
     let l: banger_api::SnapshotList = d.banger_json(&["snapshot", "ls"]);
     assert_eq!(l.snapshots.len(), 1);
     assert!(l.snapshots[0].with_memory);
-    assert_eq!(l.snapshots[0].backend, "firecracker");
+    assert_eq!(l.snapshots[0].backend, banger_api::Backend::Firecracker);
 
     // Restore: a fresh process, logger + metrics, then snapshot/load with
     // the new VM's TAP and vsock socket; the agent re-applies the identity.
@@ -512,7 +512,7 @@ fn firecracker_snapshot_restore_and_fork_use_the_snapshot_api_with_overrides() {
     assert!(out.status.success(), "restore: {}", stderr(&out));
     let fc2: Vm = d.banger_json(&["vm", "show", "fc2"]);
     assert_eq!(fc2.state, VmState::Running);
-    assert_eq!(fc2.backend, "firecracker");
+    assert_eq!(fc2.backend, banger_api::Backend::Firecracker);
     assert_ne!(fc2.ip, fc1.ip);
     let reqs = requests(&log)[before..].to_vec();
     assert_eq!(

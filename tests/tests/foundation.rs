@@ -91,7 +91,7 @@ fn doctor_json_lists_every_check_and_exit_code_follows_ok() {
         .checks
         .iter()
         .any(|c| c.id == "qemu" && c.status == CheckStatus::Ok);
-    assert_eq!(caps.backends.contains(&"qemu".to_string()), qemu_ok);
+    assert_eq!(caps.backends.contains(&banger_api::Backend::Qemu), qemu_ok);
     assert_eq!(
         caps.clone_strategies.last().map(String::as_str),
         Some("sparse-copy")

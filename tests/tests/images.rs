@@ -188,7 +188,11 @@ fn image_import_of_an_ext4_file_is_fast_and_rm_deletes_artifacts() {
     assert_eq!(op.result.as_ref().unwrap()["guest_init_added"], false);
     let i: Image = d.banger_json(&["image", "show", "base"]);
     assert_eq!(i.source, "import");
-    assert!(i.backends.contains(&"qemu".to_string()), "{:?}", i.backends);
+    assert!(
+        i.backends.contains(&banger_api::Backend::Qemu),
+        "{:?}",
+        i.backends
+    );
     let rootfs = i.artifacts.iter().find(|a| a.kind == "rootfs").unwrap();
     assert_eq!(
         rootfs.sha256,

@@ -37,10 +37,10 @@ fn guest_vm_lifecycle_create_ssh_stop_start_rm_leaves_nothing() {
     let vm: Vm = d.banger_json(&["vm", "show", "dev"]);
     assert_eq!(vm.state, VmState::Running);
     assert_eq!(vm.ip, "172.30.0.2");
-    assert_eq!(vm.backend, "qemu");
+    assert_eq!(vm.backend, banger_api::Backend::Qemu);
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
         // This project's machines: KVM cannot boot real kernels, the probe says so.
-        assert_eq!(vm.accel, "tcg");
+        assert_eq!(vm.accel, banger_api::Accel::Tcg);
         let report: banger_api::DoctorReport = serde_json::from_slice(
             &d.banger_cmd()
                 .args(["--json", "doctor"])

@@ -61,7 +61,7 @@ pub struct Capabilities {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firecracker: Option<ToolInfo>,
     /// VMM backends that can run here.
-    pub backends: Vec<String>,
+    pub backends: Vec<crate::vms::Backend>,
     /// `/dev/net/tun` exists.
     pub tun: bool,
     /// `nft` is installed.

@@ -26,8 +26,8 @@ pub struct Image {
     pub source: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub artifacts: Vec<Artifact>,
-    /// VMM backends that can boot it (`qemu`, `firecracker`).
-    pub backends: Vec<String>,
+    /// VMM backends that can boot it.
+    pub backends: Vec<crate::vms::Backend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_version: Option<String>,
     /// `light` (busybox init + sshd) or `systemd`.

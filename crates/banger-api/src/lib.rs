@@ -27,10 +27,10 @@ pub use sessions::{
 };
 pub use system::{FleetSnapshot, UiInfo, VersionInfo, VmLive};
 pub use vms::{
-    Forward, ForwardList, ForwardRequest, GuestStats, HostStats, PoolList, PoolSetRequest,
-    PoolStatus, Snapshot, SnapshotList, SshClientKey, Vm, VmCreateRequest, VmForkRequest, VmList,
-    VmPort, VmPortList, VmSetRequest, VmSnapshotRequest, VmSshInfo, VmState, VmStats,
-    VmStopRequest,
+    Accel, Backend, BackendChoice, Forward, ForwardList, ForwardRequest, GuestStats, HostStats,
+    PoolList, PoolSetRequest, PoolStatus, Snapshot, SnapshotList, SshClientKey, Vm,
+    VmCreateRequest, VmForkRequest, VmList, VmPort, VmPortList, VmSetRequest, VmSnapshotRequest,
+    VmSshInfo, VmState, VmStats, VmStopRequest,
 };
 
 pub use workspaces::{

@@ -3,6 +3,85 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// A VMM backend (`qemu` or `firecracker` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Qemu,
+    Firecracker,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Qemu, Backend::Firecracker];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Qemu => "qemu",
+            Backend::Firecracker => "firecracker",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The backend a create asks for: `auto` picks Firecracker where it can
+/// run the image, else QEMU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Qemu,
+    Firecracker,
+}
+
+impl BackendChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Qemu => "qemu",
+            BackendChoice::Firecracker => "firecracker",
+        }
+    }
+}
+
+/// How a VMM runs guest code: hardware virtualization or QEMU's emulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Accel> {
+        [Accel::Kvm, Accel::Tcg]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmState {
@@ -43,10 +122,9 @@ pub struct Vm {
     pub name: String,
     pub id: String,
     pub state: VmState,
-    /// `qemu` or `firecracker`.
-    pub backend: String,
-    /// `kvm` or `tcg` (QEMU).
-    pub accel: String,
+    pub backend: Backend,
+    /// `tcg` only under QEMU.
+    pub accel: Accel,
     pub image: String,
     pub cpus: u32,
     pub memory_mib: u32,
@@ -98,9 +176,9 @@ pub struct VmCreateRequest {
     /// e.g. `4G`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work_disk_size: Option<String>,
-    /// `auto` (default), `qemu` or `firecracker`.
+    /// Default: `auto`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<String>,
+    pub backend: Option<BackendChoice>,
     /// Create the disks but do not boot.
     #[serde(default)]
     pub no_start: bool,
@@ -133,7 +211,7 @@ pub struct Snapshot {
     /// The VM it was taken of (its name then).
     pub source_vm: String,
     pub image: String,
-    pub backend: String,
+    pub backend: Backend,
     pub cpus: u32,
     pub memory_mib: u32,
     pub work_disk_bytes: u64,

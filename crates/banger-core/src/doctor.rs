@@ -507,10 +507,10 @@ pub fn evaluate(f: &HostFacts) -> DoctorReport {
 pub fn capabilities(f: &HostFacts) -> Capabilities {
     let mut backends = Vec::new();
     if f.firecracker.is_some() && f.kvm_device {
-        backends.push("firecracker".to_string());
+        backends.push(banger_api::Backend::Firecracker);
     }
     if f.qemu.is_some() {
-        backends.push("qemu".to_string());
+        backends.push(banger_api::Backend::Qemu);
     }
     let mut clone_strategies = Vec::new();
     if f.reflink == Some(true) {
@@ -701,7 +701,7 @@ mod tests {
     #[test]
     fn capabilities_list_backends_and_clone_strategies() {
         let c = capabilities(&good());
-        assert_eq!(c.backends, ["qemu"]);
+        assert_eq!(c.backends, [banger_api::Backend::Qemu]);
         assert_eq!(c.clone_strategies, ["qcow2", "sparse-copy"]);
         let c = capabilities(&HostFacts {
             reflink: Some(true),

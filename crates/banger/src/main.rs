@@ -1,6 +1,7 @@
 //! `banger`: the command-line client of bangerd. Parses arguments, calls the
 //! API, renders the answer. It never touches state files.
 
+use banger_api::BackendChoice;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -226,8 +227,8 @@ enum VmCommand {
         #[arg(long)]
         disk_size: Option<String>,
         /// auto, qemu or firecracker.
-        #[arg(long)]
-        backend: Option<String>,
+        #[arg(value_parser = parse_backend, long)]
+        backend: Option<BackendChoice>,
         /// Set the VM up for a coding agent: opencode, claude-code, codex, or
         /// a profile in the daemon's agents.dir (default: the image's agent).
         #[arg(long)]
@@ -567,7 +568,7 @@ async fn run(client: &Client, json: bool, command: Command) -> Result<u8, Client
                         s.name.clone(),
                         s.source_vm.clone(),
                         s.image.clone(),
-                        s.backend.clone(),
+                        s.backend.to_string(),
                         if s.with_memory { "running" } else { "disks" }.into(),
                         s.cpus.to_string(),
                         output::size(u64::from(s.memory_mib) << 20),
@@ -735,7 +736,7 @@ fn print_capabilities(c: &Capabilities) {
         if c.backends.is_empty() {
             "none".into()
         } else {
-            c.backends.join(", ")
+            join_backends(&c.backends, ", ")
         }
     );
     println!("qemu:              {}", tool(&c.qemu));
@@ -977,7 +978,7 @@ async fn image(
                             i.name.clone(),
                             i.source.clone(),
                             i.init.clone(),
-                            i.backends.join(","),
+                            join_backends(&i.backends, ","),
                             output::size(rootfs),
                             i.digest[..12.min(i.digest.len())].to_string(),
                             i.created_at
@@ -1010,7 +1011,7 @@ async fn image(
                         .with_timezone(&chrono::Local)
                         .format("%Y-%m-%d %H:%M:%S")
                 );
-                println!("backends: {}", i.backends.join(", "));
+                println!("backends: {}", join_backends(&i.backends, ", "));
                 if let Some(k) = &i.kernel_version {
                     println!("kernel:   {k}");
                 }
@@ -2034,4 +2035,18 @@ fn print_op(style: &Style, op: &Operation) {
     if let Some(r) = &op.result {
         println!("result: {r}");
     }
+}
+
+/// `--backend`: `auto`, `qemu` or `firecracker`.
+fn parse_backend(s: &str) -> Result<BackendChoice, String> {
+    match s {
+        "auto" => Ok(BackendChoice::Auto),
+        "qemu" => Ok(BackendChoice::Qemu),
+        "firecracker" => Ok(BackendChoice::Firecracker),
+        other => Err(format!("{other:?} is not auto, qemu or firecracker")),
+    }
+}
+
+fn join_backends(b: &[banger_api::Backend], sep: &str) -> String {
+    b.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(sep)
 }

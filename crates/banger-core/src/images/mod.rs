@@ -20,7 +20,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use banger_api::{Artifact, ErrorCode, Image, ImageRemoved};
+use banger_api::{Artifact, Backend, ErrorCode, Image, ImageRemoved};
 use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -432,14 +432,14 @@ pub(crate) fn describe_artifacts(dir: &Path) -> Result<Vec<Artifact>, ImageError
 
 /// Which backends can boot the artifacts: QEMU needs kernel + rootfs;
 /// Firecracker needs a vmlinux and virtio-mmio (built in, or in the initrd).
-pub(crate) fn backends_for(artifacts: &[Artifact], virtio_mmio: bool) -> Vec<String> {
+pub(crate) fn backends_for(artifacts: &[Artifact], virtio_mmio: bool) -> Vec<Backend> {
     let has = |k: &str| artifacts.iter().any(|a| a.kind == k);
     let mut b = Vec::new();
     if has("vmlinux") && has("rootfs") && virtio_mmio {
-        b.push("firecracker".to_string());
+        b.push(Backend::Firecracker);
     }
     if has("kernel") && has("rootfs") {
-        b.push("qemu".to_string());
+        b.push(Backend::Qemu);
     }
     b
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use banger_api::{Operation, Vm, VmState};
+use banger_api::{Backend, Operation, Vm, VmState};
 use rusqlite::{params, OptionalExtension};
 
 use super::blocking;
@@ -13,7 +13,6 @@ use crate::tools::{self};
 
 use super::error::VmError;
 use super::procs::{kill_vmm, pid_alive};
-use super::qemu::Accel;
 use super::{agent, ready, vmm, Vms, BOOT_TIMEOUT, POLL};
 
 impl Vms {
@@ -29,8 +28,7 @@ impl Vms {
     ) -> Result<f64, VmError> {
         let vm_ip = vm.ip.clone();
         // A jailed Firecracker opens its TAP as the jail's user.
-        let tap_owner = (vm.backend == "firecracker" && !self.inner.config.jailer.is_empty())
-            .then_some((self.inner.config.jail_uid, self.inner.config.jail_gid));
+        let tap_owner = self.vmm(vm.backend).tap_owner();
         let (bridge, subnet) = (self.inner.config.bridge.clone(), self.inner.config.subnet);
         let this = self.clone();
         let id = vm.id.clone();
@@ -68,8 +66,9 @@ impl Vms {
         .await?;
         let p = self.paths(&vm.id);
         let spec = self.launch_spec(vm)?;
-        let vmm = self.vmm(&vm.backend);
-        if vm.backend == "firecracker" && p.root_cow().exists() {
+        let vmm = self.vmm(vm.backend);
+        // Only a Firecracker VM on a host without reflinks has one.
+        if p.root_cow().exists() {
             let image = self.image_of(vm)?;
             let base = self
                 .inner
@@ -121,10 +120,10 @@ impl Vms {
             })
             .await?;
         let console = p.console();
-        let logs = self.vmm(&vm.backend).logs(&spec);
+        let logs = self.vmm(vm.backend).logs(&spec);
         if restore.is_some() {
             // A restored guest is up already: it takes its own identity.
-            let link = self.vmm(&vm.backend).agent(&spec);
+            let link = self.vmm(vm.backend).agent(&spec);
             h.step("boot", blocking(move || reapply_identity(&link)))
                 .await?;
         } else {
@@ -237,7 +236,7 @@ impl Vms {
         }
         network::delete_tap(&tap);
         crate::storage::dm::teardown(id);
-        self.vmm("firecracker").cleanup(id);
+        self.vmm(Backend::Firecracker).cleanup(id);
         self.paths(id).remove_sockets();
         tracing::info!(vm = id, pid, reason, "VMM exited");
     }
@@ -245,11 +244,8 @@ impl Vms {
     pub(super) fn launch_spec(&self, vm: &Vm) -> Result<vmm::LaunchSpec, VmError> {
         let p = self.paths(&vm.id);
         let image = self.image_of(vm)?;
-        let kernel_kind = if vm.backend == "firecracker" {
-            "vmlinux"
-        } else {
-            "kernel"
-        };
+        let vmm = self.vmm(vm.backend);
+        let kernel_kind = vmm.kernel_artifact();
         let kernel = self
             .inner
             .images
@@ -263,17 +259,13 @@ impl Vms {
             name: vm.name.clone(),
             cpus: vm.cpus,
             memory_mib: vm.memory_mib,
-            accel: if vm.accel == "kvm" {
-                Accel::Kvm
-            } else {
-                Accel::Tcg
-            },
+            accel: vm.accel,
             kernel,
             initrd: self.inner.images.artifact_path(&image, "initrd"),
-            root_disk: if vm.backend == "firecracker" && p.root_cow().exists() {
+            root_disk: if p.root_cow().exists() {
                 crate::storage::dm::device_path(&vm.id)
             } else {
-                p.root(&vm.backend)
+                p.dir.join(vmm.root_disk_file())
             },
             config_disk: p.config(),
             work_disk: p.work(),

@@ -1,16 +1,15 @@
 //! `vm.create`: preflight, the warm-pool claim, and the create operation
 //! (disks -> config -> network -> spawn -> boot).
 
-use banger_api::{Operation, Vm, VmCreateRequest, VmState};
+use banger_api::{Backend, Operation, Vm, VmCreateRequest, VmState};
 
 use super::blocking;
 use crate::images::ImageError;
 use crate::names::validate_name;
 use crate::ops::{OpHandle, StepSpec};
-use crate::tools::{self};
 use crate::units::parse_size;
 
-use super::disks::grow_ext4_file;
+use super::disks::make_root_disk;
 use super::error::VmError;
 use super::qemu::Accel;
 use super::resolve::{check_cpus, parse_egress};
@@ -32,8 +31,8 @@ impl Vms {
         let images = self.inner.images.clone();
         // The KVM verdict is QEMU's: a Firecracker VM does not wait for it.
         let qemu = self
-            .resolve_backend(req.backend.as_deref().unwrap_or("auto"), &image)
-            .is_ok_and(|b| b == "qemu");
+            .resolve_backend(req.backend, &image)
+            .is_ok_and(|b| b == Backend::Qemu);
         let (state_dir, auto) = (
             self.inner.layout.state_dir.clone(),
             qemu && self.inner.config.accel == "auto",
@@ -74,7 +73,7 @@ impl Vms {
             .clone()
             .unwrap_or_else(|| cfg.default_image.clone());
         let image = self.inner.images.get(&image_name)?;
-        let backend = self.resolve_backend(req.backend.as_deref().unwrap_or("auto"), &image)?;
+        let backend = self.resolve_backend(req.backend, &image)?;
         // The agent: asked for (must exist), else the image's (when a
         // profile for it exists). Its resources are the defaults.
         let (agent, profile) = match (&req.agent, &image.agent) {
@@ -159,10 +158,9 @@ impl Vms {
                 .unwrap_or(0)
         };
         let needed = (512u64 << 20)
-            + if backend == "firecracker" {
-                rootfs_allocated
-            } else {
-                0
+            + match backend {
+                Backend::Firecracker => rootfs_allocated,
+                Backend::Qemu => 0,
             };
         self.check_free_space(needed)?;
         let egress_json = parse_egress(req.egress_allow.as_deref())?;
@@ -172,7 +170,7 @@ impl Vms {
                 cpus,
                 memory_mib: u32::try_from(memory_mib).unwrap_or(u32::MAX),
                 work_bytes,
-                backend: backend.clone(),
+                backend,
             };
             if let Some(op) = self.claim_pool_vm(&fit, &req, agent.clone(), egress_json.clone())? {
                 return Ok(op);
@@ -184,22 +182,17 @@ impl Vms {
         // what a restarted daemon rolls back.
         let id = uuid::Uuid::new_v4().simple().to_string();
         let name = req.name.clone();
-        let accel = if backend == "qemu" {
-            self.accel(&image)
-        } else {
-            Accel::Kvm
+        let accel = match backend {
+            Backend::Qemu => self.accel(&image),
+            Backend::Firecracker => Accel::Kvm,
         };
         let vm = self.reserve_row(&NewRow {
             id: &id,
             name: &name,
             image: &image_name,
             digest: &image.digest,
-            backend: &backend,
-            accel: if backend == "firecracker" {
-                "kvm"
-            } else {
-                accel.as_str()
-            },
+            backend,
+            accel,
             cpus,
             memory_mib,
             work_bytes,
@@ -268,74 +261,13 @@ impl Vms {
             })?;
         let seeds = self.inner.seeds.clone();
         let work_bytes = vm.work_disk_bytes;
-        let backend = vm.backend.clone();
+        let backend = vm.backend;
         h.step(
             "disks",
             blocking(move || {
                 paths.create()?;
-                if backend == "firecracker" {
-                    // Firecracker boots raw block devices: a reflink where the
-                    // filesystem can, else a device-mapper snapshot (the COW
-                    // file is mapped at each boot), else a sparse copy.
-                    let raw = dir.join("root.raw");
-                                        let cloned = crate::storage::try_reflink(&base, &raw);
-                    if !cloned {
-                        if crate::storage::dm::available() {
-                            if root_bytes.is_some() {
-                                return Err(VmError::Invalid { what: "disk size", reason: "a device-mapper snapshot root disk cannot be larger than its image".into() });
-                            }
-                            let size =
-                                std::fs::metadata(&base)
-                                    .map(|m| m.len())
-                                    .map_err(|source| {
-                                        VmError::Io {
-                                            path: base.clone(),
-                                            source,
-                                        }
-                                    })?;
-                            let cow = dir.join("root.cow");
-                            let f = std::fs::File::create(&cow).map_err(|source| {
-                                VmError::Io {
-                                    path: cow.clone(),
-                                    source,
-                                }
-                            })?;
-                            f.set_len(size).map_err(|source| {
-                                VmError::Io {
-                                    path: cow.clone(),
-                                    source,
-                                }
-                            })?;
-                                                } else {
-                            crate::storage::clone_file(&base, &raw)?;
-                        }
-                    }
-                    if let (Some(size), true) = (root_bytes, raw.exists()) {
-                        grow_ext4_file(&raw, size)?;
-                    }
-                } else {
-                    let qemu_img = tools::require("qemu-img")?;
-                    let root = dir.join("root.qcow2");
-                    tools::run(
-                        &qemu_img,
-                        [
-                            "create".as_ref(),
-                            "-q".as_ref(),
-                            "-f".as_ref(),
-                            "qcow2".as_ref(),
-                            "-F".as_ref(),
-                            "raw".as_ref(),
-                            "-b".as_ref(),
-                                                        base.as_os_str(),
-                            root.as_os_str(),
-                            root_bytes.map(|b| b.to_string()).unwrap_or_default().as_ref(),
-                        ]
-                        .into_iter()
-                        .filter(|a| !a.is_empty()),
-                    )?;
-                }
-                seeds
-                    .clone_to(work_bytes, &dir.join("work.ext4"))?;
+                make_root_disk(backend, &base, &dir, root_bytes)?;
+                seeds.clone_to(work_bytes, &dir.join("work.ext4"))?;
                 Ok(())
             }),
         )
@@ -348,7 +280,8 @@ impl Vms {
             .find(|a| a.kind == "rootfs")
             .map(|a| a.size)
             .unwrap_or(0);
-        let grow_root = vm.backend == "qemu" && root_bytes.is_some_and(|b| b > base_size);
+        let grow_root =
+            self.vmm(vm.backend).guest_grows_root() && root_bytes.is_some_and(|b| b > base_size);
         h.step(
             "config",
             blocking(move || this.new_identity(&vm2, grow_root)),

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use banger_api::{Vm, VmState};
+use banger_api::{Backend, Vm, VmState};
 use rusqlite::OptionalExtension;
 
 use crate::network;
@@ -32,7 +32,7 @@ impl Vms {
         // that fails leaves the VM running, not stuck in `stopping`.
         let spec = self.launch_spec(&vm)?;
         self.set_state(&vm.id, VmState::Stopping, Some(pid), None)?;
-        let vmm = self.vmm(&vm.backend);
+        let vmm = self.vmm(vm.backend);
         if !force {
             let asked = tokio::task::spawn_blocking(move || vmm.request_poweroff(&spec)).await;
             if !matches!(asked, Ok(Ok(()))) {
@@ -62,7 +62,7 @@ impl Vms {
         )?;
         network::delete_tap(&self.tap_of(&vm.id));
         crate::storage::dm::teardown(&vm.id);
-        self.vmm(&vm.backend).cleanup(&vm.id);
+        self.vmm(vm.backend).cleanup(&vm.id);
         self.paths(&vm.id).remove_sockets();
         self.get(name)
     }
@@ -116,7 +116,7 @@ impl Vms {
         kill_vmms_of(&vm.id);
         network::delete_tap(&tap);
         crate::storage::dm::teardown(&vm.id);
-        self.vmm(&vm.backend).cleanup(&vm.id);
+        self.vmm(vm.backend).cleanup(&vm.id);
         let p = self.paths(&vm.id);
         for d in [&p.dir, &p.run] {
             if d.exists() {
@@ -156,7 +156,7 @@ impl Vms {
         kill_vmms_of(id);
         network::delete_tap(&self.tap_of(id));
         crate::storage::dm::teardown(id);
-        self.vmm("firecracker").cleanup(id);
+        self.vmm(Backend::Firecracker).cleanup(id);
         let p = self.paths(id);
         let _ = std::fs::remove_dir_all(&p.dir);
         let _ = std::fs::remove_dir_all(&p.run);

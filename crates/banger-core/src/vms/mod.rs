@@ -42,7 +42,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use banger_api::{Vm, VmSshInfo, VmState};
+use banger_api::{Backend, Vm, VmSshInfo, VmState};
 use rusqlite::OptionalExtension;
 
 use crate::guest_ssh::{Guest, GuestSsh, GuestTarget};
@@ -260,8 +260,8 @@ impl Vms {
         }
     }
 
-    pub(super) fn vmm(&self, backend: &str) -> Box<dyn vmm::Vmm> {
-        if backend == "firecracker" {
+    pub(super) fn vmm(&self, backend: Backend) -> Box<dyn vmm::Vmm> {
+        if backend == Backend::Firecracker {
             let binary = tools::find(&self.inner.config.firecracker_binary)
                 .unwrap_or_else(|| PathBuf::from(&self.inner.config.firecracker_binary));
             let c = &self.inner.config;

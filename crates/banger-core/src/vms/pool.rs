@@ -23,7 +23,7 @@ pub struct Fit {
     pub cpus: u32,
     pub memory_mib: u32,
     pub work_bytes: u64,
-    pub backend: String,
+    pub backend: banger_api::Backend,
 }
 
 /// Whether a pool VM is of this pool entry's image and size. Pure.
@@ -68,7 +68,7 @@ impl Vms {
             let id: Option<String> = tx
                 .query_row(
                     "SELECT id FROM vms WHERE pool = 1 AND state = 'running' AND image = ?1 AND cpus = ?2 AND memory_mib = ?3 AND work_bytes = ?4 AND backend = ?5 ORDER BY created_at LIMIT 1",
-                    params![fit.image, fit.cpus, fit.memory_mib, fit.work_bytes as i64, fit.backend],
+                    params![fit.image, fit.cpus, fit.memory_mib, fit.work_bytes as i64, fit.backend.as_str()],
                     |r| r.get(0),
                 )
                 .optional()?;
@@ -139,7 +139,7 @@ impl Vms {
     /// built before the agent existed.
     async fn rename_guest(&self, vm: &banger_api::Vm) -> Result<(), VmError> {
         let spec = self.launch_spec(vm)?;
-        let link = self.vmm(&vm.backend).agent(&spec);
+        let link = self.vmm(vm.backend).agent(&spec);
         let name = vm.name.clone();
         let by_agent = blocking(move || {
             super::agent::request(&link, "rename", &[&name], std::time::Duration::from_secs(3))

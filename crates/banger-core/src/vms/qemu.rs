@@ -15,20 +15,7 @@ use thiserror::Error;
 use crate::guest::{AGENT_PORT_NAME, GUEST_INIT, KERNEL_CMDLINE};
 use crate::shell::quote;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl Accel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-}
+pub use banger_api::Accel;
 
 /// Everything needed to start one VM under QEMU.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,10 +3,9 @@
 use banger_api::{Vm, VmState};
 use rusqlite::params;
 
-use crate::tools::{self};
 use crate::units::parse_size;
 
-use super::disks::{grow_ext4_file, qcow2_virtual_size};
+use super::disks::{grow_ext4_file, grow_root_disk, root_disk_size};
 use super::error::VmError;
 use super::resolve::{check_cpus, opt_size, parse_egress};
 use super::Vms;
@@ -108,12 +107,8 @@ impl Vms {
             }
         }
         if let Some(size) = root_size {
-            let root = p.root(&vm.backend);
-            let current = if vm.backend == "firecracker" {
-                std::fs::metadata(&root).map(|m| m.len()).unwrap_or(0)
-            } else {
-                qcow2_virtual_size(&root)?
-            };
+            let root = p.root(vm.backend);
+            let current = root_disk_size(vm.backend, &root)?;
             if size < current {
                 return Err(VmError::Invalid {
                     what: "disk size",
@@ -124,19 +119,8 @@ impl Vms {
                 });
             }
             if size > current {
-                if vm.backend == "firecracker" {
-                    grow_ext4_file(&root, size)?;
-                } else {
-                    let qemu_img = tools::require("qemu-img")?;
-                    tools::run(
-                        &qemu_img,
-                        [
-                            "resize".as_ref(),
-                            "-q".as_ref(),
-                            root.as_os_str(),
-                            size.to_string().as_ref(),
-                        ],
-                    )?;
+                grow_root_disk(vm.backend, &root, size)?;
+                if self.vmm(vm.backend).guest_grows_root() {
                     // The guest grows the mounted filesystem at its next boot.
                     self.write_config_disk(&vm, true)?;
                 }

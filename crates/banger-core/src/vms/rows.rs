@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use banger_api::{Vm, VmState};
+use banger_api::{Accel, Backend, Vm, VmState};
 use rusqlite::{params, OptionalExtension, Row};
 
 use crate::network;
@@ -82,7 +82,7 @@ impl Vms {
             let now = chrono::Utc::now();
             tx.execute(
                 &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'creating', NULL, ?13, NULL, NULL, '', ?14, ?15, ?16, ?17)"),
-                params![r.id, r.name, r.image, r.digest, r.backend, r.accel, r.cpus, r.memory_mib, r.work_bytes as i64, ip.to_string(), network::mac_for(r.id), network::tap_name(r.id), now.to_rfc3339(), r.agent, i64::from(r.isolated), r.egress, i64::from(r.pool)],
+                params![r.id, r.name, r.image, r.digest, r.backend.as_str(), r.accel.as_str(), r.cpus, r.memory_mib, r.work_bytes as i64, ip.to_string(), network::mac_for(r.id), network::tap_name(r.id), now.to_rfc3339(), r.agent, i64::from(r.isolated), r.egress, i64::from(r.pool)],
             )?;
             tx.query_row(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"), [r.id], vm_from_row)?
         })
@@ -108,8 +108,8 @@ pub(super) struct NewRow<'a> {
     pub(super) name: &'a str,
     pub(super) image: &'a str,
     pub(super) digest: &'a str,
-    pub(super) backend: &'a str,
-    pub(super) accel: &'a str,
+    pub(super) backend: Backend,
+    pub(super) accel: Accel,
     pub(super) cpus: u32,
     pub(super) memory_mib: u64,
     pub(super) work_bytes: u64,
@@ -135,8 +135,8 @@ pub(super) fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Vm, VmError>> 
         id: r.get(0)?,
         name: r.get(1)?,
         image: r.get(2)?,
-        backend: r.get(4)?,
-        accel: r.get(5)?,
+        backend: backend_at(r, 4)?,
+        accel: accel_at(r, 5)?,
         cpus: r.get(6)?,
         memory_mib: r.get(7)?,
         work_disk_bytes: u64::try_from(work).unwrap_or(0),
@@ -163,4 +163,24 @@ pub(super) fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Vm, VmError>> 
             .map_err(|e| corrupt("timestamp", e.to_string()))?;
         Ok(vm)
     })())
+}
+
+/// A backend column (a value banger wrote; anything else is corruption).
+pub(super) fn backend_at(r: &Row<'_>, i: usize) -> rusqlite::Result<Backend> {
+    let s: String = r.get(i)?;
+    Backend::parse(&s).ok_or_else(|| bad_column(i, "backend", &s))
+}
+
+/// An accelerator column.
+pub(super) fn accel_at(r: &Row<'_>, i: usize) -> rusqlite::Result<Accel> {
+    let s: String = r.get(i)?;
+    Accel::parse(&s).ok_or_else(|| bad_column(i, "accelerator", &s))
+}
+
+fn bad_column(i: usize, what: &str, value: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        i,
+        rusqlite::types::Type::Text,
+        format!("unknown {what} {value:?}").into(),
+    )
 }

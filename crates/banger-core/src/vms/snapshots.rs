@@ -24,8 +24,8 @@
 use std::path::{Path, PathBuf};
 
 use banger_api::{
-    Operation, Snapshot, SnapshotList, Vm, VmCreateRequest, VmForkRequest, VmSnapshotRequest,
-    VmState,
+    Accel, Backend, Operation, Snapshot, SnapshotList, Vm, VmCreateRequest, VmForkRequest,
+    VmSnapshotRequest, VmState,
 };
 use rusqlite::{params, OptionalExtension};
 
@@ -47,8 +47,8 @@ struct SnapRow {
     source_id: String,
     image: String,
     digest: String,
-    backend: String,
-    accel: String,
+    backend: Backend,
+    accel: Accel,
     cpus: u32,
     memory_mib: u32,
     work_bytes: u64,
@@ -69,8 +69,8 @@ fn snap_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapRow> {
         source_id: r.get(3)?,
         image: r.get(4)?,
         digest: r.get(5)?,
-        backend: r.get(6)?,
-        accel: r.get(7)?,
+        backend: super::rows::backend_at(r, 6)?,
+        accel: super::rows::accel_at(r, 7)?,
         cpus: r.get(8)?,
         memory_mib: r.get(9)?,
         work_bytes: u64::try_from(r.get::<_, i64>(10)?).unwrap_or(0),
@@ -88,7 +88,7 @@ impl SnapRow {
             name: self.name.clone(),
             source_vm: self.source_vm.clone(),
             image: self.image.clone(),
-            backend: self.backend.clone(),
+            backend: self.backend,
             cpus: self.cpus,
             memory_mib: self.memory_mib,
             work_disk_bytes: self.work_bytes,
@@ -221,7 +221,7 @@ impl Vms {
             let workspaces = crate::workspaces::carried_by_snapshot(tx, &vm.id)?;
             tx.execute(
                 "INSERT INTO snapshots (id, name, state, source_vm, source_id, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, agent, with_memory, hidden, created_at, workspaces) VALUES (?1, ?2, 'creating', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                params![id, name, vm.name, vm.id, vm.image, digest, vm.backend, vm.accel, vm.cpus, vm.memory_mib, vm.work_disk_bytes as i64, vm.agent, i64::from(with_memory), i64::from(hidden), now, workspaces],
+                params![id, name, vm.name, vm.id, vm.image, digest, vm.backend.as_str(), vm.accel.as_str(), vm.cpus, vm.memory_mib, vm.work_disk_bytes as i64, vm.agent, i64::from(with_memory), i64::from(hidden), now, workspaces],
             )?;
             Ok(tx.query_row(
                 &format!("SELECT {SNAP_COLUMNS} FROM snapshots WHERE id = ?1"),
@@ -315,7 +315,7 @@ impl Vms {
         })?;
         let spec = self.launch_spec(&vm)?;
         if running {
-            let link = self.vmm(&vm.backend).agent(&spec);
+            let link = self.vmm(vm.backend).agent(&spec);
             let name = vm.name.clone();
             blocking(move || {
                 agent::request(&link, "ping", &[], std::time::Duration::from_secs(5)).map_err(|e| {
@@ -326,7 +326,7 @@ impl Vms {
                 })
             })
             .await?;
-            let (vmm, spec2, d2) = (self.vmm(&vm.backend), spec.clone(), dir.clone());
+            let (vmm, spec2, d2) = (self.vmm(vm.backend), spec.clone(), dir.clone());
             // From here to the resume, nothing is abandoned halfway: a
             // cancel takes effect once the VM runs again.
             let saved = h
@@ -359,7 +359,7 @@ impl Vms {
             )
             .await;
         if running {
-            let (vmm, spec2) = (self.vmm(&vm.backend), spec.clone());
+            let (vmm, spec2) = (self.vmm(vm.backend), spec.clone());
             let resumed = h
                 .step_to_end(
                     "resume",
@@ -399,7 +399,7 @@ impl Vms {
     fn resume_quietly(&self, vm: &Vm) {
         match self.launch_spec(vm) {
             Ok(spec) => {
-                if let Err(e) = self.vmm(&vm.backend).resume(&spec) {
+                if let Err(e) = self.vmm(vm.backend).resume(&spec) {
                     tracing::warn!(vm = %vm.name, error = %e, "cannot resume after a failed snapshot");
                 }
             }
@@ -507,8 +507,8 @@ impl Vms {
             name,
             image: &snap.image,
             digest: &snap.digest,
-            backend: &snap.backend,
-            accel: &snap.accel,
+            backend: snap.backend,
+            accel: snap.accel,
             cpus: snap.cpus,
             memory_mib: u64::from(snap.memory_mib),
             work_bytes: snap.work_bytes,

@@ -10,6 +10,7 @@
 //!   boot-source, drives, network-interfaces, InstanceStart); power-off with
 //!   SendCtrlAltDel. Its serial console is its stdout, sent to the console log.
 
+use banger_api::Backend;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -127,8 +128,20 @@ impl LaunchSpec {
 
 /// One VMM backend.
 pub trait Vmm: Send + Sync {
-    /// `qemu` or `firecracker`.
-    fn name(&self) -> &'static str;
+    fn backend(&self) -> Backend;
+    /// The image artifact it boots (`kernel`: a bzImage; `vmlinux`: an ELF).
+    fn kernel_artifact(&self) -> &'static str;
+    /// The root disk's file in the VM's directory.
+    fn root_disk_file(&self) -> &'static str;
+    /// Whether a grown root disk's filesystem is grown by the guest at its
+    /// next boot (else the host grows it before the boot).
+    fn guest_grows_root(&self) -> bool;
+    /// The owner its TAP must have (a jailed VMM opens it as the jail's user).
+    fn tap_owner(&self) -> Option<(u32, u32)> {
+        None
+    }
+    /// The files [`Vmm::save_state`] writes.
+    fn state_files(&self) -> &'static [&'static str];
     /// Starts the VMM and configures it until the guest is booting. Blocking.
     /// On error nothing of the process is left running.
     fn launch(&self, spec: &LaunchSpec) -> Result<Child, VmmError>;
@@ -156,11 +169,10 @@ pub trait Vmm: Send + Sync {
 }
 
 /// The files [`Vmm::save_state`] writes, per backend.
-pub fn state_files(backend: &str) -> &'static [&'static str] {
-    if backend == "firecracker" {
-        &[FC_STATE, FC_MEMORY]
-    } else {
-        &[QEMU_STATE]
+pub fn state_files(backend: Backend) -> &'static [&'static str] {
+    match backend {
+        Backend::Firecracker => &[FC_STATE, FC_MEMORY],
+        Backend::Qemu => &[QEMU_STATE],
     }
 }
 
@@ -264,8 +276,20 @@ impl QemuVmm {
 }
 
 impl Vmm for QemuVmm {
-    fn name(&self) -> &'static str {
-        "qemu"
+    fn backend(&self) -> Backend {
+        Backend::Qemu
+    }
+    fn kernel_artifact(&self) -> &'static str {
+        "kernel"
+    }
+    fn root_disk_file(&self) -> &'static str {
+        "root.qcow2"
+    }
+    fn guest_grows_root(&self) -> bool {
+        true
+    }
+    fn state_files(&self) -> &'static [&'static str] {
+        state_files(Backend::Qemu)
     }
 
     fn launch(&self, spec: &LaunchSpec) -> Result<Child, VmmError> {
@@ -791,8 +815,23 @@ fn relative_disks(spec: &LaunchSpec) -> Result<(PathBuf, LaunchSpec), VmmError> 
 }
 
 impl Vmm for FirecrackerVmm {
-    fn name(&self) -> &'static str {
-        "firecracker"
+    fn backend(&self) -> Backend {
+        Backend::Firecracker
+    }
+    fn kernel_artifact(&self) -> &'static str {
+        "vmlinux"
+    }
+    fn root_disk_file(&self) -> &'static str {
+        "root.raw"
+    }
+    fn guest_grows_root(&self) -> bool {
+        false
+    }
+    fn tap_owner(&self) -> Option<(u32, u32)> {
+        self.jailer.as_ref().map(|j| (j.uid, j.gid))
+    }
+    fn state_files(&self) -> &'static [&'static str] {
+        state_files(Backend::Firecracker)
     }
 
     fn launch(&self, spec: &LaunchSpec) -> Result<Child, VmmError> {
