@@ -12,6 +12,10 @@
 //! - [`names`]: validation of user-supplied names.
 //! - [`images`]: building and importing guest images (recipes, kernels, initrds).
 //! - [`guest`]: what runs in the guest (initrd, guest init, config disk).
+//! - [`guest_ssh`]: the transport commands reach a guest by.
+//! - [`vms`]: VM lifecycle; [`sessions`], [`workspaces`], [`credentials`],
+//!   [`agents`]: what runs in VMs; [`firewall`], [`dns`], [`forwards`],
+//!   [`network`], [`netlink`], [`taps`]: the VM network.
 //! - [`storage`]: disk clones and work seeds.
 //! - [`shell`], [`units`]: quoting for sh, sizes.
 
