@@ -11,6 +11,28 @@ use super::procs::pid_alive;
 use super::{ports, stats, Vms};
 
 impl Vms {
+    /// One round of the fleet's live figures: every user VM with its VMM's
+    /// CPU use since the previous round (kept in `meter`) and its RSS.
+    pub fn fleet(&self, meter: &mut stats::CpuMeter) -> banger_api::FleetSnapshot {
+        let mut live = Vec::new();
+        for vm in self.list_user().unwrap_or_default() {
+            let (cpu, rss) = match self.vmm_sample(&vm) {
+                Some((ticks, rss)) => (meter.sample(&vm.id, ticks, Instant::now()), rss),
+                None => (None, None),
+            };
+            live.push(banger_api::VmLive {
+                vm,
+                cpu_percent: cpu,
+                rss_bytes: rss,
+            });
+        }
+        meter.end_round();
+        banger_api::FleetSnapshot {
+            at: chrono::Utc::now(),
+            vms: live,
+        }
+    }
+
     /// A guest command's stdout, for figures that are reported as text.
     async fn guest_stdout_of(&self, vm: &Vm, command: &str) -> Result<String, VmError> {
         Ok(self.guest(vm)?.stdout(command).await?)
@@ -89,18 +111,12 @@ impl Vms {
                     .as_deref()
                     .and_then(stats::parse_proc_stat_ticks)
             };
-            let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-                .ok()
-                .flatten()
-                .unwrap_or(100) as f64;
+            let hz = stats::clock_ticks_per_second();
             let (a, t0) = (ticks(), Instant::now());
             tokio::time::sleep(Duration::from_millis(200)).await;
             if let (Some(a), Some(b)) = (a, ticks()) {
-                host.cpu_percent = Some(
-                    ((b.saturating_sub(a)) as f64 / hz / t0.elapsed().as_secs_f64() * 1000.0)
-                        .round()
-                        / 10.0,
-                );
+                let secs = t0.elapsed().as_secs_f64();
+                host.cpu_percent = Some(stats::cpu_percent(b.saturating_sub(a), hz, secs));
             }
             host.rss_bytes = std::fs::read_to_string(format!("/proc/{pid}/status"))
                 .ok()

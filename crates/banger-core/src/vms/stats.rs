@@ -1,7 +1,58 @@
 //! VM statistics: host side from /proc, guest side over SSH. Parsing is
 //! pure and strict.
 
+use std::collections::HashMap;
+use std::time::Instant;
+
 use banger_api::GuestStats;
+
+/// The kernel's clock ticks per second (`/proc/PID/stat` counts in them).
+pub fn clock_ticks_per_second() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64
+}
+
+/// CPU use in percent of one core, to 0.1, from `ticks` used over `secs`
+/// at `hz` ticks per second. Pure.
+pub fn cpu_percent(ticks: u64, hz: f64, secs: f64) -> f64 {
+    (ticks as f64 / hz / secs.max(0.001) * 1000.0).round() / 10.0
+}
+
+/// CPU percentages from successive tick samples per VM (the fleet stream
+/// samples every VM once per round). Pure apart from the clock it is given.
+#[derive(Debug, Default)]
+pub struct CpuMeter {
+    hz: f64,
+    prev: HashMap<String, (u64, Instant)>,
+    next: HashMap<String, (u64, Instant)>,
+}
+
+impl CpuMeter {
+    pub fn new(hz: f64) -> CpuMeter {
+        CpuMeter {
+            hz,
+            ..CpuMeter::default()
+        }
+    }
+
+    /// Records VM `id`'s `ticks` at `now`; its CPU use since the last
+    /// round's sample, if it had one.
+    pub fn sample(&mut self, id: &str, ticks: u64, now: Instant) -> Option<f64> {
+        let cpu = self.prev.remove(id).map(|(t0, at)| {
+            let secs = now.duration_since(at).as_secs_f64();
+            cpu_percent(ticks.saturating_sub(t0), self.hz, secs)
+        });
+        self.next.insert(id.to_string(), (ticks, now));
+        cpu
+    }
+
+    /// Ends a round: VMs not sampled in it are forgotten.
+    pub fn end_round(&mut self) {
+        self.prev = std::mem::take(&mut self.next);
+    }
+}
 
 /// The command run in the guest; [`parse_guest`] reads its output.
 pub const GUEST_STATS_COMMAND: &str = "cat /proc/loadavg; grep -E '^(MemTotal|MemAvailable):' /proc/meminfo; df -Pk / /work 2>/dev/null";
@@ -88,6 +139,25 @@ pub fn parse_rss(status: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_meter_reports_use_between_rounds_and_forgets_gone_vms() {
+        let mut m = CpuMeter::new(100.0);
+        let t0 = Instant::now();
+        assert_eq!(m.sample("a", 1000, t0), None);
+        m.end_round();
+        let t1 = t0 + std::time::Duration::from_secs(2);
+        // 150 ticks at 100 Hz over 2 s: 75 % of one core.
+        assert_eq!(m.sample("a", 1150, t1), Some(75.0));
+        m.end_round();
+        m.end_round();
+        assert_eq!(
+            m.sample("a", 1200, t1),
+            None,
+            "a round without it forgets it"
+        );
+        assert_eq!(cpu_percent(1, 100.0, 0.0), 1000.0, "no division by zero");
+    }
 
     #[test]
     fn parses_guest_output() {

@@ -188,54 +188,22 @@ pub async fn stream(
     impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
 > {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    use std::collections::HashMap;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    type Prev = HashMap<String, (u64, std::time::Instant)>;
-    let events = futures::stream::unfold(
-        (d, Prev::new(), true),
-        move |(d, mut prev, first)| async move {
+    use banger_core::vms::stats::{clock_ticks_per_second, CpuMeter};
+    let meter = CpuMeter::new(clock_ticks_per_second());
+    let events =
+        futures::stream::unfold((d, meter, true), move |(d, mut meter, first)| async move {
             if !first {
                 tokio::select! {
                     _ = d.shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 }
             }
-            let vms = d.vms.list_user().unwrap_or_default();
-            let mut live = Vec::new();
-            let mut next = Prev::new();
-            for vm in vms {
-                let sample = d.vms.vmm_sample(&vm);
-                let (cpu, rss) = match sample {
-                    Some((ticks, rss)) => {
-                        let now = std::time::Instant::now();
-                        let cpu = prev.remove(&vm.id).map(|(t0, at)| {
-                            let secs = now.duration_since(at).as_secs_f64().max(0.001);
-                            ((ticks.saturating_sub(t0)) as f64 / hz / secs * 1000.0).round() / 10.0
-                        });
-                        next.insert(vm.id.clone(), (ticks, now));
-                        (cpu, rss)
-                    }
-                    None => (None, None),
-                };
-                live.push(banger_api::VmLive {
-                    vm,
-                    cpu_percent: cpu,
-                    rss_bytes: rss,
-                });
-            }
-            let snap = banger_api::FleetSnapshot {
-                at: chrono::Utc::now(),
-                vms: live,
-            };
+            let snap = d.vms.fleet(&mut meter);
             let ev = Event::default()
                 .event("vms")
                 .data(serde_json::to_string(&snap).unwrap_or_default());
-            Some((Ok(ev), (d, next, false)))
-        },
-    );
+            Some((Ok(ev), (d, meter, false)))
+        });
     Sse::new(events).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
 }
 
