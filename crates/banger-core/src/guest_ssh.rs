@@ -116,7 +116,7 @@ impl GuestSsh {
         // Creates run in parallel; the key is made once, atomically.
         static KEY_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _held = KEY_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        let dir = self.layout.state_dir.join("ssh");
+        let dir = self.layout.ssh_key_dir();
         let key = dir.join("id_ed25519");
         if key.exists() {
             return Ok(key);
@@ -154,12 +154,7 @@ impl GuestSsh {
     /// control socket; the last element is the destination.
     fn args(&self, t: &GuestTarget) -> Result<Vec<String>, GuestSshError> {
         let key = self.client_key()?;
-        let kh = self
-            .layout
-            .state_dir
-            .join("vms")
-            .join(&t.id)
-            .join("known_hosts");
+        let kh = self.layout.vms_dir().join(&t.id).join("known_hosts");
         let line = known_hosts_line(&t.ip, &t.host_key);
         // Written when it changes, not on every command.
         if std::fs::read_to_string(&kh).ok().as_deref() != Some(line.as_str()) {
@@ -168,7 +163,7 @@ impl GuestSsh {
                 source,
             })?;
         }
-        let ctl_dir = self.layout.runtime_dir.join("ssh");
+        let ctl_dir = self.layout.ssh_control_dir();
         std::fs::create_dir_all(&ctl_dir).map_err(|source| GuestSshError::Io {
             path: ctl_dir.clone(),
             source,
@@ -212,10 +207,6 @@ fn ssh_options(
 }
 
 impl Guest {
-    pub fn target(&self) -> &GuestTarget {
-        &self.target
-    }
-
     /// Runs `command` (a shell command line) over the VM's shared SSH
     /// connection (started on first use), with `stdin` as its input; at
     /// most [`RUN_LIMIT`].

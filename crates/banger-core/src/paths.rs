@@ -79,6 +79,26 @@ impl Layout {
         self.tmp_dir().join(op_id)
     }
 
+    /// Every VM's files (disks, keys, console), one directory per VM id.
+    pub fn vms_dir(&self) -> PathBuf {
+        self.state_dir.join("vms")
+    }
+
+    /// Every VM's runtime files (VMM sockets), one directory per VM id.
+    pub fn vms_run_dir(&self) -> PathBuf {
+        self.runtime_dir.join("vms")
+    }
+
+    /// The daemon's SSH client key pair.
+    pub fn ssh_key_dir(&self) -> PathBuf {
+        self.state_dir.join("ssh")
+    }
+
+    /// SSH control sockets, one per VM.
+    pub fn ssh_control_dir(&self) -> PathBuf {
+        self.runtime_dir.join("ssh")
+    }
+
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
     }

@@ -150,8 +150,8 @@ impl Vms {
 
     pub(super) fn paths(&self, id: &str) -> VmPaths {
         VmPaths {
-            dir: self.inner.layout.state_dir.join("vms").join(id),
-            run: self.inner.layout.runtime_dir.join("vms").join(id),
+            dir: self.inner.layout.vms_dir().join(id),
+            run: self.inner.layout.vms_run_dir().join(id),
         }
     }
 

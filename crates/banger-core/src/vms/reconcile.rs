@@ -15,10 +15,7 @@ impl Vms {
     pub(super) fn remove_orphans(&self) -> Result<(), VmError> {
         let vms = self.list()?;
         let ids: std::collections::HashSet<String> = vms.iter().map(|v| v.id.clone()).collect();
-        for base in [
-            self.inner.layout.state_dir.join("vms"),
-            self.inner.layout.runtime_dir.join("vms"),
-        ] {
+        for base in [self.inner.layout.vms_dir(), self.inner.layout.vms_run_dir()] {
             let Ok(entries) = std::fs::read_dir(&base) else {
                 continue;
             };
