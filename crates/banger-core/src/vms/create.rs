@@ -11,9 +11,9 @@ use crate::units::parse_size;
 
 use super::disks::make_root_disk;
 use super::error::VmError;
-use super::qemu::Accel;
 use super::resolve::{check_cpus, parse_egress};
 use super::rows::NewRow;
+use super::vmm::qemu::Accel;
 use super::{kvm_probe, pool, Vms};
 
 impl Vms {

@@ -16,7 +16,7 @@ pub mod agent;
 pub mod kvm_probe;
 pub mod pool;
 pub mod ports;
-pub mod qemu;
+
 pub mod ready;
 pub mod snapshots;
 pub mod stats;
@@ -56,8 +56,8 @@ use crate::store::Store;
 use crate::tools;
 
 use disks::VmPaths;
-use qemu::Accel;
 use rows::{vm_from_row, VM_COLUMNS};
+use vmm::qemu::Accel;
 
 pub use error::VmError;
 pub use procs::{is_our_vmm, pid_alive};

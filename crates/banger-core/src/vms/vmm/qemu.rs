@@ -15,6 +15,13 @@ use thiserror::Error;
 use crate::guest::{AGENT_PORT_NAME, GUEST_INIT, KERNEL_CMDLINE};
 use crate::shell::quote;
 
+use std::process::Child;
+use std::time::Instant;
+
+use banger_api::Backend;
+
+use super::{spawn, state_files, AgentLink, LaunchSpec, Vmm, VmmError};
+
 pub use banger_api::Accel;
 
 /// Everything needed to start one VM under QEMU.
@@ -277,6 +284,155 @@ pub fn request_poweroff(socket: &Path) -> Result<(), QmpError> {
     qmp(socket, "send-key", keys)?;
     let _ = qmp(socket, "system_powerdown", serde_json::json!({}));
     Ok(())
+}
+
+/// QEMU's saved state (a migration stream).
+pub const QEMU_STATE: &str = "state.bin";
+
+pub struct QemuVmm {
+    pub binary: PathBuf,
+}
+
+impl QemuVmm {
+    fn qmp(spec: &LaunchSpec) -> PathBuf {
+        spec.run_dir.join("qmp.sock")
+    }
+}
+
+impl QemuVmm {
+    fn qemu_spec(spec: &LaunchSpec, incoming: Option<PathBuf>) -> QemuSpec {
+        QemuSpec {
+            vm_id: spec.vm_id.clone(),
+            name: spec.name.clone(),
+            accel: spec.accel,
+            cpus: spec.cpus,
+            memory_mib: spec.memory_mib,
+            kernel: spec.kernel.clone(),
+            initrd: spec.initrd.clone(),
+            root_disk: spec.root_disk.clone(),
+            root_format: "qcow2",
+            config_disk: spec.config_disk.clone(),
+            work_disk: spec.work_disk.clone(),
+            tap: spec.tap.clone(),
+            mac: spec.mac.clone(),
+            console_log: spec.console_log.clone(),
+            qmp_socket: QemuVmm::qmp(spec),
+            pid_file: spec.run_dir.join("qemu.pid"),
+            agent_pipe: spec.run_dir.join("agent"),
+            incoming,
+        }
+    }
+
+    fn start(&self, spec: &LaunchSpec, incoming: Option<PathBuf>) -> Result<Child, VmmError> {
+        std::fs::create_dir_all(&spec.run_dir).map_err(|source| VmmError::Io {
+            path: spec.run_dir.clone(),
+            source,
+        })?;
+        crate::vms::agent::make_pipe(&spec.run_dir.join("agent"))?;
+        let _ = std::fs::remove_file(QemuVmm::qmp(spec));
+        spawn(
+            &self.binary,
+            &qemu_args(&QemuVmm::qemu_spec(spec, incoming)),
+            spec,
+            false,
+            None,
+        )
+    }
+}
+
+impl Vmm for QemuVmm {
+    fn backend(&self) -> Backend {
+        Backend::Qemu
+    }
+    fn kernel_artifact(&self) -> &'static str {
+        "kernel"
+    }
+    fn root_disk_file(&self) -> &'static str {
+        "root.qcow2"
+    }
+    fn guest_grows_root(&self) -> bool {
+        true
+    }
+    fn state_files(&self) -> &'static [&'static str] {
+        state_files(Backend::Qemu)
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<Child, VmmError> {
+        self.start(spec, None)
+    }
+
+    fn request_poweroff(&self, spec: &LaunchSpec) -> Result<(), VmmError> {
+        Ok(request_poweroff(&QemuVmm::qmp(spec))?)
+    }
+
+    fn agent(&self, spec: &LaunchSpec) -> AgentLink {
+        AgentLink::Pipe(spec.run_dir.join("agent"))
+    }
+
+    fn save_state(&self, spec: &LaunchSpec, dir: &Path) -> Result<(), VmmError> {
+        Ok(save_state(
+            &QemuVmm::qmp(spec),
+            &dir.join(QEMU_STATE),
+            Duration::from_secs(300),
+        )?)
+    }
+
+    fn resume(&self, spec: &LaunchSpec) -> Result<(), VmmError> {
+        Ok(cont(&QemuVmm::qmp(spec))?)
+    }
+
+    fn restore(&self, spec: &LaunchSpec, dir: &Path) -> Result<Child, VmmError> {
+        let mut child = self.start(spec, Some(dir.join(QEMU_STATE)))?;
+        let qmp = QemuVmm::qmp(spec);
+        let result = (|| {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            // One QMP session from when QEMU listens until the state is loaded.
+            let mut session: Option<Qmp> = None;
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(VmmError::EarlyExit {
+                        program: "qemu".into(),
+                        stderr: format!(
+                            "{status} while loading the saved state: {}",
+                            std::fs::read_to_string(&spec.stderr_log)
+                                .unwrap_or_default()
+                                .trim()
+                        ),
+                    });
+                }
+                if session.is_none() {
+                    // Until QEMU listens: not yet.
+                    session = Qmp::connect(&qmp).ok();
+                }
+                if let Some(q) = session.as_mut() {
+                    match q.status() {
+                        Ok(s) if s == "paused" || s == "postmigrate" => {
+                            q.call("cont", serde_json::json!({}))?;
+                            return Ok(());
+                        }
+                        Ok(s) if s == "running" => return Ok(()),
+                        // Still loading.
+                        Ok(_) => {}
+                        Err(_) => session = None,
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err(VmmError::Unsupported(
+                        "QEMU did not finish loading the saved state within 120 s".into(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })();
+        match result {
+            Ok(()) => Ok(child),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
