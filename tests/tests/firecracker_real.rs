@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use banger_core::vms::qemu::Accel;
+use banger_api::Accel;
 use banger_core::vms::vmm::{FirecrackerVmm, Jailer, LaunchSpec, Vmm, FC_MEMORY, FC_STATE};
 use banger_core::ToApiError;
 use banger_tests::{bin, poll, require_root, stderr, test_image, TestDaemon, TestNetns};
