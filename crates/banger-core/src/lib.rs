@@ -14,11 +14,12 @@
 //! - [`guest`]: what runs in the guest (initrd, guest init, config disk).
 //! - [`guest_ssh`]: the transport commands reach a guest by.
 //! - [`vms`]: VM lifecycle; [`sessions`], [`workspaces`], [`credentials`],
-//!   [`agents`]: what runs in VMs; [`firewall`], [`dns`], [`forwards`],
+//!   [`agents`] (profiles), [`agent_runs`]: what runs in VMs; [`firewall`], [`dns`], [`forwards`],
 //!   [`network`], [`netlink`], [`taps`]: the VM network.
 //! - [`storage`]: disk clones and work seeds.
 //! - [`shell`], [`units`]: quoting for sh, sizes.
 
+pub mod agent_runs;
 pub mod agents;
 pub mod config;
 pub mod credentials;

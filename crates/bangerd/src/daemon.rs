@@ -32,7 +32,7 @@ pub struct Daemon {
     pub sessions: banger_core::sessions::Sessions,
     pub workspaces: banger_core::workspaces::Workspaces,
     pub credentials: banger_core::credentials::Credentials,
-    pub agent_runs: banger_core::agents::AgentRuns,
+    pub agent_runs: banger_core::agent_runs::AgentRuns,
     pub forwards: banger_core::forwards::Forwards,
     pub dns: banger_core::dns::Dns,
     pub ui: crate::ui::UiState,
@@ -139,7 +139,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let credentials =
         banger_core::credentials::Credentials::new(config.auth.items.clone(), vms.clone());
-    let agent_runs = banger_core::agents::AgentRuns::new(
+    let agent_runs = banger_core::agent_runs::AgentRuns::new(
         banger_core::agents::Agents::new(&config.agents.dir),
         vms.clone(),
         sessions.clone(),
