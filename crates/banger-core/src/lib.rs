@@ -21,6 +21,7 @@
 
 pub mod agent_runs;
 pub mod agents;
+pub mod carried_workspaces;
 pub mod config;
 pub mod credentials;
 pub mod dns;

@@ -218,7 +218,7 @@ impl Vms {
             )?;
             // The workspaces the guest holds: a VM made from the snapshot
             // holds them too (and can export their commits).
-            let workspaces = crate::workspaces::carried_by_snapshot(tx, &vm.id)?;
+            let workspaces = crate::carried_workspaces::carried_by_snapshot(tx, &vm.id)?;
             tx.execute(
                 "INSERT INTO snapshots (id, name, state, source_vm, source_id, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, agent, with_memory, hidden, created_at, workspaces) VALUES (?1, ?2, 'creating', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 params![id, name, vm.name, vm.id, vm.image, digest, vm.backend.as_str(), vm.accel.as_str(), vm.cpus, vm.memory_mib, vm.work_disk_bytes as i64, vm.agent, i64::from(with_memory), i64::from(hidden), now, workspaces],
@@ -526,8 +526,8 @@ impl Vms {
                 [&snap_id],
                 |r| r.get(0),
             )?;
-            crate::workspaces::restore_carried(tx, &vm_id, &json).map_err(|e| match e {
-                crate::workspaces::WorkspaceError::Store(e) => VmError::Store(e),
+            crate::carried_workspaces::restore_carried(tx, &vm_id, &json).map_err(|e| match e {
+                crate::carried_workspaces::CarriedError::Sql(e) => VmError::from(e),
                 e => VmError::Internal {
                     what: "snapshot workspaces",
                     reason: e.to_string(),
