@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod architecture;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -319,7 +321,7 @@ pub fn test_image() -> TestImage {
         "test-{}-v{}-{}",
         &sha256_hex(&recipe)[..10],
         banger_core::images::recipe::BUILDER_VERSION,
-        &banger_core::images::build::guest_fingerprint()[..8]
+        &banger_core::guest::files::guest_fingerprint()[..8]
     );
     let d = builder_daemon();
     let show = d

@@ -18,29 +18,8 @@ use banger_core::store::Store;
 use banger_core::vms::{Vms, VmsConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::{api, lock, logging, socket};
-
-/// Everything a request handler can reach. Subsystems own their state;
-/// this only holds them.
-pub struct Daemon {
-    pub config: Config,
-    pub layout: Layout,
-    pub store: Arc<Store>,
-    pub ops: Ops,
-    pub images: Images,
-    pub vms: Vms,
-    pub sessions: banger_core::sessions::Sessions,
-    pub workspaces: banger_core::workspaces::Workspaces,
-    pub credentials: banger_core::credentials::Credentials,
-    pub agent_runs: banger_core::agent_runs::AgentRuns,
-    pub forwards: banger_core::forwards::Forwards,
-    pub dns: banger_core::dns::Dns,
-    pub ui: crate::ui::UiState,
-    pub socket_gid: u32,
-    pub started_at: chrono::DateTime<chrono::Utc>,
-    /// Fired at shutdown; long-lived responses (SSE) end on it.
-    pub shutdown: CancellationToken,
-}
+use crate::state::{Daemon, UiState};
+use crate::{api, lock, logging, socket, ui};
 
 fn create_dir(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
     std::fs::create_dir_all(path).with_context(|| format!("Cannot create {}", path.display()))?;
@@ -147,8 +126,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     // The dashboard's listener, bound in the host's own namespace.
-    let mut ui = crate::ui::UiState {
-        token: crate::ui::new_token(),
+    let mut ui = UiState {
+        token: crate::state::new_token(),
         addr: None,
         error: None,
     };
@@ -232,7 +211,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     if let Some(l) = ui_listener {
-        let app = crate::ui::router(daemon.clone());
+        let app = ui::router(daemon.clone());
         let stop = daemon.shutdown.clone();
         tracing::info!(addr = ?daemon.ui.addr, "dashboard listening (banger ui prints its URL)");
         tokio::spawn(async move {

@@ -6,6 +6,7 @@ mod daemon;
 mod lock;
 mod logging;
 mod socket;
+mod state;
 mod ui;
 
 use std::path::PathBuf;

@@ -17,53 +17,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::api::{self, AppState};
+use crate::api;
+use crate::state::AppState;
 
 const INDEX: &str = include_str!("../ui/index.html");
 const APP_JS: &str = include_str!("../ui/app.js");
 const APP_CSS: &str = include_str!("../ui/app.css");
 
 pub const COOKIE: &str = "banger_ui";
-
-/// What the dashboard listens on, and its token.
-#[derive(Debug, Clone, Default)]
-pub struct UiState {
-    pub token: String,
-    /// `127.0.0.1:7878`
-    pub addr: Option<std::net::SocketAddr>,
-    pub error: Option<String>,
-}
-
-impl UiState {
-    pub fn url(&self) -> Option<String> {
-        self.addr
-            .map(|a| format!("http://{a}/?token={}", self.token))
-    }
-
-    /// `Host` values that name this listener.
-    fn hosts(&self) -> Vec<String> {
-        let Some(a) = self.addr else { return vec![] };
-        let port = a.port();
-        let mut v = vec![a.to_string(), format!("localhost:{port}")];
-        if a.ip().is_ipv4() {
-            v.push(format!("127.0.0.1:{port}"));
-        }
-        v
-    }
-}
-
-/// A fresh random token (32 hex digits from the kernel's generator).
-pub fn new_token() -> String {
-    let mut b = [0u8; 16];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_ok();
-    if ok {
-        hex::encode(b)
-    } else {
-        uuid::Uuid::new_v4().simple().to_string()
-    }
-}
 
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
@@ -217,12 +178,13 @@ pub fn router(daemon: AppState) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::UiState;
 
     #[test]
     fn tokens_and_hosts() {
-        let a = new_token();
+        let a = crate::state::new_token();
         assert_eq!(a.len(), 32);
-        assert_ne!(a, new_token());
+        assert_ne!(a, crate::state::new_token());
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
         let ui = UiState {
             token: "t".into(),

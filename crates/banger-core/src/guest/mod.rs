@@ -17,6 +17,9 @@
 //!    daemon reads: readiness without polling SSH.
 
 pub mod configdisk;
+pub mod files;
+
+pub use files::InitMode;
 
 /// The kernel command line's fixed part; `root=`/`init=` defaults apply.
 pub const KERNEL_CMDLINE: &str =

@@ -16,7 +16,7 @@ use super::inroot::{InRoot, InRootError};
 use super::kernel::{self, ExtractedKernel};
 use super::recipe::{Distro, InitMode, Recipe};
 use super::{backends_for, describe_artifacts, io_err, ImageError, Images, TmpDir};
-use crate::guest;
+use crate::guest::files::guest_files;
 use crate::names::validate_name;
 use crate::ops::{blocking, OpHandle, StepSpec};
 use crate::tools::{self, ToolError};
@@ -284,49 +284,6 @@ impl Images {
             suite: recipe.suite.clone(),
         })
     }
-}
-
-/// A hash of everything banger puts into a rootfs and initrd (both init
-/// modes): part of an image's digest, so a change to the guest side makes
-/// new images even when no one bumped [`super::recipe::BUILDER_VERSION`].
-pub fn guest_fingerprint() -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for init in [InitMode::Light, InitMode::Systemd] {
-        for (path, contents, mode) in guest_files(init) {
-            h.update(format!("{path} {mode:o} {}\n", contents.len()));
-            h.update(contents.as_bytes());
-        }
-    }
-    h.update(guest::initrd_init().as_bytes());
-    hex::encode(h.finalize())
-}
-
-/// The files banger puts into every rootfs (relative path, contents, mode).
-pub fn guest_files(init: InitMode) -> Vec<(&'static str, String, u32)> {
-    vec![
-        ("usr/lib/banger/init", guest::guest_init(), 0o755),
-        ("usr/lib/banger/inittab", guest::inittab(), 0o644),
-        ("usr/lib/banger/ready", guest::ready_script(), 0o755),
-        ("usr/lib/banger/agent", guest::agent_script(), 0o755),
-        (
-            "usr/lib/banger/init-mode",
-            match init {
-                InitMode::Light => "light\n".into(),
-                InitMode::Systemd => "systemd\n".into(),
-            },
-            0o644,
-        ),
-        ("etc/systemd/system/banger-ready.service", guest::ready_unit(), 0o644),
-        ("etc/systemd/system/banger-agent.service", guest::agent_unit(), 0o644),
-        (
-            "etc/ssh/sshd_config.d/banger.conf",
-            "# banger: key-only root login, no reverse DNS of clients.\nUseDNS no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-                .into(),
-            0o644,
-        ),
-        ("etc/fstab", "/dev/vda / ext4 rw,noatime 0 1\n".into(), 0o644),
-    ]
 }
 
 /// Installs banger's guest files (and the kernel's modules) into a rootfs

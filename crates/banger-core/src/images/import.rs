@@ -12,10 +12,11 @@ use banger_api::{Image, ImageImportRequest, Operation};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::build::{dir_size, guest_files, install_guest_files, make_ext4};
+use super::build::{dir_size, install_guest_files, make_ext4};
 use super::kernel;
 use super::recipe::InitMode;
 use super::{backends_for, describe_artifacts, io_err, ImageError, Images, TmpDir};
+use crate::guest::files::guest_files;
 use crate::names::validate_name;
 use crate::ops::{blocking, OpHandle, StepSpec};
 use crate::storage::clone_file;

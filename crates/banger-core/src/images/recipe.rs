@@ -29,14 +29,7 @@ pub enum Distro {
     Ubuntu,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InitMode {
-    /// busybox init + sshd: boots in about 4 s under TCG.
-    Light,
-    /// The distribution's systemd.
-    Systemd,
-}
+pub use crate::guest::InitMode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -275,7 +268,7 @@ impl Recipe {
         let json = serde_json::to_string(&canonical).unwrap_or_default();
         let mut h = Sha256::new();
         h.update(format!("banger-builder-v{BUILDER_VERSION}\n"));
-        h.update(super::build::guest_fingerprint());
+        h.update(crate::guest::files::guest_fingerprint());
         h.update(json.as_bytes());
         hex::encode(h.finalize())
     }

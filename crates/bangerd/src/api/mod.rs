@@ -15,7 +15,6 @@ pub mod system;
 pub mod vms;
 pub mod workspaces;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
@@ -28,9 +27,7 @@ use banger_api::{ApiError, ErrorCode};
 use banger_core::ToApiError;
 use utoipa::OpenApi;
 
-use crate::daemon::Daemon;
-
-pub type AppState = Arc<Daemon>;
+pub use crate::state::AppState;
 
 /// An error response.
 #[derive(Debug)]

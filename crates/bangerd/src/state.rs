@@ -1,0 +1,78 @@
+//! The daemon's shared state: the subsystems a request handler reaches
+//! (built by `daemon.rs`, served by `api` and `ui`), and the dashboard
+//! listener's address and token.
+
+use std::sync::Arc;
+
+use banger_core::config::Config;
+use banger_core::images::Images;
+use banger_core::ops::Ops;
+use banger_core::paths::Layout;
+use banger_core::store::Store;
+use banger_core::vms::Vms;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a request handler can reach. Subsystems own their state;
+/// this only holds them.
+pub struct Daemon {
+    pub config: Config,
+    pub layout: Layout,
+    pub store: Arc<Store>,
+    pub ops: Ops,
+    pub images: Images,
+    pub vms: Vms,
+    pub sessions: banger_core::sessions::Sessions,
+    pub workspaces: banger_core::workspaces::Workspaces,
+    pub credentials: banger_core::credentials::Credentials,
+    pub agent_runs: banger_core::agent_runs::AgentRuns,
+    pub forwards: banger_core::forwards::Forwards,
+    pub dns: banger_core::dns::Dns,
+    pub ui: UiState,
+    pub socket_gid: u32,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Fired at shutdown; long-lived responses (SSE) end on it.
+    pub shutdown: CancellationToken,
+}
+
+/// What every handler is given.
+pub type AppState = Arc<Daemon>;
+
+/// What the dashboard listens on, and its token.
+#[derive(Debug, Clone, Default)]
+pub struct UiState {
+    pub token: String,
+    /// `127.0.0.1:7878`
+    pub addr: Option<std::net::SocketAddr>,
+    pub error: Option<String>,
+}
+
+impl UiState {
+    pub fn url(&self) -> Option<String> {
+        self.addr
+            .map(|a| format!("http://{a}/?token={}", self.token))
+    }
+
+    /// `Host` values that name this listener.
+    pub(crate) fn hosts(&self) -> Vec<String> {
+        let Some(a) = self.addr else { return vec![] };
+        let port = a.port();
+        let mut v = vec![a.to_string(), format!("localhost:{port}")];
+        if a.ip().is_ipv4() {
+            v.push(format!("127.0.0.1:{port}"));
+        }
+        v
+    }
+}
+
+/// A fresh random token (32 hex digits from the kernel's generator).
+pub fn new_token() -> String {
+    let mut b = [0u8; 16];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_ok();
+    if ok {
+        hex::encode(b)
+    } else {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+}
