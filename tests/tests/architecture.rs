@@ -118,4 +118,3 @@ fn the_code_map_names_every_source_file() {
         "ARCHITECTURE.md's code map does not name: {missing:?}"
     );
 }
-
