@@ -31,7 +31,12 @@ fn insert_vms(d: &TestDaemon, from: usize, n: usize) {
         let id = format!("{:032x}", 0xbe00_0000_u64 + i as u64);
         let ip = format!("10.77.{}.{}", (i + 2) / 250, (i + 2) % 250 + 2);
         sql.push_str(&format!(
-            "INSERT INTO vms (id, name, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, ip, mac, tap, state, pid, created_at, started_at, stop_reason, host_key) VALUES ('{id}', 'fleet{i}', 'default', 'x', 'firecracker', 'kvm', 1, 256, 1073741824, '{ip}', '52:54:00:00:00:01', 'bg-{}', 'stopped', NULL, '2026-01-01T00:00:00Z', NULL, 'benchmark row', '');",
+            "INSERT INTO vms (id, name, image, image_digest, backend, accel, \
+            cpus, memory_mib, work_bytes, ip, mac, tap, state, pid, \
+            created_at, started_at, stop_reason, host_key) VALUES ('{id}', \
+            'fleet{i}', 'default', 'x', 'firecracker', 'kvm', 1, 256, \
+            1073741824, '{ip}', '52:54:00:00:00:01', 'bg-{}', 'stopped', \
+            NULL, '2026-01-01T00:00:00Z', NULL, 'benchmark row', '');",
             &id[..12]
         ));
     }

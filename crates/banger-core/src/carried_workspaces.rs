@@ -32,7 +32,9 @@ struct CarriedWorkspace {
 /// The workspaces of VM `vm_id`, as JSON for a snapshot.
 pub fn carried_by_snapshot(tx: &rusqlite::Connection, vm_id: &str) -> rusqlite::Result<String> {
     let mut stmt = tx.prepare(
-        "SELECT name, host_path, dest, base_commit, branch, pushed_at, exported_commit, exported_at FROM workspaces WHERE vm_id = ?1 ORDER BY name",
+        "SELECT name, host_path, dest, base_commit, branch, pushed_at, \
+        exported_commit, exported_at FROM workspaces WHERE vm_id = ?1 \
+        ORDER BY name",
     )?;
     let rows = stmt
         .query_map([vm_id], |r| {
@@ -62,8 +64,20 @@ pub fn restore_carried(
         .map_err(|e| CarriedError::Record(format!("its recorded workspaces do not parse: {e}")))?;
     for w in rows {
         tx.execute(
-            "INSERT INTO workspaces (vm_id, name, host_path, dest, base_commit, branch, pushed_at, exported_commit, exported_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![vm_id, w.name, w.host_path, w.dest, w.base_commit, w.branch, w.pushed_at, w.exported_commit, w.exported_at],
+            "INSERT INTO workspaces (vm_id, name, host_path, dest, \
+            base_commit, branch, pushed_at, exported_commit, exported_at) \
+            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                vm_id,
+                w.name,
+                w.host_path,
+                w.dest,
+                w.base_commit,
+                w.branch,
+                w.pushed_at,
+                w.exported_commit,
+                w.exported_at
+            ],
         )?;
     }
     Ok(())
@@ -82,7 +96,10 @@ mod tests {
         let store = Store::open(&dir.path().join("banger.db")).expect("store");
         let vm = |tx: &rusqlite::Connection, id: &str, ip: &str| {
             tx.execute(
-                "INSERT INTO vms (id, name, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, ip, mac, tap, state, created_at, host_key) VALUES (?1, ?1, 'i', 'd', 'qemu', 'tcg', 1, 512, 1, ?2, 'm', 't', 'running', 'now', '')",
+                "INSERT INTO vms (id, name, image, image_digest, backend, accel, \
+                cpus, memory_mib, work_bytes, ip, mac, tap, state, created_at, \
+                host_key) VALUES (?1, ?1, 'i', 'd', 'qemu', 'tcg', 1, 512, 1, \
+                ?2, 'm', 't', 'running', 'now', '')",
                 params![id, ip],
             )
         };
@@ -91,7 +108,10 @@ mod tests {
                 vm(tx, "src", "172.30.0.2")?;
                 vm(tx, "dst", "172.30.0.3")?;
                 tx.execute(
-                    "INSERT INTO workspaces (vm_id, name, host_path, dest, base_commit, branch, pushed_at, exported_commit, exported_at) VALUES ('src', 'proj', '/h/proj', '/work/proj', 'abc', 'main', 't1', NULL, NULL)",
+                    "INSERT INTO workspaces (vm_id, name, host_path, dest, \
+                    base_commit, branch, pushed_at, exported_commit, exported_at) \
+                    VALUES ('src', 'proj', '/h/proj', '/work/proj', 'abc', 'main', \
+                    't1', NULL, NULL)",
                     [],
                 )?;
                 carried_by_snapshot(tx, "src")

@@ -214,7 +214,8 @@ impl Forwards {
         let now = chrono::Utc::now().to_rfc3339();
         self.store.write(|tx| {
             tx.execute(
-                "INSERT OR REPLACE INTO forwards (host_addr, host_port, vm_id, guest_port, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO forwards (host_addr, host_port, vm_id, \
+                guest_port, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![addr_s, port, vm.id, req.guest_port, now],
             )
             .map(|_| ())
@@ -234,8 +235,14 @@ impl Forwards {
 
     fn rows(&self) -> Result<Vec<Row>, ForwardError> {
         Ok(self.store.read(|c| -> rusqlite::Result<Vec<_>> {
-            let mut stmt = c.prepare("SELECT f.host_addr, f.host_port, f.vm_id, v.name, f.guest_port FROM forwards f JOIN vms v ON v.id = f.vm_id ORDER BY f.host_addr, f.host_port")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+            let mut stmt = c.prepare(
+                "SELECT f.host_addr, f.host_port, f.vm_id, v.name, f.guest_port \
+                FROM forwards f JOIN vms v ON v.id = f.vm_id ORDER BY \
+                f.host_addr, f.host_port",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?;
             rows.collect()
         })?)
     }

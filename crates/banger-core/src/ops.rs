@@ -252,7 +252,10 @@ impl Ops {
         apply_event(&mut op, 1, now, &body);
         self.inner.store.write(|tx| -> Result<(), OpsError> {
             tx.execute(
-                &format!("INSERT INTO ops ({OP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                &format!(
+                    "INSERT INTO ops ({OP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
+                    ?7, ?8, ?9, ?10, ?11)"
+                ),
                 params![
                     op.id,
                     op.kind,
@@ -368,25 +371,33 @@ impl Ops {
         after: u64,
         limit: usize,
     ) -> Result<Vec<OpEvent>, OpsError> {
-        self.inner.store.read(|c| -> Result<Vec<OpEvent>, OpsError> {
-            let mut stmt =
-                c.prepare("SELECT seq, at, body FROM op_events WHERE op_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
-            let rows = stmt.query_map(params![id, after as i64, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-            })?;
-            let mut v = Vec::new();
-            for r in rows {
-                let (seq, at, body) = r?;
-                v.push(OpEvent {
-                    op_id: id.into(),
-                    seq: seq as u64,
-                    at: parse_time(&at)?,
-                    body: serde_json::from_str(&body)
-                        .map_err(|e| corrupt("operation event", e.to_string()))?,
-                });
-            }
-            Ok(v)
-        })
+        self.inner
+            .store
+            .read(|c| -> Result<Vec<OpEvent>, OpsError> {
+                let mut stmt = c.prepare(
+                    "SELECT seq, at, body FROM op_events WHERE op_id = ?1 AND seq > \
+                    ?2 ORDER BY seq LIMIT ?3",
+                )?;
+                let rows = stmt.query_map(params![id, after as i64, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?;
+                let mut v = Vec::new();
+                for r in rows {
+                    let (seq, at, body) = r?;
+                    v.push(OpEvent {
+                        op_id: id.into(),
+                        seq: seq as u64,
+                        at: parse_time(&at)?,
+                        body: serde_json::from_str(&body)
+                            .map_err(|e| corrupt("operation event", e.to_string()))?,
+                    });
+                }
+                Ok(v)
+            })
     }
 
     /// A receiver of the operation's last sequence number while it runs;
@@ -695,7 +706,9 @@ fn persist_event(
         params![op.id, op.last_seq as i64, at.to_rfc3339(), to_json(body)],
     )?;
     tx.execute(
-        "UPDATE ops SET state = ?2, finished_at = ?3, cancel_requested = ?4, steps = ?5, result = ?6, error = ?7, last_seq = ?8 WHERE id = ?1",
+        "UPDATE ops SET state = ?2, finished_at = ?3, cancel_requested = \
+        ?4, steps = ?5, result = ?6, error = ?7, last_seq = ?8 WHERE id \
+        = ?1",
         params![
             op.id,
             op.state.as_str(),

@@ -349,10 +349,14 @@ mod tests {
         let s = Store::open(&dir.path().join("b.db")).expect("open");
         let r: Result<(), StoreError> = s.write(|tx| {
             tx.execute(
-                "INSERT INTO ops (id, kind, target, state, created_at, steps) VALUES ('a','k','t','running','now','[]')",
+                "INSERT INTO ops (id, kind, target, state, created_at, steps) \
+                VALUES ('a','k','t','running','now','[]')",
                 [],
             )?;
-            Err(StoreError::Corrupt { what: "test", detail: "forced".into() })
+            Err(StoreError::Corrupt {
+                what: "test",
+                detail: "forced".into(),
+            })
         });
         assert!(r.is_err());
         let n: i64 = s

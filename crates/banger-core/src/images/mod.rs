@@ -352,13 +352,26 @@ impl Images {
             reason: e.to_string(),
         })?;
         self.inner.store.write(|tx| -> Result<(), ImageError> {
-            let taken = tx.query_row("SELECT 1 FROM images WHERE name = ?1", [&image.name], |_| Ok(())).optional()?;
+            let taken = tx
+                .query_row(
+                    "SELECT 1 FROM images WHERE name = ?1",
+                    [&image.name],
+                    |_| Ok(()),
+                )
+                .optional()?;
             if taken.is_some() {
                 return Err(ImageError::Exists(image.name.clone()));
             }
             tx.execute(
-                "INSERT INTO images (name, digest, source, created_at, manifest) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![image.name, image.digest, image.source, image.created_at.to_rfc3339(), manifest],
+                "INSERT INTO images (name, digest, source, created_at, manifest) \
+                VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    image.name,
+                    image.digest,
+                    image.source,
+                    image.created_at.to_rfc3339(),
+                    manifest
+                ],
             )?;
             Ok(())
         })

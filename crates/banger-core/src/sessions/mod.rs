@@ -216,11 +216,30 @@ impl Sessions {
         let now = chrono::Utc::now().to_rfc3339();
         self.store.write(|tx| -> Result<(), SessionError> {
             tx.execute(
-                "INSERT INTO sessions (id, name, vm_id, argv, cwd, state, exit_code, pid, boot_id, started_at, stdout_size, stderr_size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![id, name, vm.id, argv, req.cwd, state, code, insp.child, insp.boot_id, now, insp.stdout_size as i64, insp.stderr_size as i64],
+                "INSERT INTO sessions (id, name, vm_id, argv, cwd, state, \
+                exit_code, pid, boot_id, started_at, stdout_size, stderr_size) \
+                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    id,
+                    name,
+                    vm.id,
+                    argv,
+                    req.cwd,
+                    state,
+                    code,
+                    insp.child,
+                    insp.boot_id,
+                    now,
+                    insp.stdout_size as i64,
+                    insp.stderr_size as i64
+                ],
             )
             .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => SessionError::Exists(name.clone()),
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    SessionError::Exists(name.clone())
+                }
                 other => other.into(),
             })?;
             Ok(())
@@ -242,7 +261,15 @@ impl Sessions {
 
     fn lookup(&self, name: &str) -> Result<Option<(Session, String)>, SessionError> {
         Ok(self.store.read(|c| {
-            c.query_row(&format!("SELECT {COLUMNS} FROM sessions s JOIN vms v ON v.id = s.vm_id WHERE s.name = ?1"), [name], from_row).optional()
+            c.query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM sessions s JOIN vms v ON v.id = s.vm_id \
+                    WHERE s.name = ?1"
+                ),
+                [name],
+                from_row,
+            )
+            .optional()
         })?)
     }
 
@@ -274,7 +301,14 @@ impl Sessions {
         };
         let id = s.id.clone();
         let st2 = state.clone();
-        self.store.write(|tx| tx.execute("UPDATE sessions SET state = ?2, exit_code = ?3, stdout_size = ?4, stderr_size = ?5 WHERE id = ?1", params![id, st2, code, out as i64, err as i64]).map(|_| ()))?;
+        self.store.write(|tx| {
+            tx.execute(
+                "UPDATE sessions SET state = ?2, exit_code = ?3, stdout_size = \
+                ?4, stderr_size = ?5 WHERE id = ?1",
+                params![id, st2, code, out as i64, err as i64],
+            )
+            .map(|_| ())
+        })?;
         Ok(Session {
             state,
             exit_code: code,
@@ -291,11 +325,16 @@ impl Sessions {
 
     /// Sessions, of one VM or all, with fresh states.
     pub async fn list(&self, vm: Option<&str>) -> Result<Vec<Session>, SessionError> {
-        let rows: Vec<(Session, String)> = self.store.read(|c| -> Result<Vec<(Session, String)>, SessionError> {
-            let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM sessions s JOIN vms v ON v.id = s.vm_id WHERE ?1 IS NULL OR v.name = ?1 ORDER BY s.started_at"))?;
-            let rows = stmt.query_map([vm], from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })?;
+        let rows: Vec<(Session, String)> =
+            self.store
+                .read(|c| -> Result<Vec<(Session, String)>, SessionError> {
+                    let mut stmt = c.prepare(&format!(
+                        "SELECT {COLUMNS} FROM sessions s JOIN vms v ON v.id = s.vm_id \
+                        WHERE ?1 IS NULL OR v.name = ?1 ORDER BY s.started_at"
+                    ))?;
+                    let rows = stmt.query_map([vm], from_row)?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })?;
         let mut out = Vec::new();
         for (s, boot) in rows {
             out.push(self.refresh(s, &boot).await?);

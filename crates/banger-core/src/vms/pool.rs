@@ -61,25 +61,41 @@ impl Vms {
     ) -> Result<Option<Operation>, VmError> {
         let name = req.name.clone();
         let now = chrono::Utc::now().to_rfc3339();
-        let claimed: Option<String> = self.inner.store.write(|tx| -> Result<Option<String>, VmError> {
-            if tx.query_row("SELECT 1 FROM vms WHERE name = ?1", [&name], |_| Ok(())).optional()?.is_some() {
-                return Err(VmError::Exists(name.clone()));
-            }
-            let id: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM vms WHERE pool = 1 AND state = 'running' AND image = ?1 AND cpus = ?2 AND memory_mib = ?3 AND work_bytes = ?4 AND backend = ?5 ORDER BY created_at LIMIT 1",
-                    params![fit.image, fit.cpus, fit.memory_mib, fit.work_bytes as i64, fit.backend.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(id) = &id {
-                tx.execute(
-                    "UPDATE vms SET name = ?2, pool = 0, created_at = ?3, started_at = ?3, agent = ?4, isolated = ?5, egress = ?6 WHERE id = ?1",
-                    params![id, name, now, agent, i64::from(req.isolated), egress],
-                )?;
-            }
-            Ok(id)
-        })?;
+        let claimed: Option<String> =
+            self.inner
+                .store
+                .write(|tx| -> Result<Option<String>, VmError> {
+                    if tx
+                        .query_row("SELECT 1 FROM vms WHERE name = ?1", [&name], |_| Ok(()))
+                        .optional()?
+                        .is_some()
+                    {
+                        return Err(VmError::Exists(name.clone()));
+                    }
+                    let id: Option<String> = tx
+                        .query_row(
+                            "SELECT id FROM vms WHERE pool = 1 AND state = 'running' AND \
+                            image = ?1 AND cpus = ?2 AND memory_mib = ?3 AND work_bytes = \
+                            ?4 AND backend = ?5 ORDER BY created_at LIMIT 1",
+                            params![
+                                fit.image,
+                                fit.cpus,
+                                fit.memory_mib,
+                                fit.work_bytes as i64,
+                                fit.backend.as_str()
+                            ],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if let Some(id) = &id {
+                        tx.execute(
+                            "UPDATE vms SET name = ?2, pool = 0, created_at = ?3, started_at \
+                            = ?3, agent = ?4, isolated = ?5, egress = ?6 WHERE id = ?1",
+                            params![id, name, now, agent, i64::from(req.isolated), egress],
+                        )?;
+                    }
+                    Ok(id)
+                })?;
         let Some(id) = claimed else { return Ok(None) };
         let vm = self.get_by_id(&id)?;
         tracing::info!(vm = %vm.name, id = %vm.id, "claimed a warm pool VM");
@@ -180,8 +196,13 @@ impl Vms {
     /// The pools, and the pool VMs they were counted from.
     fn pool_state(&self) -> Result<(banger_api::PoolList, Vec<banger_api::Vm>), VmError> {
         let rows: Vec<(String, u32, u32, i64, u32)> = self.inner.store.read(|c| {
-            let mut stmt = c.prepare("SELECT image, cpus, memory_mib, work_bytes, size FROM pools ORDER BY image, cpus, memory_mib, work_bytes")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+            let mut stmt = c.prepare(
+                "SELECT image, cpus, memory_mib, work_bytes, size FROM pools \
+                ORDER BY image, cpus, memory_mib, work_bytes",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?;
             rows.collect::<rusqlite::Result<_>>()
         })?;
         let members = self.list_where("pool = 1")?;
@@ -261,9 +282,17 @@ impl Vms {
         }
         self.inner.store.write(|tx| -> Result<(), VmError> {
             if req.size == 0 {
-                tx.execute("DELETE FROM pools WHERE image = ?1 AND cpus = ?2 AND memory_mib = ?3 AND work_bytes = ?4", params![image, cpus, memory_mib, work as i64])?;
+                tx.execute(
+                    "DELETE FROM pools WHERE image = ?1 AND cpus = ?2 AND memory_mib \
+                    = ?3 AND work_bytes = ?4",
+                    params![image, cpus, memory_mib, work as i64],
+                )?;
             } else {
-                tx.execute("INSERT OR REPLACE INTO pools (image, cpus, memory_mib, work_bytes, size) VALUES (?1, ?2, ?3, ?4, ?5)", params![image, cpus, memory_mib, work as i64, req.size])?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO pools (image, cpus, memory_mib, \
+                    work_bytes, size) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![image, cpus, memory_mib, work as i64, req.size],
+                )?;
             }
             Ok(())
         })?;

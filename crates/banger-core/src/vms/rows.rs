@@ -60,7 +60,9 @@ impl Vms {
         let started = (state == VmState::Running).then(|| chrono::Utc::now().to_rfc3339());
         self.inner.store.write(|tx| -> Result<(), VmError> {
             tx.execute(
-                "UPDATE vms SET state = ?2, pid = ?3, stop_reason = ?4, started_at = COALESCE(?5, CASE WHEN ?2 = 'running' THEN started_at ELSE NULL END) WHERE id = ?1",
+                "UPDATE vms SET state = ?2, pid = ?3, stop_reason = ?4, \
+                started_at = COALESCE(?5, CASE WHEN ?2 = 'running' THEN \
+                started_at ELSE NULL END) WHERE id = ?1",
                 params![id, state.as_str(), pid, reason, started],
             )?;
             Ok(())
@@ -72,19 +74,52 @@ impl Vms {
     pub(super) fn reserve_row(&self, r: &NewRow<'_>) -> Result<Vm, VmError> {
         let subnet = self.inner.config.subnet;
         self.inner.store.write(|tx| -> Result<Vm, VmError> {
-            if tx.query_row("SELECT 1 FROM vms WHERE name = ?1", [r.name], |_| Ok(())).optional()?.is_some() {
+            if tx
+                .query_row("SELECT 1 FROM vms WHERE name = ?1", [r.name], |_| Ok(()))
+                .optional()?
+                .is_some()
+            {
                 return Err(VmError::Exists(r.name.to_string()));
             }
             let mut stmt = tx.prepare("SELECT ip FROM vms")?;
-            let used: Vec<Ipv4Addr> = stmt.query_map([], |r| r.get::<_, String>(0))?.filter_map(|r| r.ok()?.parse().ok()).collect();
+            let used: Vec<Ipv4Addr> = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .filter_map(|r| r.ok()?.parse().ok())
+                .collect();
             drop(stmt);
             let ip = subnet.allocate(&used)?;
             let now = chrono::Utc::now();
             tx.execute(
-                &format!("INSERT INTO vms ({VM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'creating', NULL, ?13, NULL, NULL, '', ?14, ?15, ?16, ?17)"),
-                params![r.id, r.name, r.image, r.digest, r.backend.as_str(), r.accel.as_str(), r.cpus, r.memory_mib, r.work_bytes as i64, ip.to_string(), network::mac_for(r.id), network::tap_name(r.id), now.to_rfc3339(), r.agent, i64::from(r.isolated), r.egress, i64::from(r.pool)],
+                &format!(
+                    "INSERT INTO vms ({VM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
+                    ?7, ?8, ?9, ?10, ?11, ?12, 'creating', NULL, ?13, NULL, NULL, \
+                    '', ?14, ?15, ?16, ?17)"
+                ),
+                params![
+                    r.id,
+                    r.name,
+                    r.image,
+                    r.digest,
+                    r.backend.as_str(),
+                    r.accel.as_str(),
+                    r.cpus,
+                    r.memory_mib,
+                    r.work_bytes as i64,
+                    ip.to_string(),
+                    network::mac_for(r.id),
+                    network::tap_name(r.id),
+                    now.to_rfc3339(),
+                    r.agent,
+                    i64::from(r.isolated),
+                    r.egress,
+                    i64::from(r.pool)
+                ],
             )?;
-            tx.query_row(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"), [r.id], vm_from_row)?
+            tx.query_row(
+                &format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"),
+                [r.id],
+                vm_from_row,
+            )?
         })
     }
 

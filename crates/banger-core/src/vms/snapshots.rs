@@ -205,7 +205,11 @@ impl Vms {
         let now = chrono::Utc::now().to_rfc3339();
         self.inner.store.write(|tx| -> Result<SnapRow, VmError> {
             if tx
-                .query_row("SELECT 1 FROM snapshots WHERE name = ?1", [name], |_| Ok(()))
+                .query_row(
+                    "SELECT 1 FROM snapshots WHERE name = ?1",
+                    [name],
+                    |_| Ok(()),
+                )
                 .optional()?
                 .is_some()
             {
@@ -220,8 +224,29 @@ impl Vms {
             // holds them too (and can export their commits).
             let workspaces = crate::carried_workspaces::carried_by_snapshot(tx, &vm.id)?;
             tx.execute(
-                "INSERT INTO snapshots (id, name, state, source_vm, source_id, image, image_digest, backend, accel, cpus, memory_mib, work_bytes, agent, with_memory, hidden, created_at, workspaces) VALUES (?1, ?2, 'creating', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                params![id, name, vm.name, vm.id, vm.image, digest, vm.backend.as_str(), vm.accel.as_str(), vm.cpus, vm.memory_mib, vm.work_disk_bytes as i64, vm.agent, i64::from(with_memory), i64::from(hidden), now, workspaces],
+                "INSERT INTO snapshots (id, name, state, source_vm, source_id, \
+                image, image_digest, backend, accel, cpus, memory_mib, \
+                work_bytes, agent, with_memory, hidden, created_at, workspaces) \
+                VALUES (?1, ?2, 'creating', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
+                ?11, ?12, ?13, ?14, ?15, ?16)",
+                params![
+                    id,
+                    name,
+                    vm.name,
+                    vm.id,
+                    vm.image,
+                    digest,
+                    vm.backend.as_str(),
+                    vm.accel.as_str(),
+                    vm.cpus,
+                    vm.memory_mib,
+                    vm.work_disk_bytes as i64,
+                    vm.agent,
+                    i64::from(with_memory),
+                    i64::from(hidden),
+                    now,
+                    workspaces
+                ],
             )?;
             Ok(tx.query_row(
                 &format!("SELECT {SNAP_COLUMNS} FROM snapshots WHERE id = ?1"),

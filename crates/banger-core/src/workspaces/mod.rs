@@ -284,7 +284,9 @@ impl Workspaces {
         let now = chrono::Utc::now().to_rfc3339();
         self.store.write(|tx| -> Result<(), WorkspaceError> {
             tx.execute(
-                "INSERT OR REPLACE INTO workspaces (vm_id, name, host_path, dest, base_commit, branch, pushed_at, exported_commit, exported_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL)",
+                "INSERT OR REPLACE INTO workspaces (vm_id, name, host_path, \
+                dest, base_commit, branch, pushed_at, exported_commit, \
+                exported_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL)",
                 params![vm.id, p.name, p.host_path, dest, p.base, p.branch, now],
             )?;
             Ok(())
@@ -296,7 +298,10 @@ impl Workspaces {
     fn lookup(&self, vm: &str, name: &str) -> Result<Option<Workspace>, WorkspaceError> {
         Ok(self.store.read(|c| {
             c.query_row(
-                &format!("SELECT {COLUMNS} FROM workspaces w JOIN vms v ON v.id = w.vm_id WHERE v.name = ?1 AND w.name = ?2"),
+                &format!(
+                    "SELECT {COLUMNS} FROM workspaces w JOIN vms v ON v.id = w.vm_id \
+                    WHERE v.name = ?1 AND w.name = ?2"
+                ),
                 [vm, name],
                 from_row,
             )
@@ -309,11 +314,15 @@ impl Workspaces {
         if let Some(v) = vm {
             self.vms.get(v)?;
         }
-        self.store.read(|c| -> Result<Vec<Workspace>, WorkspaceError> {
-            let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM workspaces w JOIN vms v ON v.id = w.vm_id WHERE ?1 IS NULL OR v.name = ?1 ORDER BY v.name, w.name"))?;
-            let rows = stmt.query_map([vm], from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        self.store
+            .read(|c| -> Result<Vec<Workspace>, WorkspaceError> {
+                let mut stmt = c.prepare(&format!(
+                    "SELECT {COLUMNS} FROM workspaces w JOIN vms v ON v.id = w.vm_id \
+                    WHERE ?1 IS NULL OR v.name = ?1 ORDER BY v.name, w.name"
+                ))?;
+                let rows = stmt.query_map([vm], from_row)?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
     }
 
     /// One workspace of a VM; `None`: the VM's only one.
@@ -474,7 +483,8 @@ impl Workspaces {
         let now = chrono::Utc::now().to_rfc3339();
         self.store.write(|tx| {
             tx.execute(
-                "UPDATE workspaces SET exported_commit = ?3, exported_at = ?4 WHERE vm_id = ?1 AND name = ?2",
+                "UPDATE workspaces SET exported_commit = ?3, exported_at = ?4 \
+                WHERE vm_id = ?1 AND name = ?2",
                 params![vm.id, ws.name, commit, now],
             )
             .map(|_| ())
