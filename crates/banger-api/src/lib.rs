@@ -29,8 +29,8 @@ pub use system::{FleetSnapshot, UiInfo, VersionInfo, VmLive};
 pub use vms::{
     Accel, Backend, BackendChoice, Forward, ForwardList, ForwardRequest, GuestStats, HostStats,
     PoolList, PoolSetRequest, PoolStatus, Snapshot, SnapshotList, SshClientKey, Vm,
-    VmCreateRequest, VmForkRequest, VmList, VmPort, VmPortList, VmSetRequest, VmSnapshotRequest,
-    VmSshInfo, VmState, VmStats, VmStopRequest,
+    VmCreateRequest, VmForkRequest, VmList, VmPort, VmPortList, VmResources, VmSetRequest,
+    VmSnapshotRequest, VmSshInfo, VmState, VmStats, VmStopRequest,
 };
 
 pub use workspaces::{

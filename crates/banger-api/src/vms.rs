@@ -156,6 +156,53 @@ pub struct VmList {
     pub vms: Vec<Vm>,
 }
 
+/// The bounds every VM's resources are held to (create, `vm set`, the
+/// warm pool, the daemon's defaults). One place, so the CLI, the daemon's
+/// config and the core agree.
+pub mod limits {
+    use std::ops::RangeInclusive;
+
+    /// vCPUs.
+    pub const CPUS: RangeInclusive<u32> = 1..=32;
+    /// Memory, MiB: 128 MiB..=64 GiB.
+    pub const MEMORY_MIB: RangeInclusive<u64> = 128..=65536;
+    /// The work disk, bytes: 64 MiB..=16 TiB.
+    pub const WORK_DISK_BYTES: RangeInclusive<u64> = (64 << 20)..=(16 << 40);
+    /// The largest root disk, bytes (16 TiB); the smallest is the image's.
+    pub const ROOT_DISK_MAX_BYTES: u64 = 16 << 40;
+}
+
+/// The resources a request may give a VM (`POST /v1/vms`, `vm set`,
+/// `POST /v1/pools`): each one left out keeps its default (create, pool)
+/// or its current value (set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmResources {
+    /// vCPUs, 1..=32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// e.g. `1G`, `512M` (128 MiB..=64 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// Root disk size, e.g. `8G`: at least the image's root filesystem
+    /// (create), grow only (set), at most 16 TiB. Not for pools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size: Option<String>,
+    /// The work disk mounted at /work, e.g. `4G` (64 MiB..=16 TiB; set:
+    /// grow only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_disk_size: Option<String>,
+}
+
+impl VmResources {
+    /// Whether any resource is given.
+    pub fn any(&self) -> bool {
+        self.cpus.is_some()
+            || self.memory.is_some()
+            || self.disk_size.is_some()
+            || self.work_disk_size.is_some()
+    }
+}
+
 /// `POST /v1/vms`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -164,18 +211,10 @@ pub struct VmCreateRequest {
     /// Image name (default: the daemon's `vm.default_image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// 1..=32 (default from config).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpus: Option<u32>,
-    /// e.g. `1G`, `512M` (128 MiB..=64 GiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<String>,
-    /// Root disk size, at least the image's (default: the image's), e.g. `8G`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk_size: Option<String>,
-    /// e.g. `4G`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub work_disk_size: Option<String>,
+    /// Defaults: the agent profile's, else the daemon's `vm.*`; the root
+    /// disk defaults to the image's size.
+    #[serde(flatten)]
+    pub resources: VmResources,
     /// Default: `auto`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<BackendChoice>,
@@ -343,17 +382,9 @@ pub struct GuestStats {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmSetRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpus: Option<u32>,
-    /// e.g. `2G`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<String>,
-    /// New root disk size (grow only), e.g. `8G`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk_size: Option<String>,
-    /// New work disk size (grow only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub work_disk_size: Option<String>,
+    /// Only while the VM is stopped; disks only grow.
+    #[serde(flatten)]
+    pub resources: VmResources,
     /// Isolate the VM (or stop isolating it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolated: Option<bool>,
@@ -456,11 +487,34 @@ pub struct PoolSetRequest {
     /// Default: `vm.default_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpus: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub work_disk_size: Option<String>,
+    /// Each left out: the value of the image's one pool entry when it has
+    /// exactly one, else the daemon's default. `disk_size` is refused
+    /// (pool VMs have the image's root disk).
+    #[serde(flatten)]
+    pub resources: VmResources,
     pub size: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattened_resources_keep_the_wire_shape_and_refuse_unknown_fields() {
+        let req: VmCreateRequest =
+            serde_json::from_str(r#"{"name":"a","cpus":2,"memory":"1G"}"#).expect("parse");
+        assert_eq!(req.resources.cpus, Some(2));
+        assert_eq!(req.resources.memory.as_deref(), Some("1G"));
+        let back = serde_json::to_value(&req).expect("encode");
+        assert_eq!(back["cpus"], 2);
+        assert!(back.get("resources").is_none());
+        for body in [r#"{"name":"a","cpu":2}"#, r#"{"name":"a","resources":{}}"#] {
+            let e = serde_json::from_str::<VmCreateRequest>(body);
+            assert!(e.is_err(), "{body} was taken");
+        }
+        let e = serde_json::from_str::<VmSetRequest>(r#"{"memroy":"1G"}"#);
+        assert!(e.is_err());
+        let e = serde_json::from_str::<PoolSetRequest>(r#"{"size":1,"x":1}"#);
+        assert!(e.is_err());
+    }
 }

@@ -100,12 +100,11 @@ impl Profile {
             return Err(invalid("`command` is empty".into()));
         }
         if let Some(c) = p.cpus {
-            if !(1..=32).contains(&c) {
-                return Err(invalid(format!("cpus {c} is not in 1..=32")));
-            }
+            crate::resources::check_cpus(c).map_err(|e| invalid(e.to_string()))?;
         }
         if let Some(m) = &p.memory {
-            crate::units::parse_size(m).map_err(|e| invalid(format!("memory: {e}")))?;
+            let bytes = crate::units::parse_size(m).map_err(|e| invalid(format!("memory: {e}")))?;
+            crate::resources::memory_mib(bytes).map_err(|e| invalid(e.to_string()))?;
         }
         if let Some(k) = p.env.keys().find(|k| !is_env_name(k)) {
             return Err(invalid(format!("env: {k:?} is not a variable name")));

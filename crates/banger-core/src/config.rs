@@ -516,8 +516,8 @@ impl Config {
                 format!("{:?} is not a valid image name", v.default_image),
             ));
         }
-        if !(1..=32).contains(&v.cpus) {
-            return Err(invalid("vm.cpus", format!("{} is not in 1..=32", v.cpus)));
+        if let Err(e) = crate::resources::check_cpus(v.cpus) {
+            return Err(invalid("vm.cpus", e.to_string()));
         }
         for (key, val) in [
             ("vm.memory", &v.memory),
@@ -530,21 +530,12 @@ impl Config {
         }
         // The same bounds `vm create` holds a request to: a default it would
         // refuse makes every create fail.
-        for (key, val, min, max) in [
-            ("vm.memory", &v.memory, 128u64 << 20, 64u64 << 30),
-            ("vm.work_disk_size", &v.work_disk_size, 64 << 20, 16 << 40),
-        ] {
-            let bytes = crate::units::parse_size(val).unwrap_or(0);
-            if !(min..=max).contains(&bytes) {
-                return Err(invalid(
-                    key,
-                    format!(
-                        "{val} is not in {}..={}",
-                        crate::units::format_size(min),
-                        crate::units::format_size(max)
-                    ),
-                ));
-            }
+        let bytes = |val: &str| crate::units::parse_size(val).unwrap_or(0);
+        if let Err(e) = crate::resources::memory_mib(bytes(&v.memory)) {
+            return Err(invalid("vm.memory", e.to_string()));
+        }
+        if let Err(e) = crate::resources::check_work_bytes(bytes(&v.work_disk_size)) {
+            return Err(invalid("vm.work_disk_size", e.to_string()));
         }
         if !["auto", "kvm", "tcg"].contains(&v.accel.as_str()) {
             return Err(invalid(

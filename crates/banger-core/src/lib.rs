@@ -17,7 +17,8 @@
 //!   [`agents`] (profiles), [`agent_runs`]: what runs in VMs; [`firewall`], [`dns`], [`forwards`],
 //!   [`network`], [`netlink`], [`taps`]: the VM network.
 //! - [`storage`]: disk clones and work seeds.
-//! - [`shell`], [`units`]: quoting for sh, sizes.
+//! - [`shell`], [`units`]: quoting for sh, sizes; [`resources`]: a VM's
+//!   resources, their bounds and the one update step (pure).
 
 pub mod agent_runs;
 pub mod agents;
@@ -37,6 +38,7 @@ pub mod netlink;
 pub mod network;
 pub mod ops;
 pub mod paths;
+pub mod resources;
 pub mod sessions;
 
 pub mod shell;

@@ -653,9 +653,12 @@ async fn run(client: &Client, json: bool, command: Command) -> Result<u8, Client
                     "/v1/pools",
                     &banger_api::PoolSetRequest {
                         image,
-                        cpus,
-                        memory,
-                        work_disk_size,
+                        resources: banger_api::VmResources {
+                            cpus,
+                            memory,
+                            work_disk_size,
+                            disk_size: None,
+                        },
                         size,
                     },
                 )
@@ -1111,10 +1114,12 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
                 egress_allow: net.egress(),
                 name,
                 image,
-                cpus,
-                memory,
-                disk_size,
-                work_disk_size,
+                resources: banger_api::VmResources {
+                    cpus,
+                    memory,
+                    disk_size,
+                    work_disk_size,
+                },
                 backend,
                 no_start,
                 agent,
@@ -1452,10 +1457,12 @@ async fn vm(client: &Client, json: bool, style: &Style, cmd: VmCommand) -> Resul
                 .post(
                     &format!("/v1/vms/{name}/set"),
                     &banger_api::VmSetRequest {
-                        cpus,
-                        memory,
-                        disk_size,
-                        work_disk_size,
+                        resources: banger_api::VmResources {
+                            cpus,
+                            memory,
+                            disk_size,
+                            work_disk_size,
+                        },
                         isolated: if net.isolate {
                             Some(true)
                         } else if no_isolate {

@@ -97,11 +97,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         images.clone(),
         vms_config,
     );
+    let snapshots = banger_core::vms::Snapshots::new(vms.clone());
+    let pool = banger_core::vms::WarmPool::new(vms.clone());
     vms.reconcile()?;
-    vms.reconcile_snapshots()?;
+    snapshots.reconcile()?;
     // After reconcile: only the VMs and snapshots that stay keep files.
     images.remove_orphans(&vms.digests_in_use()?)?;
-    vms.refill_pools();
+    pool.refill();
     let sessions = banger_core::sessions::Sessions::new(store.clone(), vms.clone());
     let workspaces = banger_core::workspaces::Workspaces::new(store.clone(), vms.clone());
     let forwards = banger_core::forwards::Forwards::new(
@@ -170,6 +172,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ops,
         images,
         vms,
+        snapshots,
+        pool,
         sessions,
         workspaces,
         credentials,

@@ -21,6 +21,8 @@ pub struct Daemon {
     pub ops: Ops,
     pub images: Images,
     pub vms: Vms,
+    pub snapshots: banger_core::vms::Snapshots,
+    pub pool: banger_core::vms::WarmPool,
     pub sessions: banger_core::sessions::Sessions,
     pub workspaces: banger_core::workspaces::Workspaces,
     pub credentials: banger_core::credentials::Credentials,

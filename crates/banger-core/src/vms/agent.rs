@@ -29,7 +29,7 @@ pub enum AgentLink {
 }
 
 #[derive(Debug, Error)]
-pub enum AgentError {
+pub enum GuestAgentError {
     #[error("Cannot reach the guest agent through {path} (is the VMM running?)")]
     Io {
         path: PathBuf,
@@ -78,7 +78,7 @@ pub fn request(
     verb: &str,
     args: &[&str],
     timeout: Duration,
-) -> Result<(), AgentError> {
+) -> Result<(), GuestAgentError> {
     let nonce = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
     let line = request_line(verb, &nonce, args);
     let deadline = Instant::now() + timeout;
@@ -88,19 +88,19 @@ pub fn request(
     }
     .map_err(|e| match e {
         // The transports do not know the caller's timeout.
-        AgentError::Timeout(_) => AgentError::Timeout(timeout.as_secs()),
+        GuestAgentError::Timeout(_) => GuestAgentError::Timeout(timeout.as_secs()),
         e => {
-            if matches!(e, AgentError::Oversized(_)) {
+            if matches!(e, GuestAgentError::Oversized(_)) {
                 tracing::warn!(verb, error = %e, "the guest agent misbehaved; its answer was dropped");
             }
             e
         }
     })?;
-    answer.map_err(AgentError::Refused)
+    answer.map_err(GuestAgentError::Refused)
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
-    move |source| AgentError::Io {
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GuestAgentError + '_ {
+    move |source| GuestAgentError::Io {
         path: path.to_path_buf(),
         source,
     }
@@ -125,12 +125,12 @@ impl AnswerLines {
         &mut self,
         bytes: &[u8],
         nonce: &str,
-    ) -> Result<Option<Result<(), String>>, AgentError> {
+    ) -> Result<Option<Result<(), String>>, GuestAgentError> {
         for chunk in bytes.split_inclusive(|b| *b == b'\n') {
             self.pending.extend_from_slice(chunk);
             if self.pending.len() > MAX_ANSWER {
                 self.pending.clear();
-                return Err(AgentError::Oversized(MAX_ANSWER));
+                return Err(GuestAgentError::Oversized(MAX_ANSWER));
             }
             if chunk.ends_with(b"\n") {
                 let line = std::mem::take(&mut self.pending);
@@ -148,7 +148,7 @@ fn via_pipe(
     line: &str,
     nonce: &str,
     deadline: Instant,
-) -> Result<Result<(), String>, AgentError> {
+) -> Result<Result<(), String>, GuestAgentError> {
     let (inp, out) = (
         PathBuf::from(format!("{}.in", base.display())),
         PathBuf::from(format!("{}.out", base.display())),
@@ -188,7 +188,7 @@ fn via_pipe(
             Err(e) => return Err(io(&out)(e)),
         }
         if Instant::now() > deadline {
-            return Err(AgentError::Timeout(0));
+            return Err(GuestAgentError::Timeout(0));
         }
     }
 }
@@ -200,10 +200,10 @@ fn read_until(
     buf: &mut [u8],
     deadline: Instant,
     uds: &Path,
-) -> Result<usize, AgentError> {
+) -> Result<usize, GuestAgentError> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Err(AgentError::Timeout(0));
+        return Err(GuestAgentError::Timeout(0));
     }
     stream.set_read_timeout(Some(left)).map_err(io(uds))?;
     stream.read(buf).map_err(|e| {
@@ -211,7 +211,7 @@ fn read_until(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         ) {
-            AgentError::Timeout(0)
+            GuestAgentError::Timeout(0)
         } else {
             io(uds)(e)
         }
@@ -224,7 +224,7 @@ fn via_vsock(
     line: &str,
     nonce: &str,
     deadline: Instant,
-) -> Result<Result<(), String>, AgentError> {
+) -> Result<Result<(), String>, GuestAgentError> {
     let mut stream = loop {
         // The guest's listener may not be up yet right after a resume.
         match std::os::unix::net::UnixStream::connect(uds) {
@@ -242,14 +242,14 @@ fn via_vsock(
     let mut byte = [0u8; 1];
     while !hello.ends_with(b"\n") {
         if read_until(&mut stream, &mut byte, deadline, uds)? == 0 || hello.len() > 64 {
-            return Err(AgentError::Connect(
+            return Err(GuestAgentError::Connect(
                 String::from_utf8_lossy(&hello).trim().to_string(),
             ));
         }
         hello.push(byte[0]);
     }
     if !hello.starts_with(b"OK ") {
-        return Err(AgentError::Connect(
+        return Err(GuestAgentError::Connect(
             String::from_utf8_lossy(&hello).trim().to_string(),
         ));
     }
@@ -259,7 +259,7 @@ fn via_vsock(
     loop {
         let n = read_until(&mut stream, &mut buf, deadline, uds)?;
         if n == 0 {
-            return Err(AgentError::Connect(
+            return Err(GuestAgentError::Connect(
                 "the guest closed the connection".into(),
             ));
         }
@@ -277,12 +277,12 @@ fn libc_nonblock() -> i32 {
 }
 
 /// Makes the two FIFOs of a [`AgentLink::Pipe`] (before the VMM starts).
-pub fn make_pipe(base: &Path) -> Result<(), AgentError> {
+pub fn make_pipe(base: &Path) -> Result<(), GuestAgentError> {
     for ext in ["in", "out"] {
         let p = PathBuf::from(format!("{}.{ext}", base.display()));
         let _ = std::fs::remove_file(&p);
         nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(|e| {
-            AgentError::Io {
+            GuestAgentError::Io {
                 path: p.clone(),
                 source: std::io::Error::from(e),
             }
@@ -349,7 +349,7 @@ mod tests {
         );
         guest.join().expect("guest");
         assert!(
-            matches!(r, Err(AgentError::Refused(ref m)) if m == "no such thing"),
+            matches!(r, Err(GuestAgentError::Refused(ref m)) if m == "no such thing"),
             "{r:?}"
         );
     }
@@ -381,7 +381,7 @@ mod tests {
         (dir, uds)
     }
 
-    fn ask(uds: &Path, timeout: Duration) -> (Result<(), AgentError>, Duration) {
+    fn ask(uds: &Path, timeout: Duration) -> (Result<(), GuestAgentError>, Duration) {
         let link = AgentLink::Vsock {
             uds: uds.into(),
             port: 1024,
@@ -402,7 +402,10 @@ mod tests {
             }
         });
         let (r, _) = ask(&uds, Duration::from_secs(5));
-        assert!(matches!(r, Err(AgentError::Oversized(MAX_ANSWER))), "{r:?}");
+        assert!(
+            matches!(r, Err(GuestAgentError::Oversized(MAX_ANSWER))),
+            "{r:?}"
+        );
         // Answers to other nonces without end: the caller's timeout holds.
         let (_d, uds) = hostile_guest(|s, _| loop {
             if s.write_all(b"ok someoneelse\n").is_err() {
@@ -410,7 +413,7 @@ mod tests {
             }
         });
         let (r, took) = ask(&uds, Duration::from_millis(500));
-        assert!(matches!(r, Err(AgentError::Timeout(_))), "{r:?}");
+        assert!(matches!(r, Err(GuestAgentError::Timeout(_))), "{r:?}");
         assert!(
             took < Duration::from_secs(3),
             "bounded by the timeout: {took:?}"
@@ -423,7 +426,7 @@ mod tests {
             }
         });
         let (r, took) = ask(&uds, Duration::from_millis(500));
-        assert!(matches!(r, Err(AgentError::Timeout(_))), "{r:?}");
+        assert!(matches!(r, Err(GuestAgentError::Timeout(_))), "{r:?}");
         assert!(took < Duration::from_secs(3), "{took:?}");
         // And an honest one still answers.
         let (_d, uds) = hostile_guest(|s, nonce| {
@@ -449,7 +452,7 @@ mod tests {
         make_pipe(&base).expect("fifos");
         let t = Instant::now();
         let r = request(&AgentLink::Pipe(base), "ping", &[], Duration::from_secs(5));
-        assert!(matches!(r, Err(AgentError::Io { .. })), "{r:?}");
+        assert!(matches!(r, Err(GuestAgentError::Io { .. })), "{r:?}");
         assert!(t.elapsed() < Duration::from_secs(2));
     }
 }

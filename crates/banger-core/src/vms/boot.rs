@@ -1,5 +1,6 @@
 //! Booting a VM (network -> spawn -> boot), watching its VMM, `vm.start`.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -26,112 +27,120 @@ impl Vms {
         vm: &Vm,
         restore: Option<PathBuf>,
     ) -> Result<f64, VmError> {
-        let vm_ip = vm.ip.clone();
-        // A jailed Firecracker opens its TAP as the jail's user.
-        let tap_owner = self.vmm(vm.backend).tap_owner();
-        let (bridge, subnet) = (self.inner.config.bridge.clone(), self.inner.config.subnet);
-        let this = self.clone();
-        let id = vm.id.clone();
-        h.step(
-            "network",
-            blocking(move || {
-                network::ensure_bridge(&bridge, &subnet)?;
-                network::flush_neighbor(&vm_ip, &bridge);
-                // A ready TAP from the pool, else a new one (a jailed
-                // Firecracker needs one owned by the jail's user).
-                let pooled = if tap_owner.is_none() {
-                    this.inner.pool.take()
-                } else {
-                    None
-                };
-                let tap = match pooled {
-                    Some(t) => t,
-                    None => {
-                        let t = network::tap_name(&id);
-                        network::create_tap(&t, &bridge, tap_owner)?;
-                        t
-                    }
-                };
-                let t2 = tap.clone();
-                this.inner.store.write(|tx| -> Result<(), VmError> {
-                    tx.execute("UPDATE vms SET tap = ?2 WHERE id = ?1", params![id, t2])?;
-                    Ok(())
-                })?;
-                this.sync_firewall()?;
-                this.inner.net_up.send_replace(true);
-                this.inner.pool.refill_later();
-                Ok(())
-            }),
-        )
-        .await?;
-        let p = self.paths(&vm.id);
+        h.step("network", self.attach_network(vm)).await?;
         let spec = self.launch_spec(vm)?;
-        let vmm = self.vmm(vm.backend);
-        // Only a Firecracker VM on a host without reflinks has one.
-        if p.root_cow().exists() {
-            let image = self.image_of(vm)?;
-            let base = self
-                .inner
-                .images
-                .artifact_path(&image, "rootfs")
-                .ok_or_else(|| VmError::Internal {
-                    what: "image",
-                    reason: "it has no root filesystem".into(),
-                })?;
-            let (id, cow) = (vm.id.clone(), p.root_cow());
-            blocking(move || {
-                crate::storage::dm::setup(&id, &base, &cow)?;
-                Ok(())
-            })
-            .await?;
-        }
+        self.setup_dm_root(vm).await?;
         let started = Instant::now();
         let pid = h
-            .step::<_, VmError, _>("spawn", async {
-                let (spec2, restore) = (spec.clone(), restore.clone());
-                let child = blocking(move || {
-                    match &restore {
-                        Some(dir) => vmm.restore(&spec2, dir),
-                        None => vmm.launch(&spec2),
-                    }
-                    .map_err(VmError::from)
-                })
-                .await?;
-                let pid = child.id();
-                if vm.state == VmState::Creating {
-                    // Stays `creating` (rolled back after a crash) until booted.
-                    let id = vm.id.clone();
-                    self.inner
-                        .store
-                        .write(|tx| {
-                            tx.execute("UPDATE vms SET pid = ?2 WHERE id = ?1", params![id, pid])
-                                .map(|_| ())
-                        })
-                        .map_err(VmError::from)?;
-                } else {
-                    self.set_state(&vm.id, VmState::Starting, Some(pid), None)?;
-                }
-                self.watch_child(vm.id.clone(), child);
-                h.message(
-                    "spawn",
-                    format!("{} pid {pid} ({} accel)", vm.backend, vm.accel),
-                );
-                Ok(pid)
-            })
+            .step("spawn", self.spawn_vmm(h, vm, &spec, restore.clone()))
             .await?;
-        let console = p.console();
-        let logs = self.vmm(vm.backend).logs(&spec);
+        let vmm = self.vmm(vm.backend);
         if restore.is_some() {
             // A restored guest is up already: it takes its own identity.
-            let link = self.vmm(vm.backend).agent(&spec);
+            let link = vmm.agent(&spec);
             h.step("boot", blocking(move || reapply_identity(&link)))
                 .await?;
         } else {
-            self.wait_ready(h, pid, &console, &logs).await?;
+            let console = self.paths(&vm.id).console();
+            self.wait_ready(h, pid, &console, &vmm.logs(&spec)).await?;
         }
         let secs = started.elapsed().as_secs_f64();
         self.set_state(&vm.id, VmState::Running, Some(pid), None)?;
         Ok(secs)
+    }
+
+    /// The `network` step: the bridge, a TAP for the VM (from the pool, or
+    /// a new one; a jailed Firecracker opens its TAP as the jail's user, so
+    /// it needs one of its own) recorded in its row, and the firewall.
+    fn attach_network(&self, vm: &Vm) -> impl Future<Output = Result<(), VmError>> {
+        let vm_ip = vm.ip.clone();
+        let tap_owner = self.vmm(vm.backend).tap_owner();
+        let (bridge, subnet) = (self.inner.config.bridge.clone(), self.inner.config.subnet);
+        let this = self.clone();
+        let id = vm.id.clone();
+        blocking(move || {
+            network::ensure_bridge(&bridge, &subnet)?;
+            network::flush_neighbor(&vm_ip, &bridge);
+            let pooled = match tap_owner {
+                None => this.inner.pool.take(),
+                Some(_) => None,
+            };
+            let tap = match pooled {
+                Some(t) => t,
+                None => {
+                    let t = network::tap_name(&id);
+                    network::create_tap(&t, &bridge, tap_owner)?;
+                    t
+                }
+            };
+            this.inner.store.write(|tx| -> Result<(), VmError> {
+                tx.execute("UPDATE vms SET tap = ?2 WHERE id = ?1", params![id, tap])?;
+                Ok(())
+            })?;
+            this.sync_firewall()?;
+            this.inner.net_up.send_replace(true);
+            this.inner.pool.refill_later();
+            Ok(())
+        })
+    }
+
+    /// The device-mapper snapshot root of a Firecracker VM on a host
+    /// without reflinks (the only VMs with a `root.cow`).
+    async fn setup_dm_root(&self, vm: &Vm) -> Result<(), VmError> {
+        let p = self.paths(&vm.id);
+        if !p.root_cow().exists() {
+            return Ok(());
+        }
+        let image = self.image_of(vm)?;
+        let base = self
+            .inner
+            .images
+            .artifact_path(&image, "rootfs")
+            .ok_or_else(|| VmError::Internal {
+                what: "image",
+                reason: "it has no root filesystem".into(),
+            })?;
+        let (id, cow) = (vm.id.clone(), p.root_cow());
+        blocking(move || {
+            crate::storage::dm::setup(&id, &base, &cow)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The `spawn` step: the VMM launched (or restored from `restore`), its
+    /// pid recorded (a `creating` row stays `creating`, rolled back after
+    /// a crash, until booted), and its exit watched.
+    async fn spawn_vmm(
+        &self,
+        h: &OpHandle,
+        vm: &Vm,
+        spec: &vmm::LaunchSpec,
+        restore: Option<PathBuf>,
+    ) -> Result<u32, VmError> {
+        let (vmm, spec2) = (self.vmm(vm.backend), spec.clone());
+        let child = blocking(move || {
+            match &restore {
+                Some(dir) => vmm.restore(&spec2, dir),
+                None => vmm.launch(&spec2),
+            }
+            .map_err(VmError::from)
+        })
+        .await?;
+        let pid = child.id();
+        if vm.state == VmState::Creating {
+            let id = vm.id.clone();
+            self.inner.store.write(|tx| {
+                tx.execute("UPDATE vms SET pid = ?2 WHERE id = ?1", params![id, pid])
+                    .map(|_| ())
+            })?;
+        } else {
+            self.set_state(&vm.id, VmState::Starting, Some(pid), None)?;
+        }
+        self.watch_child(vm.id.clone(), child);
+        let what = format!("{} pid {pid} ({} accel)", vm.backend, vm.accel);
+        h.message("spawn", what);
+        Ok(pid)
     }
 
     /// The `boot` step of a cold boot: until the guest's readiness marker

@@ -7,14 +7,13 @@ use super::blocking;
 use crate::images::ImageError;
 use crate::names::validate_name;
 use crate::ops::{OpHandle, StepSpec};
-use crate::units::parse_size;
 
 use super::disks::make_root_disk;
 use super::error::VmError;
-use super::resolve::{check_cpus, parse_egress};
+use super::resolve::VmSpec;
 use super::rows::NewRow;
 use super::vmm::qemu::Accel;
-use super::{kvm_probe, pool, Vms};
+use super::{kvm_probe, Vms};
 
 impl Vms {
     /// Preflight (nothing changes if it fails), then the `vm.create` operation.
@@ -23,26 +22,24 @@ impl Vms {
         if let Some(snap) = req.from_snapshot.clone() {
             return self.start_create_from_snapshot(req, &snap);
         }
-        let image_name = req
-            .image
-            .clone()
-            .unwrap_or_else(|| self.inner.config.default_image.clone());
-        let image = self.inner.images.get(&image_name)?;
+        let spec = self.plan_create(&req)?;
+        self.verify_image(&spec).await?;
+        self.start_planned(spec, false)
+    }
+
+    /// Checks the image's files against their digests and warms the KVM
+    /// verdict for its kernel (up to 5 s the first time after a reboot), off
+    /// the async threads. The verdict is QEMU's: a Firecracker VM does not
+    /// wait for it.
+    async fn verify_image(&self, spec: &VmSpec) -> Result<(), VmError> {
         let images = self.inner.images.clone();
-        // The KVM verdict is QEMU's: a Firecracker VM does not wait for it.
-        let qemu = self
-            .resolve_backend(req.backend, &image)
-            .is_ok_and(|b| b == Backend::Qemu);
-        let (state_dir, auto) = (
-            self.inner.layout.state_dir.clone(),
-            qemu && self.inner.config.accel == "auto",
-        );
+        let image = spec.image.clone();
+        let probe = spec.backend == Backend::Qemu && self.inner.config.accel == "auto";
+        let state_dir = self.inner.layout.state_dir.clone();
         tokio::task::spawn_blocking(move || {
             images.verify(&image)?;
-            // Warm the KVM verdict for this kernel (up to 5 s the first time
-            // after a reboot) off the async threads.
             if let (true, Some(k), Some(a)) = (
-                auto,
+                probe,
                 images.artifact_path(&image, "kernel"),
                 image.artifacts.iter().find(|a| a.kind == "kernel"),
             ) {
@@ -55,152 +52,22 @@ impl Vms {
             what: "image verification",
             reason: format!("the task failed: {e}"),
         })??;
-        self.start_create_checked(req, false)
+        Ok(())
     }
 
-    /// Plans a create: checks everything, then either claims a warm pool VM
-    /// that fits (a VM booted ahead of time, renamed and personalized) or
-    /// reserves a new row and boots it. `pool`: this is a pool VM itself.
-    pub(super) fn start_create_checked(
-        &self,
-        req: VmCreateRequest,
-        pool: bool,
-    ) -> Result<Operation, VmError> {
-        validate_name("VM", &req.name)?;
-        let cfg = &self.inner.config;
-        let image_name = req
-            .image
-            .clone()
-            .unwrap_or_else(|| cfg.default_image.clone());
-        let image = self.inner.images.get(&image_name)?;
-        let backend = self.resolve_backend(req.backend, &image)?;
-        // The agent: asked for (must exist), else the image's (when a
-        // profile for it exists). Its resources are the defaults.
-        let (agent, profile) = match (&req.agent, &image.agent) {
-            (Some(a), _) => {
-                validate_name("agent", a)?;
-                (Some(a.clone()), Some(cfg.agents.get(a)?.0))
-            }
-            (None, Some(a)) => match cfg.agents.get(a) {
-                Ok((p, _)) => (Some(a.clone()), Some(p)),
-                Err(_) => (None, None),
-            },
-            (None, None) => (None, None),
-        };
-        let cpus = req
-            .cpus
-            .or(profile.as_ref().and_then(|p| p.cpus))
-            .unwrap_or(cfg.cpus);
-        check_cpus(cpus)?;
-        let memory_mib = match req
-            .memory
-            .as_ref()
-            .or(profile.as_ref().and_then(|p| p.memory.as_ref()))
-        {
-            Some(m) => {
-                parse_size(m).map_err(|e| VmError::Invalid {
-                    what: "memory",
-                    reason: e.to_string(),
-                })? >> 20
-            }
-            None => u64::from(cfg.memory_mib),
-        };
-        if !(128..=65536).contains(&memory_mib) {
-            return Err(VmError::Invalid {
-                what: "memory",
-                reason: format!("{memory_mib} MiB is not in 128 MiB..=64 GiB"),
-            });
-        }
-        let work_bytes = match &req.work_disk_size {
-            Some(s) => parse_size(s).map_err(|e| VmError::Invalid {
-                what: "work disk size",
-                reason: e.to_string(),
-            })?,
-            None => cfg.work_disk_bytes,
-        };
-        if !((64 << 20)..=(16 << 40)).contains(&work_bytes) {
-            return Err(VmError::Invalid {
-                what: "work disk size",
-                reason: "it must be between 64 MiB and 16 TiB".into(),
-            });
-        }
-        let rootfs_size = image
-            .artifacts
-            .iter()
-            .find(|a| a.kind == "rootfs")
-            .map(|a| a.size)
-            .unwrap_or(0);
-        let root_bytes = match &req.disk_size {
-            Some(s) => {
-                let b = parse_size(s).map_err(|e| VmError::Invalid {
-                    what: "disk size",
-                    reason: e.to_string(),
-                })?;
-                if b < rootfs_size || b > (16 << 40) {
-                    return Err(VmError::Invalid {
-                        what: "disk size",
-                        reason: format!("it must be at least the image's root filesystem ({}) and at most 16 TiB", crate::units::format_size(rootfs_size)),
-                    });
-                }
-                Some(b)
-            }
-            None => None,
-        };
-        // Clones are sparse or copy-on-write; a raw copy for Firecracker
-        // without reflink takes what the image's rootfs uses.
-        let rootfs_allocated = {
-            use std::os::unix::fs::MetadataExt;
-            self.inner
-                .images
-                .artifact_path(&image, "rootfs")
-                .and_then(|p| std::fs::metadata(p).ok())
-                .map(|m| m.blocks() * 512)
-                .unwrap_or(0)
-        };
-        let needed = (512u64 << 20)
-            + match backend {
-                Backend::Firecracker => rootfs_allocated,
-                Backend::Qemu => 0,
-            };
-        self.check_free_space(needed)?;
-        let egress_json = parse_egress(req.egress_allow.as_deref())?;
-        if !pool && !req.no_start && root_bytes.is_none() {
-            let fit = pool::Fit {
-                image: image_name.clone(),
-                cpus,
-                memory_mib: u32::try_from(memory_mib).unwrap_or(u32::MAX),
-                work_bytes,
-                backend,
-            };
-            if let Some(op) = self.claim_pool_vm(&fit, &req, agent.clone(), egress_json.clone())? {
+    /// Starts a resolved create: claims a warm pool VM that fits (booted
+    /// ahead of time, renamed and personalized), or reserves a new row and
+    /// boots it. `pool`: this is a pool VM itself.
+    pub(super) fn start_planned(&self, spec: VmSpec, pool: bool) -> Result<Operation, VmError> {
+        self.check_free_space(self.create_space_needed(&spec))?;
+        if !pool && !spec.no_start && spec.resources.root_bytes.is_none() {
+            if let Some(op) = self.claim_pool_vm(&spec)? {
                 return Ok(op);
             }
         }
         // The daemon key every guest authorizes, made before the first boot.
         self.inner.ssh.client_key()?;
-        // Reserve name and address in one transaction: the `creating` row is
-        // what a restarted daemon rolls back.
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let name = req.name.clone();
-        let accel = match backend {
-            Backend::Qemu => self.accel(&image),
-            Backend::Firecracker => Accel::Kvm,
-        };
-        let vm = self.reserve_row(&NewRow {
-            id: &id,
-            name: &name,
-            image: &image_name,
-            digest: &image.digest,
-            backend,
-            accel,
-            cpus,
-            memory_mib,
-            work_bytes,
-            agent: agent.as_deref(),
-            isolated: req.isolated,
-            egress: egress_json.as_deref(),
-            pool,
-        })?;
+        let vm = self.reserve(&spec, pool)?;
         let steps = vec![
             StepSpec::new("disks", "Clone root disk and work disk"),
             StepSpec::new("config", "Write the config disk (host key, network, keys)"),
@@ -209,17 +76,64 @@ impl Vms {
             StepSpec::new("boot", "Wait for the guest (sshd ready)"),
         ];
         let this = self.clone();
-        let no_start = req.no_start;
-        Ok(self.inner.ops.spawn("vm.create", &vm.name.clone(), steps, move |h| async move {
-            let lock = this.lock_for(&vm.name);
-            let _held = lock.lock().await;
-            let r = this.create(&h, &vm, &image, root_bytes, no_start).await;
-            if let Err(e) = &r {
-                tracing::warn!(vm = %vm.name, error = %crate::error::error_chain(e), "create failed; rolling back");
-                this.rollback(&vm.id, &vm.name);
-            }
-            r
-        })?)
+        let target = vm.name.clone();
+        Ok(self
+            .inner
+            .ops
+            .spawn("vm.create", &target, steps, move |h| async move {
+                let lock = this.lock_for(&vm.name);
+                let _held = lock.lock().await;
+                let r = this.create(&h, &vm, &spec).await;
+                if let Err(e) = &r {
+                    let chain = crate::error::error_chain(e);
+                    tracing::warn!(vm = %vm.name, error = %chain, "create failed; rolling back");
+                    this.rollback(&vm.id, &vm.name);
+                }
+                r
+            })?)
+    }
+
+    /// Free space a create needs in the state dir: clones are sparse or
+    /// copy-on-write; a raw copy for Firecracker without reflink takes what
+    /// the image's rootfs uses.
+    fn create_space_needed(&self, spec: &VmSpec) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let raw_copy = match spec.backend {
+            Backend::Firecracker => self
+                .inner
+                .images
+                .artifact_path(&spec.image, "rootfs")
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map(|m| m.blocks() * 512)
+                .unwrap_or(0),
+            Backend::Qemu => 0,
+        };
+        (512u64 << 20) + raw_copy
+    }
+
+    /// Reserves name and address in one transaction: the `creating` row is
+    /// what a restarted daemon rolls back.
+    fn reserve(&self, spec: &VmSpec, pool: bool) -> Result<Vm, VmError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let accel = match spec.backend {
+            Backend::Qemu => self.accel(&spec.image),
+            Backend::Firecracker => Accel::Kvm,
+        };
+        self.reserve_row(&NewRow {
+            id: &id,
+            name: &spec.name,
+            image: &spec.image.name,
+            digest: &spec.image.digest,
+            backend: spec.backend,
+            accel,
+            cpus: spec.resources.cpus,
+            memory_mib: u64::from(spec.resources.memory_mib),
+            work_bytes: spec.resources.work_bytes,
+            agent: spec.agent.as_deref(),
+            isolated: spec.isolated,
+            egress: spec.egress.as_deref(),
+            pool,
+        })
     }
 
     /// Refuses (changing nothing) when the state dir has less than `needed`
@@ -245,10 +159,9 @@ impl Vms {
         &self,
         h: &OpHandle,
         vm: &Vm,
-        image: &banger_api::Image,
-        root_bytes: Option<u64>,
-        no_start: bool,
+        spec: &VmSpec,
     ) -> Result<serde_json::Value, VmError> {
+        let (image, root_bytes) = (&spec.image, spec.resources.root_bytes);
         let p = self.paths(&vm.id);
         let (dir, paths) = (p.dir.clone(), p.clone());
         let base = self
@@ -274,12 +187,7 @@ impl Vms {
         .await?;
 
         let (this, vm2) = (self.clone(), vm.clone());
-        let base_size = image
-            .artifacts
-            .iter()
-            .find(|a| a.kind == "rootfs")
-            .map(|a| a.size)
-            .unwrap_or(0);
+        let base_size = super::resolve::image_root_bytes(image);
         let grow_root =
             self.vmm(vm.backend).guest_grows_root() && root_bytes.is_some_and(|b| b > base_size);
         h.step(
@@ -287,7 +195,7 @@ impl Vms {
             blocking(move || this.new_identity(&vm2, grow_root)),
         )
         .await?;
-        if no_start {
+        if spec.no_start {
             for s in ["network", "spawn", "boot"] {
                 h.skip(s);
             }

@@ -31,6 +31,8 @@ pub enum VmError {
     },
     #[error("Invalid {what}: {reason}")]
     Invalid { what: &'static str, reason: String },
+    #[error(transparent)]
+    Resources(#[from] crate::resources::ResourceError),
     /// A failure of banger's, not of the request (never a 400).
     #[error("Internal failure ({what}): {reason}")]
     Internal { what: &'static str, reason: String },
@@ -96,7 +98,9 @@ impl From<rusqlite::Error> for VmError {
 impl ToApiError for VmError {
     fn code(&self) -> ErrorCode {
         match self {
-            VmError::Name(_) | VmError::Invalid { .. } => ErrorCode::InvalidRequest,
+            VmError::Name(_) | VmError::Invalid { .. } | VmError::Resources(_) => {
+                ErrorCode::InvalidRequest
+            }
             VmError::Exists(_)
             | VmError::SnapshotExists(_)
             | VmError::NoGuestAgent { .. }

@@ -101,97 +101,91 @@ fn run_probe(state_dir: &Path, kernel: &Path) -> (bool, String) {
     };
     let dir = state_dir.join(format!("tmp/kvm-probe-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let result = (|| -> Result<(bool, String), String> {
-        let root = dir.join("root");
-        std::fs::create_dir_all(root.join("bin")).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(root.join("dev")).map_err(|e| e.to_string())?;
-        std::fs::copy(&busybox, root.join("bin/busybox")).map_err(|e| e.to_string())?;
-        let init = root.join("init");
-        std::fs::write(&init, probe_init()).map_err(|e| e.to_string())?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| e.to_string())?;
-        let initrd = dir.join("initrd.img");
-        let sh = tools::require("sh").map_err(|e| e.to_string())?;
-        tools::run(
-            &sh,
-            [
-                "-c".as_ref(),
-                "cd \"$1\" && find . | cpio --quiet -o -H newc > \"$2\"".as_ref(),
-                "sh".as_ref(),
-                root.as_os_str(),
-                initrd.as_os_str(),
-            ],
-        )
-        .map_err(|e| e.to_string())?;
-        let out = dir.join("console.log");
-        let mut child = Command::new(qemu)
-            .args([
-                "-accel",
-                "kvm",
-                "-M",
-                "q35",
-                "-cpu",
-                "host",
-                "-m",
-                "256",
-                "-smp",
-                "1",
-                "-display",
-                "none",
-                "-no-reboot",
-                "-nodefaults",
-                "-no-user-config",
-            ])
-            .arg("-serial")
-            .arg(format!("file:{}", out.display()))
-            .arg("-kernel")
-            .arg(kernel)
-            .arg("-initrd")
-            .arg(&initrd)
-            .args(["-append", "console=ttyS0 panic=-1 quiet rdinit=/init"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let t0 = Instant::now();
-        loop {
-            if std::fs::read_to_string(&out).is_ok_and(|t| t.contains(PROBE_MARKER)) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Ok((
-                    true,
-                    format!("booted to userspace in {:.1}s", t0.elapsed().as_secs_f64()),
-                ));
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
-                return Ok((
-                    false,
-                    format!("qemu exited ({status}) without booting: {}", err.trim()),
-                ));
-            }
-            if t0.elapsed() > PROBE_TIMEOUT {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Ok((
-                    false,
-                    format!(
-                        "the kernel did not reach userspace within {}s under KVM",
-                        PROBE_TIMEOUT.as_secs()
-                    ),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })();
+    let result = probe_initrd(&dir, &busybox)
+        .and_then(|initrd| boot_probe(&qemu, kernel, &initrd, &dir.join("console.log")));
     let _ = std::fs::remove_dir_all(&dir);
     result.unwrap_or_else(|e| (false, format!("probe failed: {e}")))
+}
+
+/// An initrd of busybox and the probe's /init, packed in `dir`.
+fn probe_initrd(dir: &Path, busybox: &Path) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("bin")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(root.join("dev")).map_err(|e| e.to_string())?;
+    std::fs::copy(busybox, root.join("bin/busybox")).map_err(|e| e.to_string())?;
+    let init = root.join("init");
+    std::fs::write(&init, probe_init()).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let initrd = dir.join("initrd.img");
+    let sh = tools::require("sh").map_err(|e| e.to_string())?;
+    tools::run(
+        &sh,
+        [
+            "-c".as_ref(),
+            "cd \"$1\" && find . | cpio --quiet -o -H newc > \"$2\"".as_ref(),
+            "sh".as_ref(),
+            root.as_os_str(),
+            initrd.as_os_str(),
+        ],
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(initrd)
+}
+
+/// Boots `kernel` with the probe initrd under KVM until its marker is on
+/// the console (true), QEMU exits, or the probe times out (false).
+fn boot_probe(
+    qemu: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    out: &Path,
+) -> Result<(bool, String), String> {
+    let mut child = Command::new(qemu)
+        .args(["-accel", "kvm", "-M", "q35", "-cpu", "host", "-m", "256"])
+        .args(["-smp", "1", "-display", "none", "-no-reboot"])
+        .args(["-nodefaults", "-no-user-config"])
+        .arg("-serial")
+        .arg(format!("file:{}", out.display()))
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet rdinit=/init"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    loop {
+        if std::fs::read_to_string(out).is_ok_and(|t| t.contains(PROBE_MARKER)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let took = t0.elapsed().as_secs_f64();
+            return Ok((true, format!("booted to userspace in {took:.1}s")));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            let why = format!("qemu exited ({status}) without booting: {}", err.trim());
+            return Ok((false, why));
+        }
+        if t0.elapsed() > PROBE_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            let why = format!(
+                "the kernel did not reach userspace within {}s under KVM",
+                PROBE_TIMEOUT.as_secs()
+            );
+            return Ok((false, why));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[cfg(test)]

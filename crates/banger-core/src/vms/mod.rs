@@ -60,7 +60,9 @@ use rows::{vm_from_row, VM_COLUMNS};
 use vmm::qemu::Accel;
 
 pub use error::VmError;
+pub use pool::WarmPool;
 pub use procs::{is_our_vmm, pid_alive};
+pub use snapshots::Snapshots;
 
 /// How long a boot may take before create/start fails.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -160,7 +162,8 @@ impl Vms {
         locks.entry(name.to_string()).or_default().clone()
     }
 
-    pub fn list(&self) -> Result<Vec<Vm>, VmError> {
+    /// Every VM, warm-pool VMs included.
+    pub(super) fn list(&self) -> Result<Vec<Vm>, VmError> {
         self.list_where("1")
     }
 
@@ -305,11 +308,6 @@ impl Vms {
             let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
-    }
-
-    /// TAPs ready in the pool.
-    pub fn pool_ready(&self) -> usize {
-        self.inner.pool.ready()
     }
 
     /// The name of the VM with this id, if it still exists.

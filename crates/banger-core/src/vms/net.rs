@@ -16,7 +16,7 @@ impl Vms {
     }
 
     /// Whether banger's network (bridge, rules) is set up in this namespace.
-    pub fn network_active(&self) -> bool {
+    pub(super) fn network_active(&self) -> bool {
         network::link_exists(&self.inner.config.bridge) || crate::firewall::installed()
     }
 
@@ -64,7 +64,7 @@ impl Vms {
 
     /// Makes banger's nftables tables match the store (one transaction)
     /// and turns IPv4 forwarding on, remembering the value it had.
-    pub fn sync_firewall(&self) -> Result<(), VmError> {
+    pub(super) fn sync_firewall(&self) -> Result<(), VmError> {
         static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _held = LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let nets = self.vm_nets()?;

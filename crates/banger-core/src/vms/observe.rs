@@ -69,7 +69,7 @@ impl Vms {
 
     /// Host-side figures from /proc and the disks; guest-side over SSH.
     /// A VMM's CPU ticks and RSS now (for live figures); `None` when not running.
-    pub fn vmm_sample(&self, vm: &Vm) -> Option<(u64, Option<u64>)> {
+    pub(super) fn vmm_sample(&self, vm: &Vm) -> Option<(u64, Option<u64>)> {
         let pid = vm
             .pid
             .filter(|p| vm.state == VmState::Running && pid_alive(*p))?;

@@ -1,12 +1,113 @@
-//! Request resolution: backend choice and request bounds.
+//! Request resolution: a create request, the daemon's defaults, the agent
+//! profile and the image become one [`VmSpec`] before anything is touched
+//! (`resolve_create`, pure); the backend choice (`choose_backend`, pure);
+//! the egress allow-list. The bounds themselves are [`crate::resources`].
 
-use banger_api::{Backend, BackendChoice};
+use banger_api::{Backend, BackendChoice, Image, VmCreateRequest, VmResources};
 
+use crate::agents::{Agents, Profile};
+use crate::names::validate_name;
+use crate::resources::{Floor, Resources};
 use crate::tools;
-use crate::units::parse_size;
 
 use super::error::VmError;
 use super::Vms;
+
+/// A create request, resolved: what the VM will be. Nothing was touched
+/// to make it.
+#[derive(Debug, Clone)]
+pub(super) struct VmSpec {
+    pub(super) name: String,
+    pub(super) image: Image,
+    pub(super) backend: Backend,
+    /// The agent profile it is set up for.
+    pub(super) agent: Option<String>,
+    pub(super) resources: Resources,
+    pub(super) isolated: bool,
+    /// The egress allow-list as stored (JSON); `None`: anywhere.
+    pub(super) egress: Option<String>,
+    pub(super) no_start: bool,
+}
+
+/// What a create request is resolved against.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CreateContext<'a> {
+    /// The daemon's `vm.*` defaults.
+    pub(super) defaults: Resources,
+    /// The agent picked by [`pick_agent`], and its profile.
+    pub(super) agent: Option<(&'a str, &'a Profile)>,
+    pub(super) image: &'a Image,
+    pub(super) host: HostBackends,
+    pub(super) firecracker_binary: &'a str,
+}
+
+/// The size of an image's root filesystem (a new root disk's floor).
+pub(super) fn image_root_bytes(image: &Image) -> u64 {
+    image
+        .artifacts
+        .iter()
+        .find(|a| a.kind == "rootfs")
+        .map(|a| a.size)
+        .unwrap_or(0)
+}
+
+/// Resolves a create request: the request's resources over the agent
+/// profile's over the daemon's defaults, every bound checked once, the
+/// backend chosen, the egress list normalized. Pure.
+pub(super) fn resolve_create(
+    req: &VmCreateRequest,
+    cx: CreateContext<'_>,
+) -> Result<VmSpec, VmError> {
+    validate_name("VM", &req.name)?;
+    let floor = Floor::New {
+        image_root: image_root_bytes(cx.image),
+    };
+    let base = match cx.agent {
+        Some((_, p)) => cx.defaults.update(
+            &VmResources {
+                cpus: p.cpus,
+                memory: p.memory.clone(),
+                ..VmResources::default()
+            },
+            floor,
+        )?,
+        None => cx.defaults,
+    };
+    let resources = base.update(&req.resources, floor)?;
+    let backend = choose_backend(
+        req.backend.unwrap_or_default(),
+        cx.image,
+        cx.host,
+        cx.firecracker_binary,
+    )?;
+    Ok(VmSpec {
+        name: req.name.clone(),
+        image: cx.image.clone(),
+        backend,
+        agent: cx.agent.map(|(a, _)| a.to_string()),
+        resources,
+        isolated: req.isolated,
+        egress: parse_egress(req.egress_allow.as_deref())?,
+        no_start: req.no_start,
+    })
+}
+
+/// The agent a VM is set up for: the one asked for (it must exist), else
+/// the image's when a profile of that name exists.
+pub(super) fn pick_agent(
+    agents: &Agents,
+    asked: Option<&str>,
+    image_agent: Option<&str>,
+) -> Result<Option<(String, Profile)>, VmError> {
+    match (asked, image_agent) {
+        (Some(a), _) => {
+            validate_name("agent", a)?;
+            Ok(Some((a.to_string(), agents.get(a)?.0)))
+        }
+        (None, Some(a)) => Ok(agents.get(a).ok().map(|(p, _)| (a.to_string(), p))),
+        (None, None) => Ok(None),
+    }
+}
 
 /// What the host offers a backend choice (probed by the caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,44 +202,37 @@ pub(super) fn choose_backend(
 }
 
 impl Vms {
-    /// [`choose_backend`] on this host.
-    pub(super) fn resolve_backend(
-        &self,
-        requested: Option<BackendChoice>,
-        image: &banger_api::Image,
-    ) -> Result<Backend, VmError> {
-        let fc = &self.inner.config.firecracker_binary;
-        choose_backend(
-            requested.unwrap_or_default(),
-            image,
-            HostBackends::probe(fc),
-            fc,
+    /// The daemon's `vm.*` defaults.
+    pub(super) fn defaults(&self) -> Resources {
+        let c = &self.inner.config;
+        Resources {
+            cpus: c.cpus,
+            memory_mib: c.memory_mib,
+            work_bytes: c.work_disk_bytes,
+            root_bytes: None,
+        }
+    }
+
+    /// Looks up what a create request names (its image, its agent profile,
+    /// the host's backends) and resolves it with [`resolve_create`].
+    pub(super) fn plan_create(&self, req: &VmCreateRequest) -> Result<VmSpec, VmError> {
+        validate_name("VM", &req.name)?;
+        let cfg = &self.inner.config;
+        let image_name = req.image.as_deref().unwrap_or(&cfg.default_image);
+        let image = self.inner.images.get(image_name)?;
+        let agent = pick_agent(&cfg.agents, req.agent.as_deref(), image.agent.as_deref())?;
+        let fc = &cfg.firecracker_binary;
+        resolve_create(
+            req,
+            CreateContext {
+                defaults: self.defaults(),
+                agent: agent.as_ref().map(|(n, p)| (n.as_str(), p)),
+                image: &image,
+                host: HostBackends::probe(fc),
+                firecracker_binary: fc,
+            },
         )
     }
-}
-
-/// A VM's CPU count must be 1..=32. Pure.
-pub(super) fn check_cpus(cpus: u32) -> Result<(), VmError> {
-    if (1..=32).contains(&cpus) {
-        Ok(())
-    } else {
-        Err(VmError::Invalid {
-            what: "cpus",
-            reason: format!("{cpus} is not in 1..=32"),
-        })
-    }
-}
-
-/// An optional size from the API (`2G`, `512M`), parsed. Pure.
-pub(super) fn opt_size(what: &'static str, s: &Option<String>) -> Result<Option<u64>, VmError> {
-    s.as_deref()
-        .map(|s| {
-            parse_size(s).map_err(|e| VmError::Invalid {
-                what,
-                reason: e.to_string(),
-            })
-        })
-        .transpose()
 }
 
 /// An egress allow-list from the API, checked and normalized, as stored
@@ -221,5 +315,108 @@ mod tests {
         let no_qemu = HostBackends { qemu: false, ..ALL };
         let e = choose_backend(BackendChoice::Qemu, &both, no_qemu, "fc");
         assert!(matches!(&e, Err(VmError::Backend { backend, .. }) if backend == "qemu"));
+    }
+
+    fn profile(cpus: Option<u32>, memory: Option<&str>) -> Profile {
+        Profile {
+            description: "test".into(),
+            command: vec!["true".into()],
+            require: vec![],
+            auth: vec![],
+            cpus,
+            memory: memory.map(String::from),
+            env: Default::default(),
+            files: vec![],
+        }
+    }
+
+    fn sized(backends: &[Backend], rootfs: u64) -> Image {
+        let mut i = image(backends);
+        i.artifacts.push(banger_api::Artifact {
+            kind: "rootfs".into(),
+            file: "rootfs.ext4".into(),
+            size: rootfs,
+            sha256: "x".into(),
+        });
+        i
+    }
+
+    const DEFAULTS: Resources = Resources {
+        cpus: 2,
+        memory_mib: 1024,
+        work_bytes: 4 << 30,
+        root_bytes: None,
+    };
+
+    fn cx<'a>(img: &'a Image, agent: Option<(&'a str, &'a Profile)>) -> CreateContext<'a> {
+        CreateContext {
+            defaults: DEFAULTS,
+            agent,
+            image: img,
+            host: ALL,
+            firecracker_binary: "fc",
+        }
+    }
+
+    fn req(name: &str, res: VmResources) -> VmCreateRequest {
+        VmCreateRequest {
+            name: name.into(),
+            resources: res,
+            ..VmCreateRequest::default()
+        }
+    }
+
+    #[test]
+    fn a_create_takes_the_request_over_the_profile_over_the_defaults() {
+        let img = sized(&[Backend::Qemu], 1 << 30);
+        let spec =
+            resolve_create(&req("a", VmResources::default()), cx(&img, None)).expect("defaults");
+        assert_eq!(spec.resources, DEFAULTS);
+        assert_eq!((spec.backend, spec.agent.as_deref()), (Backend::Qemu, None));
+        let p = profile(Some(4), Some("2G"));
+        let spec = resolve_create(
+            &req("a", VmResources::default()),
+            cx(&img, Some(("oc", &p))),
+        )
+        .expect("profile");
+        assert_eq!((spec.resources.cpus, spec.resources.memory_mib), (4, 2048));
+        assert_eq!(spec.agent.as_deref(), Some("oc"));
+        let r = VmResources {
+            cpus: Some(1),
+            disk_size: Some("2G".into()),
+            ..VmResources::default()
+        };
+        let spec = resolve_create(&req("a", r), cx(&img, Some(("oc", &p)))).expect("request");
+        assert_eq!(
+            spec.resources,
+            Resources {
+                cpus: 1,
+                memory_mib: 2048,
+                work_bytes: 4 << 30,
+                root_bytes: Some(2 << 30),
+            }
+        );
+    }
+
+    #[test]
+    fn a_create_is_refused_whole_on_any_bad_field() {
+        let img = sized(&[Backend::Qemu], 1 << 30);
+        let bad = |r: VmCreateRequest| resolve_create(&r, cx(&img, None)).is_err();
+        assert!(bad(req("Bad Name", VmResources::default())));
+        let small_root = VmResources {
+            disk_size: Some("512M".into()),
+            ..VmResources::default()
+        };
+        assert!(bad(req("a", small_root)));
+        let mut r = req("a", VmResources::default());
+        r.egress_allow = Some(vec!["not-a-cidr".into()]);
+        assert!(bad(r));
+        let mut r = req("a", VmResources::default());
+        r.backend = Some(BackendChoice::Firecracker);
+        assert!(bad(r), "the image has no vmlinux");
+        let mut r = req("a", VmResources::default());
+        r.egress_allow = Some(vec!["10.0.0.1".into()]);
+        let spec = resolve_create(&r, cx(&img, None)).expect("valid");
+        assert_eq!(spec.egress.as_deref(), Some(r#"["10.0.0.1"]"#));
     }
 }

@@ -35,8 +35,62 @@ use super::{agent, VmError, Vms};
 use crate::names::validate_name;
 use crate::ops::{OpHandle, StepSpec};
 
+/// The snapshot verbs (`vm snapshot`, `vm fork`, `snapshot ls|rm`, the
+/// restart recovery): what the daemon's handlers call. Restores are
+/// `vm create --from-snapshot`, through [`Vms::start_create`]. Cheap to
+/// clone; it shares the VMs' locks and store.
+#[derive(Clone)]
+pub struct Snapshots {
+    vms: Vms,
+}
+
+impl Snapshots {
+    pub fn new(vms: Vms) -> Snapshots {
+        Snapshots { vms }
+    }
+
+    /// Every ready snapshot (hidden fork snapshots left out).
+    pub fn list(&self) -> Result<SnapshotList, VmError> {
+        self.vms.snapshot_list()
+    }
+
+    /// Removes a snapshot and its files.
+    pub fn remove(&self, name: &str) -> Result<(), VmError> {
+        self.vms.snapshot_remove(name)
+    }
+
+    /// `vm snapshot`: the operation that saves a VM's disks (and its
+    /// memory, when it runs).
+    pub fn take(&self, vm: &str, req: VmSnapshotRequest) -> Result<Operation, VmError> {
+        self.vms.start_snapshot(vm, req)
+    }
+
+    /// `vm fork`: the operation that makes a running copy of a VM.
+    pub fn fork(&self, vm: &str, req: VmForkRequest) -> Result<Operation, VmError> {
+        self.vms.start_fork(vm, req)
+    }
+
+    /// After a daemon start: unfinished and hidden snapshots removed, VMs a
+    /// dead daemon left paused resumed.
+    pub fn reconcile(&self) -> Result<(), VmError> {
+        self.vms.reconcile_snapshots()
+    }
+}
+
 /// Disk files a snapshot copies from a VM's directory (those that exist).
 const DISK_FILES: &[&str] = &["root.qcow2", "root.raw", "root.cow", "work.ext4"];
+
+/// Copies (reflink, else sparse) the VM's disk files into a snapshot's
+/// directory. Blocking.
+fn copy_disks(vm_dir: &Path, snap_dir: &Path) -> Result<(), VmError> {
+    for f in DISK_FILES {
+        let from = vm_dir.join(f);
+        if from.exists() {
+            crate::storage::clone_file(&from, &snap_dir.join(f)).map_err(VmError::Storage)?;
+        }
+    }
+    Ok(())
+}
 
 /// A snapshot's row.
 #[derive(Debug, Clone)]
@@ -132,7 +186,7 @@ impl Vms {
     }
 
     /// Ready, visible snapshots, by name.
-    pub fn snapshot_list(&self) -> Result<SnapshotList, VmError> {
+    pub(super) fn snapshot_list(&self) -> Result<SnapshotList, VmError> {
         let rows = self
             .inner
             .store
@@ -164,7 +218,7 @@ impl Vms {
     }
 
     /// Names of the (visible) snapshots of `image` (for `image rm`).
-    pub fn snapshots_of_image(&self, image: &str) -> Result<Vec<String>, VmError> {
+    pub(super) fn snapshots_of_image(&self, image: &str) -> Result<Vec<String>, VmError> {
         self.inner.store.read(|c| -> Result<Vec<String>, VmError> {
             let mut stmt = c.prepare(
                 "SELECT name FROM snapshots WHERE image = ?1 AND hidden = 0 ORDER BY name",
@@ -175,7 +229,7 @@ impl Vms {
     }
 
     /// Removes a snapshot (row first, then its files).
-    pub fn snapshot_remove(&self, name: &str) -> Result<(), VmError> {
+    pub(super) fn snapshot_remove(&self, name: &str) -> Result<(), VmError> {
         let row = self.snapshot_row(name)?;
         if row.state != "ready" {
             return Err(VmError::Invalid {
@@ -269,7 +323,7 @@ impl Vms {
     }
 
     /// `vm snapshot NAME [SNAP]`: an operation (`vm.snapshot`).
-    pub fn start_snapshot(
+    pub(super) fn start_snapshot(
         &self,
         vm_name: &str,
         req: VmSnapshotRequest,
@@ -318,21 +372,8 @@ impl Vms {
         vm_name: &str,
         snap: &SnapRow,
     ) -> Result<SnapRow, VmError> {
-        let vm = self.get(vm_name)?;
-        if vm.id != snap.source_id {
-            return Err(VmError::Invalid {
-                what: "snapshot",
-                reason: format!("VM {vm_name:?} was replaced while the snapshot was queued"),
-            });
-        }
-        let running = vm.state == VmState::Running;
-        if running != snap.with_memory {
-            return Err(VmError::WrongState {
-                name: vm.name.clone(),
-                state: vm.state.as_str(),
-                what: "it changed state while the snapshot was queued; try again",
-            });
-        }
+        let vm = self.snapshot_source(vm_name, snap)?;
+        let running = snap.with_memory;
         let dir = self.snap_dir(&snap.id);
         std::fs::create_dir_all(&dir).map_err(|source| VmError::Io {
             path: dir.clone(),
@@ -340,57 +381,18 @@ impl Vms {
         })?;
         let spec = self.launch_spec(&vm)?;
         if running {
-            let link = self.vmm(vm.backend).agent(&spec);
-            let name = vm.name.clone();
-            blocking(move || {
-                agent::request(&link, "ping", &[], std::time::Duration::from_secs(5)).map_err(|e| {
-                    VmError::NoGuestAgent {
-                        name,
-                        reason: crate::error::error_chain(&e),
-                    }
-                })
-            })
-            .await?;
-            let (vmm, spec2, d2) = (self.vmm(vm.backend), spec.clone(), dir.clone());
-            // From here to the resume, nothing is abandoned halfway: a
-            // cancel takes effect once the VM runs again.
-            let saved = h
-                .step_to_end(
-                    "save",
-                    blocking(move || vmm.save_state(&spec2, &d2).map_err(VmError::Vmm)),
-                )
-                .await;
-            if let Err(e) = saved {
-                self.resume_quietly(&vm);
-                return Err(e);
-            }
+            self.save_running(h, &vm, &spec, &dir).await?;
         } else {
             h.skip("save");
         }
         let (src, d2) = (self.paths(&vm.id).dir, dir.clone());
         let copied = h
-            .step_to_end(
-                "copy",
-                blocking(move || {
-                    for f in DISK_FILES {
-                        let from = src.join(f);
-                        if from.exists() {
-                            crate::storage::clone_file(&from, &d2.join(f))
-                                .map_err(VmError::Storage)?;
-                        }
-                    }
-                    Ok(())
-                }),
-            )
+            .step_to_end("copy", blocking(move || copy_disks(&src, &d2)))
             .await;
         if running {
             let (vmm, spec2) = (self.vmm(vm.backend), spec.clone());
-            let resumed = h
-                .step_to_end(
-                    "resume",
-                    blocking(move || vmm.resume(&spec2).map_err(VmError::Vmm)),
-                )
-                .await;
+            let resume = blocking(move || vmm.resume(&spec2).map_err(VmError::Vmm));
+            let resumed = h.step_to_end("resume", resume).await;
             copied?;
             resumed?;
         } else {
@@ -403,21 +405,68 @@ impl Vms {
         }
         let size = allocated(&dir, None);
         let id = snap.id.clone();
-        self.inner
-            .store
-            .write(|tx| {
-                tx.execute(
-                    "UPDATE snapshots SET state = 'ready', size_bytes = ?2 WHERE id = ?1",
-                    params![id, size as i64],
-                )
-                .map(|_| ())
-            })
-            .map_err(VmError::from)?;
+        self.inner.store.write(|tx| {
+            tx.execute(
+                "UPDATE snapshots SET state = 'ready', size_bytes = ?2 WHERE id = ?1",
+                params![id, size as i64],
+            )
+            .map(|_| ())
+        })?;
         Ok(SnapRow {
             state: "ready".into(),
             size_bytes: size,
             ..snap.clone()
         })
+    }
+
+    /// The VM a queued snapshot is of, as it is now: still the same VM,
+    /// still running (or stopped) as when the snapshot was asked for.
+    fn snapshot_source(&self, vm_name: &str, snap: &SnapRow) -> Result<Vm, VmError> {
+        let vm = self.get(vm_name)?;
+        if vm.id != snap.source_id {
+            return Err(VmError::Invalid {
+                what: "snapshot",
+                reason: format!("VM {vm_name:?} was replaced while the snapshot was queued"),
+            });
+        }
+        if (vm.state == VmState::Running) != snap.with_memory {
+            return Err(VmError::WrongState {
+                name: vm.name.clone(),
+                state: vm.state.as_str(),
+                what: "it changed state while the snapshot was queued; try again",
+            });
+        }
+        Ok(vm)
+    }
+
+    /// The `save` step of a running VM: its agent must answer (a restore
+    /// needs it), then the VMM pauses it and saves its state into `dir`.
+    /// From here to the resume nothing is abandoned halfway: a cancel takes
+    /// effect once the VM runs again; a failed save resumes it.
+    async fn save_running(
+        &self,
+        h: &OpHandle,
+        vm: &Vm,
+        spec: &super::vmm::LaunchSpec,
+        dir: &Path,
+    ) -> Result<(), VmError> {
+        let link = self.vmm(vm.backend).agent(spec);
+        let name = vm.name.clone();
+        blocking(move || {
+            let ping = agent::request(&link, "ping", &[], std::time::Duration::from_secs(5));
+            ping.map_err(|e| VmError::NoGuestAgent {
+                name,
+                reason: crate::error::error_chain(&e),
+            })
+        })
+        .await?;
+        let (vmm, spec2, d2) = (self.vmm(vm.backend), spec.clone(), dir.to_path_buf());
+        let save = blocking(move || vmm.save_state(&spec2, &d2).map_err(VmError::Vmm));
+        let saved = h.step_to_end("save", save).await;
+        if saved.is_err() {
+            self.resume_quietly(vm);
+        }
+        saved
     }
 
     /// Resumes a VM left paused by a failed snapshot; errors are logged.
@@ -444,10 +493,10 @@ impl Vms {
         validate_name("VM", &req.name)?;
         for (set, what) in [
             (req.image.is_some(), "--image"),
-            (req.cpus.is_some(), "--cpus"),
-            (req.memory.is_some(), "--memory"),
-            (req.disk_size.is_some(), "--disk-size"),
-            (req.work_disk_size.is_some(), "--work-disk-size"),
+            (req.resources.cpus.is_some(), "--cpus"),
+            (req.resources.memory.is_some(), "--memory"),
+            (req.resources.disk_size.is_some(), "--disk-size"),
+            (req.resources.work_disk_size.is_some(), "--work-disk-size"),
             (req.backend.is_some(), "--backend"),
             (req.no_start, "--no-start"),
         ] {
@@ -611,7 +660,11 @@ impl Vms {
 
     /// `vm fork NAME NEW`: a snapshot of NAME restored as NEW, in one
     /// operation (`vm.fork`).
-    pub fn start_fork(&self, src_name: &str, req: VmForkRequest) -> Result<Operation, VmError> {
+    pub(super) fn start_fork(
+        &self,
+        src_name: &str,
+        req: VmForkRequest,
+    ) -> Result<Operation, VmError> {
         validate_name("VM", &req.name)?;
         let src = self.get(src_name)?;
         if src.state != VmState::Running {
@@ -675,7 +728,7 @@ impl Vms {
 
     /// After a restart: snapshots the previous daemon did not finish are
     /// removed, and their VMs resumed if it died while they were paused.
-    pub fn reconcile_snapshots(&self) -> Result<(), VmError> {
+    pub(super) fn reconcile_snapshots(&self) -> Result<(), VmError> {
         let stale: Vec<(String, String, String)> = self.inner.store.read(|c| {
             let mut stmt = c.prepare(
                 "SELECT id, name, source_id FROM snapshots WHERE state != 'ready' OR hidden = 1",

@@ -218,10 +218,7 @@ pub async fn snapshot(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<banger_api::VmSnapshotRequest>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(d.vms.start_snapshot(&name, req)?),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(d.snapshots.take(&name, req)?)))
 }
 
 /// Forks a running VM (an operation, `vm.fork`): a snapshot restored as a
@@ -235,13 +232,13 @@ pub async fn fork(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<banger_api::VmForkRequest>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    Ok((StatusCode::ACCEPTED, Json(d.vms.start_fork(&name, req)?)))
+    Ok((StatusCode::ACCEPTED, Json(d.snapshots.fork(&name, req)?)))
 }
 
 /// Snapshots, by name.
 #[utoipa::path(get, path = "/v1/snapshots", tag = "vms", responses((status = 200, body = banger_api::SnapshotList)))]
 pub async fn snapshots(State(d): State<AppState>) -> ApiResult<Json<banger_api::SnapshotList>> {
-    Ok(Json(d.vms.snapshot_list()?))
+    Ok(Json(d.snapshots.list()?))
 }
 
 /// Removes a snapshot and its files.
@@ -251,14 +248,14 @@ pub async fn snapshot_remove(
     State(d): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    d.vms.snapshot_remove(&name)?;
+    d.snapshots.remove(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// The warm pool: sizes per image and size, with ready and booting counts.
 #[utoipa::path(get, path = "/v1/pools", tag = "vms", responses((status = 200, body = banger_api::PoolList)))]
 pub async fn pools(State(d): State<AppState>) -> ApiResult<Json<banger_api::PoolList>> {
-    Ok(Json(d.vms.pool_list()?))
+    Ok(Json(d.pool.list()?))
 }
 
 /// Keeps `size` VMs of an image and size booted for `vm create` (0: none);
@@ -269,5 +266,5 @@ pub async fn pool_set(
     State(d): State<AppState>,
     ApiJson(req): ApiJson<banger_api::PoolSetRequest>,
 ) -> ApiResult<Json<banger_api::PoolStatus>> {
-    Ok(Json(d.vms.pool_set(&req)?))
+    Ok(Json(d.pool.set(&req)?))
 }

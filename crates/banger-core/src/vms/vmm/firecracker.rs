@@ -112,8 +112,7 @@ impl FirecrackerVmm {
 
     /// The configure sequence, in order (method, path, body). Pure; the
     /// tests check it against the spec and the fake's request log.
-    pub fn configure_sequence(spec: &LaunchSpec) -> Vec<(&'static str, String, serde_json::Value)> {
-        let j = |v: serde_json::Result<serde_json::Value>| v.unwrap_or_default();
+    pub fn configure_sequence(spec: &LaunchSpec) -> Vec<ApiCall> {
         let drive = |id: &str, path: &PathBuf, root: bool, ro: bool| Drive {
             drive_id: id.into(),
             is_root_device: root,
@@ -121,82 +120,82 @@ impl FirecrackerVmm {
             is_read_only: ro,
             cache_type: Some("Unsafe".into()),
         };
-        let mut seq = vec![
-            (
-                "PUT",
-                "/logger".to_string(),
-                j(serde_json::to_value(Logger {
-                    log_path: spec.run_dir.join("firecracker.log").display().to_string(),
-                    level: Some("Info".into()),
-                    show_level: Some(true),
-                })),
-            ),
-            (
-                "PUT",
-                "/metrics".to_string(),
-                j(serde_json::to_value(Metrics {
-                    metrics_path: spec
-                        .run_dir
-                        .join("firecracker.metrics")
-                        .display()
-                        .to_string(),
-                })),
-            ),
-            (
-                "PUT",
-                "/machine-config".to_string(),
-                j(serde_json::to_value(MachineConfiguration {
-                    vcpu_count: spec.cpus,
-                    mem_size_mib: spec.memory_mib,
-                    smt: Some(false),
-                    track_dirty_pages: None,
-                })),
-            ),
-            (
-                "PUT",
-                "/boot-source".to_string(),
-                j(serde_json::to_value(BootSource {
-                    kernel_image_path: spec.kernel.display().to_string(),
-                    initrd_path: spec.initrd.as_ref().map(|p| p.display().to_string()),
-                    boot_args: Some(spec.boot_args()),
-                })),
-            ),
-        ];
+        let mut seq = logging_calls(spec);
+        seq.push(put(
+            "/machine-config",
+            MachineConfiguration {
+                vcpu_count: spec.cpus,
+                mem_size_mib: spec.memory_mib,
+                smt: Some(false),
+                track_dirty_pages: None,
+            },
+        ));
+        seq.push(put(
+            "/boot-source",
+            BootSource {
+                kernel_image_path: spec.kernel.display().to_string(),
+                initrd_path: spec.initrd.as_ref().map(|p| p.display().to_string()),
+                boot_args: Some(spec.boot_args()),
+            },
+        ));
         for d in [
             drive("rootfs", &spec.root_disk, true, false),
             drive("config", &spec.config_disk, false, true),
             drive("work", &spec.work_disk, false, false),
         ] {
-            seq.push((
-                "PUT",
-                format!("/drives/{}", d.drive_id),
-                j(serde_json::to_value(d)),
-            ));
+            seq.push(put(format!("/drives/{}", d.drive_id), d));
         }
-        seq.push((
-            "PUT",
-            "/network-interfaces/eth0".to_string(),
-            j(serde_json::to_value(NetworkInterface {
+        seq.push(put(
+            "/network-interfaces/eth0",
+            NetworkInterface {
                 iface_id: "eth0".into(),
                 host_dev_name: spec.tap.clone(),
                 guest_mac: Some(spec.mac.clone()),
-            })),
+            },
         ));
-        seq.push((
-            "PUT",
-            "/vsock".to_string(),
-            j(serde_json::to_value(Vsock {
+        seq.push(put(
+            "/vsock",
+            Vsock {
                 guest_cid: 3,
                 uds_path: spec.run_dir.join(FC_VSOCK).display().to_string(),
-            })),
+            },
         ));
-        seq.push((
-            "PUT",
-            "/actions".to_string(),
+        seq.push(put(
+            "/actions",
             serde_json::json!({ "action_type": "InstanceStart" }),
         ));
         seq
     }
+}
+
+/// One Firecracker API call: method, path, JSON body.
+pub type ApiCall = (&'static str, String, serde_json::Value);
+
+/// A `PUT` of `body` (plain model structs, which always serialize).
+fn put(path: impl Into<String>, body: impl serde::Serialize) -> ApiCall {
+    let body = serde_json::to_value(body).unwrap_or_default();
+    ("PUT", path.into(), body)
+}
+
+/// The logger and metrics calls every sequence starts with. Pure.
+fn logging_calls(spec: &LaunchSpec) -> Vec<ApiCall> {
+    let file = |name: &str| spec.run_dir.join(name).display().to_string();
+    vec![
+        put(
+            "/logger",
+            Logger {
+                log_path: file("firecracker.log"),
+                level: Some("Info".into()),
+                show_level: Some(true),
+            },
+        ),
+        put(
+            "/metrics",
+            Metrics {
+                metrics_path: file("firecracker.metrics"),
+            },
+        ),
+    ]
 }
 
 impl FirecrackerVmm {
@@ -342,13 +341,8 @@ impl FirecrackerVmm {
 
     /// The restore sequence (method, path, body). Pure; checked against
     /// the spec by the tests.
-    pub fn restore_sequence(
-        spec: &LaunchSpec,
-        state: &str,
-        memory: &str,
-    ) -> Vec<(&'static str, String, serde_json::Value)> {
-        let mut seq = FirecrackerVmm::configure_sequence(spec);
-        seq.retain(|(_, p, _)| p == "/logger" || p == "/metrics");
+    pub fn restore_sequence(spec: &LaunchSpec, state: &str, memory: &str) -> Vec<ApiCall> {
+        let mut seq = logging_calls(spec);
         let load = SnapshotLoadParams {
             snapshot_path: state.into(),
             mem_backend: MemoryBackend {
@@ -364,11 +358,7 @@ impl FirecrackerVmm {
                 uds_path: spec.run_dir.join(FC_VSOCK).display().to_string(),
             }),
         };
-        seq.push((
-            "PUT",
-            "/snapshot/load".into(),
-            serde_json::to_value(load).unwrap_or_default(),
-        ));
+        seq.push(put("/snapshot/load", load));
         seq
     }
 }

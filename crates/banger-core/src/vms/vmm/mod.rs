@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 
 use thiserror::Error;
 
-pub use super::agent::{AgentError, AgentLink};
+pub use super::agent::{AgentLink, GuestAgentError};
 use crate::guest::{GUEST_INIT, KERNEL_CMDLINE};
 use qemu::Accel;
 
@@ -46,7 +46,7 @@ pub enum VmmError {
     #[error("QEMU control failed")]
     Qmp(#[from] qemu::QmpError),
     #[error("The guest agent failed")]
-    Agent(#[from] AgentError),
+    Agent(#[from] GuestAgentError),
     #[error("{0}")]
     Unsupported(String),
     #[error("VM file I/O failed on {path}")]

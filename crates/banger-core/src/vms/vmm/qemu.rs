@@ -52,6 +52,13 @@ pub struct QemuSpec {
 
 /// The argv after the program name. Pure.
 pub fn qemu_args(s: &QemuSpec) -> Vec<String> {
+    let mut a = machine_args(s);
+    a.extend(device_args(s));
+    a
+}
+
+/// The machine, its control and log files, and the kernel. Pure.
+fn machine_args(s: &QemuSpec) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |x: &str| a.push(x.to_string());
     push("-name");
@@ -95,6 +102,14 @@ pub fn qemu_args(s: &QemuSpec) -> Vec<String> {
     }
     push("-append");
     push(&format!("{KERNEL_CMDLINE} root=/dev/vda init={GUEST_INIT}"));
+    a
+}
+
+/// The disks, the network, entropy, the agent's channel and, for a
+/// restore, the saved state. Pure.
+fn device_args(s: &QemuSpec) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |x: &str| a.push(x.to_string());
     push("-drive");
     push(&format!(
         "file={},if=virtio,format={},cache=unsafe,discard=unmap",
