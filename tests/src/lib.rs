@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod architecture;
+pub mod fakefc;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

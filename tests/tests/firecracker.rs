@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use banger_api::{OpState, Operation, Vm, VmList, VmState};
+use banger_tests::fakefc::{daemon, daemon_with_vm, daemon_with_vm_env, require_kvm};
 use banger_tests::{bin, poll, stderr, stdout, test_image, vmm_pids, TestDaemon, TestNetns};
 use serde_json::Value;
 
@@ -31,25 +32,6 @@ fn calls(reqs: &[Value]) -> Vec<String> {
             )
         })
         .collect()
-}
-
-/// The Firecracker backend, even against the fake, needs /dev/kvm present.
-fn require_kvm() {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "the Firecracker backend (even against the fake) needs /dev/kvm present"
-    );
-}
-
-fn daemon(ns: &TestNetns, log: &Path, extra_env: &[(&str, &str)]) -> TestDaemon {
-    let fake = bin("fake-firecracker");
-    let mut env = vec![("FAKE_FC_REQUEST_LOG", log.to_str().unwrap())];
-    env.extend_from_slice(extra_env);
-    TestDaemon::start_in_with(
-        ns,
-        &format!("[firecracker]\nbinary = \"{}\"\n", fake.display()),
-        &env,
-    )
 }
 
 const CONFIGURE: [&str; 10] = [
@@ -690,39 +672,6 @@ fn a_snapshot_cancelled_or_cut_by_a_daemon_crash_while_the_vm_is_paused_resumes_
     let out = d.banger(&["vm", "snapshot", "fc1", "s2"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(d.banger(&["vm", "rm", "--force", "fc1"]).status.success());
-}
-
-/// A daemon on the fake Firecracker in a namespace of its own, with the
-/// test image as `default` and one running VM. Fields drop in order: the
-/// daemon before its namespace.
-struct FcVm {
-    d: TestDaemon,
-    _dir: tempfile::TempDir,
-    ns: TestNetns,
-    vm: Vm,
-}
-
-fn daemon_with_vm(name: &str) -> FcVm {
-    daemon_with_vm_env(name, &[])
-}
-
-/// [`daemon_with_vm`], the fake Firecracker given `env`.
-fn daemon_with_vm_env(name: &str, env: &[(&str, &str)]) -> FcVm {
-    require_kvm();
-    let img = test_image();
-    let ns = TestNetns::new();
-    let dir = tempfile::tempdir().unwrap();
-    let d = daemon(&ns, &dir.path().join("requests.jsonl"), env);
-    d.import_test_image(&img, "default");
-    let out = d.banger(&["vm", "create", name, "--backend", "firecracker"]);
-    assert!(out.status.success(), "create: {}", stderr(&out));
-    let vm: Vm = d.banger_json(&["vm", "show", name]);
-    FcVm {
-        d,
-        _dir: dir,
-        ns,
-        vm,
-    }
 }
 
 /// SIGTERM ends the daemon within its grace period even while it watches a

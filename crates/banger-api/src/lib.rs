@@ -12,6 +12,7 @@ pub mod images;
 pub mod ops;
 pub mod sessions;
 pub mod system;
+pub mod units;
 
 pub mod vms;
 pub mod workspaces;
@@ -29,8 +30,8 @@ pub use system::{FleetSnapshot, UiInfo, VersionInfo, VmLive};
 pub use vms::{
     Accel, Backend, BackendChoice, Forward, ForwardList, ForwardRequest, GuestStats, HostStats,
     PoolList, PoolSetRequest, PoolStatus, Snapshot, SnapshotList, SshClientKey, Vm,
-    VmCreateRequest, VmForkRequest, VmList, VmPort, VmPortList, VmResources, VmSetRequest,
-    VmSnapshotRequest, VmSshInfo, VmState, VmStats, VmStopRequest,
+    VmCreateRequest, VmDefaults, VmForkRequest, VmList, VmPort, VmPortList, VmResources,
+    VmSetRequest, VmSnapshotRequest, VmSshInfo, VmState, VmStats, VmStopRequest,
 };
 
 pub use workspaces::{

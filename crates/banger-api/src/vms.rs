@@ -172,6 +172,20 @@ pub mod limits {
     pub const ROOT_DISK_MAX_BYTES: u64 = 16 << 40;
 }
 
+/// `GET /v1/defaults`: what `vm create` takes for each field its request
+/// leaves out (the daemon's `vm.*` config; an agent profile's resources
+/// come before these).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmDefaults {
+    pub image: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub work_disk_bytes: u64,
+    /// `auto`, `kvm` or `tcg` (QEMU's accelerator).
+    pub accel: String,
+}
+
 /// The resources a request may give a VM (`POST /v1/vms`, `vm set`,
 /// `POST /v1/pools`): each one left out keeps its default (create, pool)
 /// or its current value (set).

@@ -103,7 +103,8 @@ impl Profile {
             crate::resources::check_cpus(c).map_err(|e| invalid(e.to_string()))?;
         }
         if let Some(m) = &p.memory {
-            let bytes = crate::units::parse_size(m).map_err(|e| invalid(format!("memory: {e}")))?;
+            let bytes =
+                banger_api::units::parse_size(m).map_err(|e| invalid(format!("memory: {e}")))?;
             crate::resources::memory_mib(bytes).map_err(|e| invalid(e.to_string()))?;
         }
         if let Some(k) = p.env.keys().find(|k| !is_env_name(k)) {

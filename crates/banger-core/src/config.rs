@@ -524,13 +524,13 @@ impl Config {
             ("vm.work_disk_size", &v.work_disk_size),
             ("pool.memory_budget", &self.pool.memory_budget),
         ] {
-            if let Err(e) = crate::units::parse_size(val) {
+            if let Err(e) = banger_api::units::parse_size(val) {
                 return Err(invalid(key, e.to_string()));
             }
         }
         // The same bounds `vm create` holds a request to: a default it would
         // refuse makes every create fail.
-        let bytes = |val: &str| crate::units::parse_size(val).unwrap_or(0);
+        let bytes = |val: &str| banger_api::units::parse_size(val).unwrap_or(0);
         if let Err(e) = crate::resources::memory_mib(bytes(&v.memory)) {
             return Err(invalid("vm.memory", e.to_string()));
         }

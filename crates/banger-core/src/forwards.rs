@@ -247,6 +247,27 @@ impl Forwards {
         })?)
     }
 
+    /// The VM's listening sockets, with links through its forwards (or its
+    /// address, where the host routes to it).
+    pub async fn ports(&self, vm: &str) -> Result<banger_api::VmPortList, ForwardError> {
+        let forwarded = self
+            .list(Some(vm))?
+            .into_iter()
+            .filter(|f| f.active)
+            .map(|f| {
+                (
+                    f.guest_port,
+                    SocketAddr::new(
+                        f.host_addr.parse().unwrap_or(IpAddr::from([127, 0, 0, 1])),
+                        f.host_port,
+                    )
+                    .to_string(),
+                )
+            })
+            .collect();
+        Ok(self.vms.ports(vm, forwarded).await?)
+    }
+
     /// Forwards (of one VM), with whether each listens.
     pub fn list(&self, vm: Option<&str>) -> Result<Vec<Forward>, ForwardError> {
         if let Some(v) = vm {

@@ -17,7 +17,7 @@
 //!   [`agents`] (profiles), [`agent_runs`]: what runs in VMs; [`firewall`], [`dns`], [`forwards`],
 //!   [`network`], [`netlink`], [`taps`]: the VM network.
 //! - [`storage`]: disk clones and work seeds.
-//! - [`shell`], [`units`]: quoting for sh, sizes; [`resources`]: a VM's
+//! - [`shell`]: quoting for sh (sizes are `banger_api::units`); [`resources`]: a VM's
 //!   resources, their bounds and the one update step (pure).
 
 pub mod agent_runs;
@@ -46,7 +46,6 @@ pub mod storage;
 pub mod store;
 pub mod taps;
 pub mod tools;
-pub mod units;
 pub mod vms;
 pub mod workspaces;
 

@@ -77,6 +77,29 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// The name among `known` closest to `name` when it is close enough to be
+/// a typo of it (edit distance at most a third of its length, at least 1;
+/// or a prefix of one), for "did you mean ...?". Pure.
+pub fn closest(name: &str, known: &[String]) -> Option<String> {
+    let limit = (name.chars().count() / 3).max(1);
+    known
+        .iter()
+        .filter(|k| k.as_str() != name)
+        .map(|k| {
+            let d = strsim::osa_distance(name, k);
+            // A prefix ("de" for "dev") counts as close.
+            let d = if k.starts_with(name) && !name.is_empty() {
+                d.min(1)
+            } else {
+                d
+            };
+            (d, k)
+        })
+        .filter(|(d, _)| *d <= limit)
+        .min_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)))
+        .map(|(_, k)| k.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +128,21 @@ mod tests {
         ] {
             assert!(validate_name("vm", n).is_err(), "{n:?} accepted");
         }
+    }
+
+    #[test]
+    fn closest_names_are_typos_or_prefixes_only() {
+        let known: Vec<String> = ["dev", "web-1", "database"].map(String::from).to_vec();
+        assert_eq!(closest("dve", &known).as_deref(), Some("dev"));
+        assert_eq!(closest("de", &known).as_deref(), Some("dev"));
+        assert_eq!(closest("web-2", &known).as_deref(), Some("web-1"));
+        assert_eq!(closest("databse", &known).as_deref(), Some("database"));
+        assert_eq!(closest("zzz", &known), None);
+        assert_eq!(
+            closest("dev", &known),
+            None,
+            "an exact name is not a suggestion"
+        );
+        assert_eq!(closest("x", &[]), None);
     }
 }

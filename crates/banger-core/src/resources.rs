@@ -11,7 +11,7 @@ use banger_api::vms::limits;
 use banger_api::VmResources;
 use thiserror::Error;
 
-use crate::units::{format_size, parse_size, SizeError};
+use banger_api::units::{format_size, parse_size, SizeError};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ResourceError {
@@ -19,7 +19,7 @@ pub enum ResourceError {
     Cpus(u32),
     #[error("Invalid memory: {mib} MiB is not in 128 MiB..=64 GiB")]
     Memory { mib: u64 },
-    #[error("Invalid work disk size: {} is not in 64 MiB..=16 TiB", format_size(*.bytes))]
+    #[error("Invalid work disk size: {} is not between 64 MiB and 16 TiB", format_size(*.bytes))]
     WorkDisk { bytes: u64 },
     #[error(
         "Invalid disk size: it must be at least the image's root filesystem ({}) and at most \

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use banger_api::{ApiError, OpEvent};
+use banger_api::ApiError;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
@@ -37,6 +37,12 @@ pub enum ClientError {
         message: String,
         hint: Option<String>,
     },
+    /// The command line is wrong in a way clap cannot see (exit 2).
+    #[error("{message}")]
+    Usage {
+        message: String,
+        hint: Option<String>,
+    },
 }
 
 impl ClientError {
@@ -57,6 +63,7 @@ impl ClientError {
         match self {
             ClientError::Unreachable { .. } => exit::UNREACHABLE,
             ClientError::SocketPermission { .. } => exit::PERMISSION,
+            ClientError::Usage { .. } => exit::USAGE,
             ClientError::Api(e) if e.code == banger_api::ErrorCode::Forbidden => exit::PERMISSION,
             _ => exit::FAILURE,
         }
@@ -76,7 +83,7 @@ impl ClientError {
             ),
             ClientError::Api(e) => e.hint.clone(),
             ClientError::Protocol(_) => Some("Are the banger CLI and bangerd the same version? Check `banger version`".into()),
-            ClientError::Local { hint, .. } => hint.clone(),
+            ClientError::Local { hint, .. } | ClientError::Usage { hint, .. } => hint.clone(),
         }
     }
 }
@@ -245,26 +252,21 @@ impl Client {
         Self::collect_raw(self.send(method, path, Some(body)).await?).await
     }
 
-    /// Raw DELETE: status and body text.
-    pub async fn delete_raw(&self, path: &str) -> Result<(StatusCode, String), ClientError> {
-        self.raw(Method::DELETE, path).await.map(|(s, _, b)| (s, b))
+    /// A DELETE answered with no body (204): the status is checked.
+    pub async fn delete_empty(&self, path: &str) -> Result<(), ClientError> {
+        let (status, _, body) = self.raw(Method::DELETE, path).await?;
+        ClientError::check(status, &body)
     }
 
-    /// Raw GET: status, one header's value, body text.
-    pub async fn get_text_header(
+    /// A POST with a JSON body answered with no body (204): the status is
+    /// checked.
+    pub async fn post_no_answer<B: Serialize>(
         &self,
         path: &str,
-        header: &str,
-    ) -> Result<(StatusCode, Option<String>, String), ClientError> {
-        let (status, headers, body) = self.raw(Method::GET, path).await?;
-        Ok((
-            status,
-            headers
-                .get(header)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            body,
-        ))
+        body: &B,
+    ) -> Result<(), ClientError> {
+        let (status, _, text) = self.raw_json(Method::POST, path, body).await?;
+        ClientError::check(status, &text)
     }
 
     /// Raw GET: status and body text.
@@ -389,34 +391,6 @@ impl Client {
             }
         }
         Ok(())
-    }
-
-    /// Follows an operation's events (SSE) after `after`, calling `on_event`
-    /// for each, until the `finished` event or the end of the stream.
-    pub async fn follow_op(
-        &self,
-        id: &str,
-        after: u64,
-        mut on_event: impl FnMut(&OpEvent),
-    ) -> Result<(), ClientError> {
-        let mut bad = None;
-        self.follow_sse(&format!("/v1/ops/{id}/events?after={after}"), |v| {
-            match serde_json::from_value::<OpEvent>(v) {
-                Ok(ev) => {
-                    on_event(&ev);
-                    !matches!(ev.body, banger_api::OpEventBody::Finished { .. })
-                }
-                Err(e) => {
-                    bad = Some(e.to_string());
-                    false
-                }
-            }
-        })
-        .await?;
-        match bad {
-            Some(e) => Err(ClientError::Protocol(format!("bad operation event: {e}"))),
-            None => Ok(()),
-        }
     }
 }
 

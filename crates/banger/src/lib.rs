@@ -1,8 +1,10 @@
-//! The banger CLI as a library: the API client ([`client`]) and the output
-//! helpers ([`output`], [`progress`]). `main.rs` is only argument parsing and
-//! dispatch. The client is also what the integration tests use to call the
-//! API directly.
+//! The banger CLI as a library: the API client ([`client`]: the transport;
+//! [`api`]: one typed method per endpoint, the only place a `/v1/` path is
+//! spelled) and the output helpers ([`output`], [`progress`]). The commands
+//! live in the binary (`main.rs`, `cmd/`). The client is also what the
+//! integration tests use to call the API directly.
 
+pub mod api;
 pub mod client;
 pub mod output;
 pub mod progress;

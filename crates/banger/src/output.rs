@@ -41,14 +41,35 @@ impl Style {
     }
 }
 
+/// The width a cell takes on a terminal: its characters, not counting
+/// ANSI escape sequences (`ESC [ ... letter`), which take none. Pure.
+pub fn visible_width(s: &str) -> usize {
+    let mut n = 0;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// Renders rows as space-aligned columns under an upper-case header.
-/// Widths count characters of the unstyled text.
+/// Widths count what a terminal shows: colour codes take no room.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| visible_width(h)).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
             if i < widths.len() {
-                widths[i] = widths[i].max(c.chars().count());
+                widths[i] = widths[i].max(visible_width(c));
             }
         }
     }
@@ -58,7 +79,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         for (i, c) in cells.into_iter().enumerate() {
             s.push_str(&c);
             if i < last {
-                let pad = widths[i].saturating_sub(c.chars().count()) + 2;
+                let pad = widths[i].saturating_sub(visible_width(&c)) + 2;
                 s.extend(std::iter::repeat_n(' ', pad));
             }
         }
@@ -104,6 +125,29 @@ pub fn size(bytes: u64) -> String {
     format!("{bytes} B")
 }
 
+/// Words laid out in lines of at most `width` columns, each line starting
+/// with `indent` (long package lists). Pure.
+pub fn wrap_words(words: &[String], indent: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::from(indent);
+    for w in words {
+        if line.len() > indent.len() && line.len() + 1 + w.len() > width {
+            out.push_str(line.trim_end());
+            out.push('\n');
+            line = String::from(indent);
+        }
+        if line.len() > indent.len() {
+            line.push(' ');
+        }
+        line.push_str(w);
+    }
+    if line.len() > indent.len() {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
 /// Prints `v` as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(v: &T) {
     match serde_json::to_string_pretty(v) {
@@ -126,6 +170,43 @@ mod tests {
             ],
         );
         assert_eq!(t, "ID     STATE\nop-1   running\nop-22  x\n");
+    }
+
+    #[test]
+    fn colour_codes_take_no_room_in_a_table() {
+        let style = Style { color: true };
+        let t = table(
+            &["name", "state"],
+            &[
+                vec!["a".into(), style.green("running")],
+                vec!["bbbb".into(), style.dim("stopped")],
+            ],
+        );
+        let plain: Vec<String> = t
+            .lines()
+            .map(|l| {
+                let mut s = String::new();
+                let mut skip = false;
+                for c in l.chars() {
+                    match (skip, c) {
+                        (_, '\x1b') => skip = true,
+                        (true, c) if c.is_ascii_alphabetic() => skip = false,
+                        (true, _) => {}
+                        (false, c) => s.push(c),
+                    }
+                }
+                s
+            })
+            .collect();
+        assert_eq!(plain, ["NAME  STATE", "a     running", "bbbb  stopped"]);
+        assert_eq!(visible_width(&style.green("running")), 7);
+    }
+
+    #[test]
+    fn words_wrap_at_the_width() {
+        let w: Vec<String> = ["aaa", "bbb", "ccc", "dd"].map(String::from).to_vec();
+        assert_eq!(wrap_words(&w, "  ", 10), "  aaa bbb\n  ccc dd\n");
+        assert_eq!(wrap_words(&[], "  ", 10), "");
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub async fn uninstall_network(config: Config) -> anyhow::Result<()> {
 }
 
 fn vms_config(config: &Config) -> anyhow::Result<VmsConfig> {
-    let size = |s: &str| banger_core::units::parse_size(s).map_err(|e| anyhow::anyhow!("{e}"));
+    let size = |s: &str| banger_api::units::parse_size(s).map_err(|e| anyhow::anyhow!("{e}"));
     Ok(VmsConfig {
         bridge: config.network.bridge.clone(),
         subnet: banger_core::network::Subnet::parse(&config.network.subnet)
@@ -61,6 +61,7 @@ fn vms_config(config: &Config) -> anyhow::Result<VmsConfig> {
         agents: banger_core::agents::Agents::new(&config.agents.dir),
         tap_pool: config.network.tap_pool,
         pool_memory_budget: size(&config.pool.memory_budget)?,
+        host_routes_to_vms: config.network.netns.is_empty(),
     })
 }
 

@@ -370,8 +370,8 @@ pub fn make_ext4(dir: &Path, out: &Path, size: u64) -> Result<(), ImageError> {
                 path: out.display().to_string(),
                 reason: format!(
                     "the size {} is too small for the root filesystem's {} of files; use a larger --size",
-                    crate::units::format_size(size),
-                    crate::units::format_size(used)
+                    banger_api::units::format_size(size),
+                    banger_api::units::format_size(used)
                 ),
             });
         }

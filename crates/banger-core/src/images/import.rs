@@ -21,7 +21,7 @@ use crate::names::validate_name;
 use crate::ops::{blocking, OpHandle, StepSpec};
 use crate::storage::clone_file;
 use crate::tools;
-use crate::units::parse_size;
+use banger_api::units::parse_size;
 
 /// What a `--rootfs` argument is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

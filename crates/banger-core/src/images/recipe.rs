@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::units::{parse_size, SizeError};
+use banger_api::units::{parse_size, SizeError};
 
 /// Bump when the build steps change what they produce.
 pub const BUILDER_VERSION: u32 = 5;

@@ -147,8 +147,8 @@ impl Vms {
                 what: "disk space",
                 reason: format!(
                     "only {} free in the state dir, {} needed",
-                    crate::units::format_size(free),
-                    crate::units::format_size(needed)
+                    banger_api::units::format_size(free),
+                    banger_api::units::format_size(needed)
                 ),
             });
         }

@@ -21,8 +21,12 @@ pub enum VmError {
     Name(#[from] NameError),
     #[error("A VM named {0:?} already exists")]
     Exists(String),
-    #[error("No VM named {0:?}")]
-    NotFound(String),
+    #[error("No VM named {name:?}")]
+    NotFound {
+        name: String,
+        /// The closest existing name, for "did you mean".
+        close: Option<String>,
+    },
     #[error("VM {name:?} is {state}; {what}")]
     WrongState {
         name: String,
@@ -105,7 +109,7 @@ impl ToApiError for VmError {
             | VmError::SnapshotExists(_)
             | VmError::NoGuestAgent { .. }
             | VmError::WrongState { .. } => ErrorCode::Conflict,
-            VmError::NotFound(_) | VmError::SnapshotNotFound(_) => ErrorCode::NotFound,
+            VmError::NotFound { .. } | VmError::SnapshotNotFound(_) => ErrorCode::NotFound,
             VmError::Backend { .. } => ErrorCode::Unavailable,
             VmError::Image(e) => e.code(),
             VmError::Agent(e) => e.code(),
@@ -123,7 +127,10 @@ impl ToApiError for VmError {
             VmError::Exists(_) => {
                 Some("Pick another name, or remove the VM first (banger vm rm NAME)".into())
             }
-            VmError::NotFound(_) => Some("List VMs with `banger vm ls`".into()),
+            VmError::NotFound { close: Some(c), .. } => {
+                Some(format!("Did you mean {c}? (`banger vm ls` lists VMs)"))
+            }
+            VmError::NotFound { close: None, .. } => Some("List VMs with `banger vm ls`".into()),
             VmError::SnapshotNotFound(_) => {
                 Some("List snapshots with `banger snapshot ls`".into())
             }

@@ -101,6 +101,9 @@ pub struct VmsConfig {
     pub tap_pool: usize,
     /// Memory the warm pool's VMs may take, bytes.
     pub pool_memory_budget: u64,
+    /// Whether the host's own network namespace routes to the VMs (false
+    /// with `network.netns`: only forwards reach them from the host).
+    pub host_routes_to_vms: bool,
 }
 
 struct VmsInner {
@@ -215,7 +218,25 @@ impl Vms {
                 .optional()
             })?
             .transpose()?
-            .ok_or_else(|| VmError::NotFound(name.into()))
+            .ok_or_else(|| VmError::NotFound {
+                name: name.into(),
+                close: self.closest_name(name),
+            })
+    }
+
+    /// The VM name users see that is closest to `name` (a typo's
+    /// correction), if one is close enough.
+    fn closest_name(&self, name: &str) -> Option<String> {
+        let names: Vec<String> = self
+            .inner
+            .store
+            .read(|c| -> rusqlite::Result<Vec<String>> {
+                let mut stmt = c.prepare("SELECT name FROM vms WHERE pool = 0")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect()
+            })
+            .ok()?;
+        crate::names::closest(name, &names)
     }
 
     /// Names of VMs (and `snapshot NAME`s) using `image` (for `image rm`).
@@ -348,9 +369,17 @@ impl Vms {
         }))
     }
 
-    /// What `banger vm ssh` needs.
+    /// What `banger vm ssh` needs; refused for a VM that is not running
+    /// (ssh would only report a failed key exchange).
     pub fn ssh_info(&self, name: &str) -> Result<VmSshInfo, VmError> {
         let vm = self.get(name)?;
+        if vm.state != VmState::Running {
+            return Err(VmError::WrongState {
+                name: vm.name.clone(),
+                state: vm.state.as_str(),
+                what: "SSH reaches only a running VM (start it with `banger vm start NAME`)",
+            });
+        }
         let banger_api::SshClientKey { user, private_key } = self.client_key_info()?;
         let host_key = self.host_key(&vm.id)?;
         Ok(VmSshInfo {

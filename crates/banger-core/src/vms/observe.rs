@@ -143,11 +143,20 @@ impl Vms {
         })
     }
 
-    /// The guest's listening TCP and UDP sockets.
-    pub async fn ports(&self, name: &str) -> Result<banger_api::VmPortList, VmError> {
+    /// The guest's listening TCP and UDP sockets, with the links the host
+    /// can open (`forwarded`: guest port -> host `addr:port`).
+    pub async fn ports(
+        &self,
+        name: &str,
+        forwarded: Vec<(u16, String)>,
+    ) -> Result<banger_api::VmPortList, VmError> {
         let vm = self.get(name)?;
         let out = self.guest(&vm)?.stdout(ports::GUEST_PORTS_COMMAND).await?;
-        let ports = ports::parse_ss(&out, &vm.name).map_err(|detail| {
+        let reach = ports::Reach {
+            direct: self.inner.config.host_routes_to_vms.then(|| vm.ip.clone()),
+            forwarded,
+        };
+        let ports = ports::parse_ss(&out, &reach).map_err(|detail| {
             VmError::Tool(ToolError::BadOutput {
                 program: "ss (in the guest)".into(),
                 detail,

@@ -37,8 +37,43 @@ fn is_loopback(addr: &str) -> bool {
     addr.starts_with("127.") || addr == "::1"
 }
 
-/// Parses `ss -H -tulpn` output for VM `vm`. Pure.
-pub fn parse_ss(out: &str, vm: &str) -> Result<Vec<VmPort>, String> {
+/// How the host reaches a VM's ports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// The VM's address, when the host's own network namespace routes to
+    /// it (the daemon runs there, not in `network.netns`).
+    pub direct: Option<String>,
+    /// Forwards: guest port -> the host's `addr:port` that reaches it.
+    pub forwarded: Vec<(u16, String)>,
+}
+
+/// Ports whose listener speaks something other than HTTP (ssh, smtp, dns,
+/// databases): no link is offered for them.
+const NOT_HTTP: &[u16] = &[22, 25, 53, 3306, 5432, 6379, 27017];
+
+/// The `http://` link the host can open for a guest socket, if any: only a
+/// TCP listener reachable from outside the guest, not a known non-HTTP
+/// service, and through a forward when there is one, else the VM's address
+/// when the host routes to it. Pure.
+pub fn url_for(port: &VmPort, reach: &Reach) -> Option<String> {
+    let http_like = port.proto == "tcp"
+        && !is_loopback(&port.address)
+        && !NOT_HTTP.contains(&port.port)
+        && port.process.as_deref() != Some("sshd");
+    if !http_like {
+        return None;
+    }
+    if let Some((_, host)) = reach.forwarded.iter().find(|(g, _)| *g == port.port) {
+        return Some(format!("http://{host}/"));
+    }
+    reach
+        .direct
+        .as_ref()
+        .map(|ip| format!("http://{ip}:{}/", port.port))
+}
+
+/// Parses `ss -H -tulpn` output; links from [`url_for`]. Pure.
+pub fn parse_ss(out: &str, reach: &Reach) -> Result<Vec<VmPort>, String> {
     let mut ports = Vec::new();
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -52,16 +87,16 @@ pub fn parse_ss(out: &str, vm: &str) -> Result<Vec<VmPort>, String> {
         let (address, port) =
             parse_local(f[4]).ok_or_else(|| format!("unexpected address {:?} from ss", f[4]))?;
         let (process, pid) = f.get(6).map(|p| parse_process(p)).unwrap_or((None, None));
-        let url =
-            (proto == "tcp" && !is_loopback(&address)).then(|| format!("http://{vm}.vm:{port}"));
-        ports.push(VmPort {
+        let mut p = VmPort {
             proto,
             address,
             port,
             process,
             pid,
-            url,
-        });
+            url: None,
+        };
+        p.url = url_for(&p, reach);
+        ports.push(p);
     }
     ports.sort_by(|a, b| (a.port, &a.proto, &a.address).cmp(&(b.port, &b.proto, &b.address)));
     ports.dedup();
@@ -78,12 +113,16 @@ mod tests {
 tcp   LISTEN 0      128          0.0.0.0:22        0.0.0.0:*    users:((\"sshd\",pid=150,fd=3))\n\
 tcp   LISTEN 0      5               [::]:8000         [::]:*    users:((\"python3\",pid=301,fd=3),(\"python3\",pid=302,fd=3))\n\
 tcp   LISTEN 0      5                  *:9000            *:*\n";
-        let p = parse_ss(out, "dev").expect("parses");
+        let direct = Reach {
+            direct: Some("172.30.0.3".into()),
+            forwarded: vec![],
+        };
+        let p = parse_ss(out, &direct).expect("parses");
         assert_eq!(p.len(), 4);
         assert_eq!(p[0].port, 22);
         assert_eq!(p[0].process.as_deref(), Some("sshd"));
         assert_eq!(p[0].pid, Some(150));
-        assert_eq!(p[0].url.as_deref(), Some("http://dev.vm:22"));
+        assert_eq!(p[0].url, None, "sshd is not an http link");
         let dns = p.iter().find(|x| x.port == 53).expect("53");
         assert_eq!(
             (dns.proto.as_str(), dns.address.as_str(), dns.url.clone()),
@@ -91,6 +130,20 @@ tcp   LISTEN 0      5                  *:9000            *:*\n";
         );
         let py = p.iter().find(|x| x.port == 8000).expect("8000");
         assert_eq!((py.address.as_str(), py.pid), ("::", Some(301)));
+        assert_eq!(py.url.as_deref(), Some("http://172.30.0.3:8000/"));
+        // In a netns the host reaches a VM only through its forwards.
+        let netns = Reach {
+            direct: None,
+            forwarded: vec![(8000, "127.0.0.1:18000".into())],
+        };
+        let p = parse_ss(out, &netns).expect("parses");
+        let link = |port: u16| {
+            p.iter()
+                .find(|x| x.port == port)
+                .and_then(|x| x.url.clone())
+        };
+        assert_eq!(link(8000).as_deref(), Some("http://127.0.0.1:18000/"));
+        assert_eq!(link(9000), None);
         let bare = p.iter().find(|x| x.port == 9000).expect("9000");
         assert_eq!((bare.address.as_str(), bare.process.clone()), ("*", None));
     }
@@ -102,7 +155,7 @@ tcp   LISTEN 0      5                  *:9000            *:*\n";
             "sctp LISTEN 0 5 0.0.0.0:1 0.0.0.0:*",
             "tcp LISTEN 0 5 nonsense 0.0.0.0:*",
         ] {
-            assert!(parse_ss(bad, "dev").is_err(), "{bad}");
+            assert!(parse_ss(bad, &Reach::default()).is_err(), "{bad}");
         }
     }
 }

@@ -213,6 +213,18 @@ impl Vms {
         }
     }
 
+    /// What a create takes for what its request leaves out.
+    pub fn create_defaults(&self) -> banger_api::VmDefaults {
+        let c = &self.inner.config;
+        banger_api::VmDefaults {
+            image: c.default_image.clone(),
+            cpus: c.cpus,
+            memory_mib: c.memory_mib,
+            work_disk_bytes: c.work_disk_bytes,
+            accel: c.accel.clone(),
+        }
+    }
+
     /// Looks up what a create request names (its image, its agent profile,
     /// the host's backends) and resolves it with [`resolve_create`].
     pub(super) fn plan_create(&self, req: &VmCreateRequest) -> Result<VmSpec, VmError> {

@@ -47,7 +47,10 @@ impl Vms {
                 .optional()
             })?
             .transpose()?
-            .ok_or_else(|| VmError::NotFound(id.into()))
+            .ok_or_else(|| VmError::NotFound {
+                name: id.into(),
+                close: None,
+            })
     }
 
     pub(super) fn set_state(

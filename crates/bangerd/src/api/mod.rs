@@ -101,6 +101,7 @@ where
     ),
     paths(
         system::version,
+        system::defaults,
         system::capabilities,
         system::doctor,
         system::openapi,
@@ -184,6 +185,7 @@ pub fn openapi_json() -> String {
 pub fn v1_routes(daemon: &AppState) -> Router<AppState> {
     let mut v1 = Router::new()
         .route("/version", get(system::version))
+        .route("/defaults", get(system::defaults))
         .route("/capabilities", get(system::capabilities))
         .route("/doctor", get(system::doctor))
         .route("/openapi.json", get(system::openapi))

@@ -17,7 +17,7 @@ pub async fn ports(
     State(d): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<VmPortList>> {
-    Ok(Json(d.vms.ports(&name).await?))
+    Ok(Json(d.forwards.ports(&name).await?))
 }
 
 /// Forwards a host port (on 127.0.0.1 by default, in the host's own network

@@ -1,4 +1,5 @@
-//! `/v1/version`, `/v1/capabilities`, `/v1/doctor`, `/v1/openapi.json`.
+//! `/v1/version`, `/v1/defaults`, `/v1/capabilities`, `/v1/doctor`,
+//! `/v1/openapi.json`.
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -36,6 +37,13 @@ async fn probe(d: &AppState) -> ApiResult<HostFacts> {
             format!("Host probe failed: {e}"),
         ))
     })
+}
+
+/// What `vm create` takes for each field a request leaves out.
+#[utoipa::path(get, path = "/v1/defaults", tag = "system",
+    responses((status = 200, body = banger_api::VmDefaults)))]
+pub async fn defaults(State(d): State<AppState>) -> Json<banger_api::VmDefaults> {
+    Json(d.vms.create_defaults())
 }
 
 /// What the host can do, as data.

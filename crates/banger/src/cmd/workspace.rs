@@ -4,16 +4,19 @@
 
 use std::path::{Path, PathBuf};
 
+use banger::api::WorkspacePush;
 use banger::client::{Client, ClientError};
 use banger::exit;
 use banger::output::{self, Style};
 use banger::workspace as ws;
 use banger_api::{
-    AgentList, AgentRunRequest, AuthItemList, AuthSyncReport, AuthSyncRequest, AuthValue, Session,
-    Vm, Workspace, WorkspaceChanges, WorkspaceExported, WorkspaceList,
+    AgentProfile, AgentRunRequest, AuthItem, AuthSyncReport, AuthSyncRequest, AuthValue, Workspace,
+    WorkspaceChanges,
 };
 use base64::Engine;
 use clap::Subcommand;
+
+use super::{print_list, Ctx, Row};
 
 #[derive(Debug, Subcommand)]
 pub enum WorkspaceCommand {
@@ -105,14 +108,6 @@ pub enum AgentCommand {
     },
 }
 
-fn query(pairs: &[(&str, Option<&str>)]) -> String {
-    let kept: Vec<(&str, &str)> = pairs
-        .iter()
-        .filter_map(|(k, v)| v.map(|v| (*k, v)))
-        .collect();
-    serde_urlencoded::to_string(kept).unwrap_or_default()
-}
-
 fn short(id: &str) -> &str {
     &id[..id.len().min(10)]
 }
@@ -127,26 +122,20 @@ async fn push(
     force: bool,
 ) -> Result<Workspace, ClientError> {
     // The VM first: no packing for a VM that does not exist.
-    let _: Vm = client.get(&format!("/v1/vms/{vm}")).await?;
+    client.vm(vm).await?;
     let root = ws::repo_root(path)?;
     let name = name.unwrap_or_else(|| ws::default_name(&root));
     let packed = ws::pack(&root)?;
     let host = root.display().to_string();
-    let q = query(&[
-        ("name", Some(&name)),
-        ("dest", dest.as_deref()),
-        ("host_path", Some(&host)),
-        ("base", Some(&packed.head)),
-        ("branch", packed.branch.as_deref()),
-        ("force", force.then_some("true")),
-    ]);
-    let w: Workspace = client
-        .upload_file(
-            &format!("/v1/vms/{vm}/workspaces?{q}"),
-            "application/x-tar",
-            packed.archive.path(),
-        )
-        .await?;
+    let q = WorkspacePush {
+        name: &name,
+        dest: dest.as_deref(),
+        host_path: &host,
+        base: &packed.head,
+        branch: packed.branch.as_deref(),
+        force,
+    };
+    let w = client.workspace_push(vm, &q, packed.archive.path()).await?;
     eprintln!(
         "pushed {} ({} on {}, {} changed or untracked file(s), {} deleted{}) to {}:{}",
         root.display(),
@@ -168,9 +157,9 @@ async fn push(
 /// The VM's workspace `name`, or its only one.
 async fn pick(client: &Client, vm: &str, name: Option<String>) -> Result<Workspace, ClientError> {
     if let Some(n) = name {
-        return client.get(&format!("/v1/vms/{vm}/workspaces/{n}")).await;
+        return client.workspace(vm, &n).await;
     }
-    let mut list: WorkspaceList = client.get(&format!("/v1/vms/{vm}/workspaces")).await?;
+    let mut list = client.workspaces(Some(vm)).await?;
     match list.workspaces.len() {
         1 => Ok(list.workspaces.remove(0)),
         0 => Err(ClientError::Local {
@@ -212,12 +201,51 @@ fn print_changes(c: &WorkspaceChanges) {
     }
 }
 
-pub async fn workspace(
-    client: &Client,
-    json: bool,
-    style: &Style,
-    cmd: WorkspaceCommand,
-) -> Result<u8, ClientError> {
+impl Row for Workspace {
+    const HEADER: &'static [&'static str] =
+        &["VM", "NAME", "GUEST DIR", "BASE", "EXPORTED", "HOST REPO"];
+    fn cells(&self, _: &Style) -> Vec<String> {
+        vec![
+            self.vm.clone(),
+            self.name.clone(),
+            self.dest.clone(),
+            short(&self.base_commit).to_string(),
+            self.exported_commit
+                .as_deref()
+                .map(short)
+                .unwrap_or("-")
+                .to_string(),
+            self.host_path.clone(),
+        ]
+    }
+}
+
+impl Row for AuthItem {
+    const HEADER: &'static [&'static str] = &["NAME", "KIND", "HOST SOURCE", "GUEST PATH (~/)"];
+    fn cells(&self, _: &Style) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.kind.clone(),
+            self.source.clone().unwrap_or_else(|| "-".into()),
+            self.dest.clone().unwrap_or_else(|| "-".into()),
+        ]
+    }
+}
+
+impl Row for AgentProfile {
+    const HEADER: &'static [&'static str] = &["NAME", "SOURCE", "COMMAND", "DESCRIPTION"];
+    fn cells(&self, _: &Style) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.source.clone(),
+            self.command.join(" "),
+            self.description.clone(),
+        ]
+    }
+}
+
+pub async fn workspace(ctx: &Ctx, cmd: WorkspaceCommand) -> Result<u8, ClientError> {
+    let (client, json, style) = (&ctx.client, ctx.json, &ctx.style);
     match cmd {
         WorkspaceCommand::Push {
             vm,
@@ -244,9 +272,7 @@ pub async fn workspace(
             force,
         } => {
             let w = pick(client, &vm, name).await?;
-            let c: WorkspaceChanges = client
-                .get(&format!("/v1/vms/{vm}/workspaces/{}/changes", w.name))
-                .await?;
+            let c = client.workspace_changes(&vm, &w.name).await?;
             let root = ws::repo_root(&repo.unwrap_or_else(|| PathBuf::from(&w.host_path)))?;
             if c.rewritten_since_export && !force && patches.is_none() {
                 return Err(ClientError::Local {
@@ -273,12 +299,7 @@ pub async fn workspace(
                 (None, Some(b)) => Some(b),
                 (None, None) => Some(format!("banger/{vm}")),
             };
-            let bundle = client
-                .get_bytes(&format!(
-                    "/v1/vms/{vm}/workspaces/{}/bundle?head={}",
-                    w.name, c.head
-                ))
-                .await?;
+            let bundle = client.workspace_bundle(&vm, &w.name, &c.head).await?;
             let written = ws::import_bundle(
                 &root,
                 &bundle,
@@ -288,13 +309,8 @@ pub async fn workspace(
                 force,
                 patches.as_deref(),
             )?;
-            let _: Workspace = client
-                .post(
-                    &format!("/v1/vms/{vm}/workspaces/{}/exported", w.name),
-                    &WorkspaceExported {
-                        commit: c.head.clone(),
-                    },
-                )
+            client
+                .workspace_exported(&vm, &w.name, c.head.clone())
                 .await?;
             if json {
                 output::print_json(&serde_json::json!({
@@ -319,47 +335,14 @@ pub async fn workspace(
             Ok(exit::OK)
         }
         WorkspaceCommand::Ls { vm } => {
-            let path = match &vm {
-                Some(v) => format!("/v1/vms/{v}/workspaces"),
-                None => "/v1/workspaces".into(),
-            };
-            let list: WorkspaceList = client.get(&path).await?;
-            if json {
-                output::print_json(&list);
-                return Ok(exit::OK);
-            }
-            let rows: Vec<Vec<String>> = list
-                .workspaces
-                .iter()
-                .map(|w| {
-                    vec![
-                        w.vm.clone(),
-                        w.name.clone(),
-                        w.dest.clone(),
-                        short(&w.base_commit).to_string(),
-                        w.exported_commit
-                            .as_deref()
-                            .map(short)
-                            .unwrap_or("-")
-                            .to_string(),
-                        w.host_path.clone(),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                output::table(
-                    &["VM", "NAME", "GUEST DIR", "BASE", "EXPORTED", "HOST REPO"],
-                    &rows
-                )
-            );
+            let list = client.workspaces(vm.as_deref()).await?;
+            let empty = "No workspaces. Push one with: banger workspace push VM [PATH]";
+            print_list(json, style, &list, &list.workspaces, empty);
             Ok(exit::OK)
         }
         WorkspaceCommand::Show { vm, name } => {
             let w = pick(client, &vm, name).await?;
-            let c: Result<WorkspaceChanges, ClientError> = client
-                .get(&format!("/v1/vms/{vm}/workspaces/{}/changes", w.name))
-                .await;
+            let c = client.workspace_changes(&vm, &w.name).await;
             if json {
                 output::print_json(&serde_json::json!({
                     "workspace": w,
@@ -388,10 +371,7 @@ pub async fn workspace(
             Ok(exit::OK)
         }
         WorkspaceCommand::Rm { vm, name } => {
-            let (status, body) = client
-                .delete_raw(&format!("/v1/vms/{vm}/workspaces/{name}"))
-                .await?;
-            ClientError::check(status, &body)?;
+            client.workspace_rm(&vm, &name).await?;
             eprintln!("forgot workspace {name} of {vm} (its files stay in the guest)");
             Ok(exit::OK)
         }
@@ -404,7 +384,7 @@ async fn read_values(
     client: &Client,
     only: &[String],
 ) -> Result<(Vec<AuthValue>, Vec<(String, String)>), ClientError> {
-    let items: AuthItemList = client.get("/v1/auth/items").await?;
+    let items = client.auth_items().await?;
     if let Some(unknown) = only
         .iter()
         .find(|o| !items.items.iter().any(|i| &i.name == *o))
@@ -467,38 +447,19 @@ async fn sync(
     vm: &str,
     only: &[String],
 ) -> Result<(AuthSyncReport, Vec<(String, String)>), ClientError> {
-    let _: Vm = client.get(&format!("/v1/vms/{vm}")).await?;
+    client.vm(vm).await?;
     let (values, skipped) = read_values(client, only).await?;
-    let report: AuthSyncReport = client
-        .post(&format!("/v1/vms/{vm}/auth"), &AuthSyncRequest { values })
-        .await?;
+    let report = client.auth_sync(vm, &AuthSyncRequest { values }).await?;
     Ok((report, skipped))
 }
 
-pub async fn auth(client: &Client, json: bool, cmd: AuthCommand) -> Result<u8, ClientError> {
+pub async fn auth(ctx: &Ctx, cmd: AuthCommand) -> Result<u8, ClientError> {
+    let (client, json) = (&ctx.client, ctx.json);
     match cmd {
         AuthCommand::Ls => {
-            let items: AuthItemList = client.get("/v1/auth/items").await?;
-            if json {
-                output::print_json(&items);
-                return Ok(exit::OK);
-            }
-            let rows: Vec<Vec<String>> = items
-                .items
-                .iter()
-                .map(|i| {
-                    vec![
-                        i.name.clone(),
-                        i.kind.clone(),
-                        i.source.clone().unwrap_or_else(|| "-".into()),
-                        i.dest.clone().unwrap_or_else(|| "-".into()),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                output::table(&["NAME", "KIND", "HOST SOURCE", "GUEST PATH (~/)"], &rows)
-            );
+            let items = client.auth_items().await?;
+            let empty = "No credential items: list them under [auth] in the daemon's config";
+            print_list(json, &ctx.style, &items, &items.items, empty);
             Ok(exit::OK)
         }
         AuthCommand::Sync { vm, only } => {
@@ -526,30 +487,12 @@ pub async fn auth(client: &Client, json: bool, cmd: AuthCommand) -> Result<u8, C
     }
 }
 
-pub async fn agent(client: &Client, json: bool, cmd: AgentCommand) -> Result<u8, ClientError> {
+pub async fn agent(ctx: &Ctx, cmd: AgentCommand) -> Result<u8, ClientError> {
+    let (client, json) = (&ctx.client, ctx.json);
     match cmd {
         AgentCommand::Ls => {
-            let list: AgentList = client.get("/v1/agents").await?;
-            if json {
-                output::print_json(&list);
-                return Ok(exit::OK);
-            }
-            let rows: Vec<Vec<String>> = list
-                .agents
-                .iter()
-                .map(|a| {
-                    vec![
-                        a.name.clone(),
-                        a.source.clone(),
-                        a.command.join(" "),
-                        a.description.clone(),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                output::table(&["NAME", "SOURCE", "COMMAND", "DESCRIPTION"], &rows)
-            );
+            let list = client.agents().await?;
+            print_list(json, &ctx.style, &list, &list.agents, "No agent profiles.");
             Ok(exit::OK)
         }
         AgentCommand::Run {
@@ -561,8 +504,8 @@ pub async fn agent(client: &Client, json: bool, cmd: AgentCommand) -> Result<u8,
             attach,
             prompt,
         } => {
-            let v: Vm = client.get(&format!("/v1/vms/{vm}")).await?;
-            let list: AgentList = client.get("/v1/agents").await?;
+            let v = client.vm(&vm).await?;
+            let list = client.agents().await?;
             let agent_name = agent.or(v.agent.clone()).ok_or_else(|| ClientError::Local {
                 message: format!("VM {vm:?} has no agent"),
                 hint: Some("Pass --agent NAME (banger agent ls lists them), or create the VM with --agent".into()),
@@ -576,7 +519,7 @@ pub async fn agent(client: &Client, json: bool, cmd: AgentCommand) -> Result<u8,
                         "Unknown agent {agent_name:?}; known agents: {}",
                         list.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
                     ),
-                    hint: Some("Add one with a profile file NAME.toml in the daemon's agents.dir (docs/agents.md)".into()),
+                    hint: Some("Add one with a profile file NAME.toml in the daemon's agents.dir (see \"Agent profiles\" in docs/workspaces.md)".into()),
                 })?;
             // The workspace: the one named, else the current directory's
             // repository when there is one.
@@ -590,8 +533,7 @@ pub async fn agent(client: &Client, json: bool, cmd: AgentCommand) -> Result<u8,
                 Some(p) => {
                     let root = ws::repo_root(&p)?;
                     let name = ws::default_name(&root);
-                    let existing: Result<Workspace, ClientError> =
-                        client.get(&format!("/v1/vms/{vm}/workspaces/{name}")).await;
+                    let existing = client.workspace(&vm, &name).await;
                     match existing {
                         Ok(w) => {
                             eprintln!(
@@ -611,7 +553,7 @@ pub async fn agent(client: &Client, json: bool, cmd: AgentCommand) -> Result<u8,
                 }
             };
             if !profile.auth.is_empty() {
-                let configured: AuthItemList = client.get("/v1/auth/items").await?;
+                let configured = client.auth_items().await?;
                 let wanted: Vec<String> = profile
                     .auth
                     .iter()
@@ -643,17 +585,13 @@ pub async fn agent(client: &Client, json: bool, cmd: AgentCommand) -> Result<u8,
                     );
                 }
             }
-            let s: Session = client
-                .post(
-                    &format!("/v1/vms/{vm}/agent/run"),
-                    &AgentRunRequest {
-                        prompt: prompt.join(" "),
-                        agent: Some(agent_name.clone()),
-                        workspace: ws_name,
-                        session: name,
-                    },
-                )
-                .await?;
+            let req = AgentRunRequest {
+                prompt: prompt.join(" "),
+                agent: Some(agent_name.clone()),
+                workspace: ws_name,
+                session: name,
+            };
+            let s = client.agent_run(&vm, &req).await?;
             if json {
                 output::print_json(&s);
             } else {
@@ -665,7 +603,7 @@ pub async fn agent(client: &Client, json: bool, cmd: AgentCommand) -> Result<u8,
                 );
             }
             if attach {
-                return super::attach(client, &s.name).await;
+                return super::session::attach(ctx, &s.name).await;
             }
             Ok(exit::OK)
         }

@@ -1,13 +1,24 @@
-//! Sizes as users write them (`512M`, `2G`, `1.5G`, `4096` bytes). Pure.
+//! Sizes as users and the API write them (`512M`, `2G`, `1.5G`, `4096`
+//! bytes): one parser for the CLI, the daemon's config and its requests. Pure.
 
-use thiserror::Error;
-
-#[derive(Debug, Error, PartialEq, Eq)]
-#[error("Invalid size {input:?}: {reason} (use a number with K, M, G or T, e.g. 2G)")]
+/// A size that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SizeError {
     pub input: String,
     pub reason: &'static str,
 }
+
+impl std::fmt::Display for SizeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Invalid size {:?}: {} (use a number with K, M, G or T, e.g. 2G)",
+            self.input, self.reason
+        )
+    }
+}
+
+impl std::error::Error for SizeError {}
 
 /// Parses a binary size (`K` = 1024). A bare number is bytes.
 pub fn parse_size(input: &str) -> Result<u64, SizeError> {
