@@ -38,6 +38,7 @@ if [ "${1:-}" = "--test" ]; then
   TOOLS+=(
     chromium:chromium chromedriver:chromium-driver         # dashboard browser tests
     dig:bind9-dnsutils                                     # .vm DNS queries
+    tmux:tmux bash:bash                                    # the CLI on a terminal, completions
   )
 fi
 

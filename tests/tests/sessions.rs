@@ -193,7 +193,9 @@ fn guest_session_bad_input_is_a_clear_error_and_leaves_nothing() {
     ];
     for (args, needle) in cases {
         let out = d.banger(&args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        // A malformed flag is a usage error (exit 2), found by the CLI.
+        let code = if args.contains(&"NOEQUALS") { 2 } else { 1 };
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
     }
     // Nothing registered, nothing left in the guest.

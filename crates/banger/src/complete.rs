@@ -134,15 +134,21 @@ pub fn wants_help() -> bool {
 /// The tree with the daemon's actual defaults in the help of the flags that
 /// fall back to them; unchanged when the daemon does not answer.
 pub fn with_daemon_defaults(cmd: clap::Command) -> clap::Command {
-    let Some(d) = ask(|c| async move { c.defaults().await }) else {
-        return cmd;
-    };
+    match ask(|c| async move { c.defaults().await }) {
+        Some(d) => apply_defaults(cmd, &d),
+        None => cmd,
+    }
+}
+
+/// The help of the flags that fall back to the daemon's defaults, with
+/// those defaults. Pure.
+fn apply_defaults(cmd: clap::Command, d: &banger_api::VmDefaults) -> clap::Command {
     let memory = banger::output::size(u64::from(d.memory_mib) << 20);
     let work = banger::output::size(d.work_disk_bytes);
     let set = |c: clap::Command, arg: &'static str, text: String| {
         c.mut_args(move |a| {
             if a.get_id() == arg {
-                a.help(text.clone())
+                a.help(text.clone()).long_help(text.clone())
             } else {
                 a
             }
@@ -171,4 +177,31 @@ pub fn with_daemon_defaults(cmd: clap::Command) -> clap::Command {
             set(c, "work_disk_size", wd.clone())
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_help_shows_the_daemon_s_defaults() {
+        let d = banger_api::VmDefaults {
+            image: "deb".into(),
+            cpus: 3,
+            memory_mib: 2048,
+            work_disk_bytes: 4 << 30,
+            accel: "auto".into(),
+        };
+        let mut cmd = apply_defaults(attach(crate::Cli::command()), &d);
+        let create = cmd
+            .find_subcommand_mut("vm")
+            .and_then(|v| v.find_subcommand_mut("create"))
+            .expect("vm create");
+        let help = create.render_long_help().to_string();
+        assert!(help.contains("[daemon default: 3;"), "{help}");
+        assert!(help.contains("[daemon default: 2.0 GiB]"), "{help}");
+        assert!(help.contains("[daemon default: deb]"), "{help}");
+        assert!(help.contains("[daemon default: 4.0 GiB]"), "{help}");
+    }
 }
