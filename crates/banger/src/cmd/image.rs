@@ -212,13 +212,9 @@ pub async fn run(ctx: &Ctx, cmd: ImageCommand) -> CmdResult {
             Ok(exit::OK)
         }
         ImageCommand::Show { name } => {
-            let i = ctx.client.image(&name).await?;
-            if ctx.json {
-                output::print_json(&i);
-            } else {
-                print_image(&ctx.style, &i);
-            }
-            Ok(exit::OK)
+            super::print_one(ctx, &ctx.client.image(&name).await?, |i| {
+                print_image(&ctx.style, i)
+            })
         }
         ImageCommand::Rm { name, force } => {
             let r = ctx.client.image_rm(&name, force).await?;

@@ -85,6 +85,27 @@ pub fn local(message: impl Into<String>, hint: Option<&str>) -> ClientError {
     }
 }
 
+/// Prints `v` as JSON with `--json`, else as `human` renders it; exit 0.
+pub fn print_one<T: serde::Serialize>(ctx: &Ctx, v: &T, human: impl FnOnce(&T)) -> CmdResult {
+    if ctx.json {
+        banger::output::print_json(v);
+    } else {
+        human(v);
+    }
+    Ok(exit::OK)
+}
+
+/// How a removal ends: `{"<kind>": NAME, "removed": true}` with `--json`,
+/// else `removed <kind> NAME`.
+pub fn print_removed(ctx: &Ctx, kind: &str, name: &str) -> CmdResult {
+    if ctx.json {
+        print_json_line(&serde_json::json!({ kind: name, "removed": true }));
+    } else {
+        println!("removed {kind} {name}");
+    }
+    Ok(exit::OK)
+}
+
 /// Prints `v` as one line of JSON (the last line of an action's output).
 pub fn print_json_line<T: serde::Serialize>(v: &T) {
     match serde_json::to_string(v) {

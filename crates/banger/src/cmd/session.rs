@@ -9,7 +9,7 @@ use banger::output::{self, Style};
 use banger_api::{Session, SessionStartRequest};
 use clap::Subcommand;
 
-use super::{parse_env, print_json_line, print_list, usage, CmdResult, Ctx, Row};
+use super::{parse_env, print_list, usage, CmdResult, Ctx, Row};
 
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
@@ -138,12 +138,7 @@ pub async fn run(ctx: &Ctx, cmd: SessionCommand) -> CmdResult {
             if then_attach {
                 return attach(ctx, &s.name).await;
             }
-            if ctx.json {
-                output::print_json(&s);
-            } else {
-                println!("{}", s.name);
-            }
-            Ok(exit::OK)
+            super::print_one(ctx, &s, |s| println!("{}", s.name))
         }
         SessionCommand::Ls { vm } => {
             let list = c.sessions(vm.as_deref()).await?;
@@ -151,15 +146,9 @@ pub async fn run(ctx: &Ctx, cmd: SessionCommand) -> CmdResult {
             print_list(ctx.json, &ctx.style, &list, &list.sessions, empty);
             Ok(exit::OK)
         }
-        SessionCommand::Show { name } => {
-            let s = c.session(&name).await?;
-            if ctx.json {
-                output::print_json(&s);
-            } else {
-                print_session(&ctx.style, &s);
-            }
-            Ok(exit::OK)
-        }
+        SessionCommand::Show { name } => super::print_one(ctx, &c.session(&name).await?, |s| {
+            print_session(&ctx.style, s)
+        }),
         SessionCommand::Logs {
             name,
             follow,
@@ -193,10 +182,7 @@ pub async fn run(ctx: &Ctx, cmd: SessionCommand) -> CmdResult {
         }
         SessionCommand::Rm { name, force } => {
             c.session_rm(&name, force).await?;
-            if ctx.json {
-                print_json_line(&serde_json::json!({ "session": name, "removed": true }));
-            }
-            Ok(exit::OK)
+            super::print_removed(ctx, "session", &name)
         }
     }
 }

@@ -6,7 +6,7 @@ use banger::output::{self, Style};
 use banger_api::Snapshot;
 use clap::Subcommand;
 
-use super::{print_json_line, print_list, CmdResult, Ctx, Row};
+use super::{print_list, CmdResult, Ctx, Row};
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
@@ -50,11 +50,7 @@ pub async fn run(ctx: &Ctx, cmd: SnapshotCommand) -> CmdResult {
         }
         SnapshotCommand::Rm { name } => {
             ctx.client.snapshot_rm(&name).await?;
-            if ctx.json {
-                print_json_line(&serde_json::json!({ "snapshot": name, "removed": true }));
-            } else {
-                println!("removed snapshot {name}");
-            }
+            return super::print_removed(ctx, "snapshot", &name);
         }
     }
     Ok(exit::OK)

@@ -13,7 +13,7 @@ use banger_api::{
 };
 use clap::{Args, Subcommand};
 
-use super::{follow, print_json_line, print_list, CmdResult, Ctx, Row, Wait};
+use super::{follow, print_json_line, print_list, print_one, CmdResult, Ctx, Row, Wait};
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
@@ -344,8 +344,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> CmdResult {
     match cmd {
         VmCommand::Create(a) => {
             let op = c.vm_create(&a.request()).await?;
-            let done = follow(ctx, op, a.wait).await?;
-            end_vm_action(ctx, done).await
+            end_vm_action(ctx, follow(ctx, op, a.wait).await?).await
         }
         VmCommand::Snapshot {
             name,
@@ -354,13 +353,11 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> CmdResult {
         } => {
             let req = VmSnapshotRequest { name: snapshot };
             let op = c.vm_snapshot(&name, &req).await?;
-            let done = follow(ctx, op, wait).await?;
-            end_snapshot(ctx, done).await
+            end_snapshot(ctx, follow(ctx, op, wait).await?).await
         }
         VmCommand::Fork { name, new, wait } => {
             let op = c.vm_fork(&name, &VmForkRequest { name: new }).await?;
-            let done = follow(ctx, op, wait).await?;
-            end_vm_action(ctx, done).await
+            end_vm_action(ctx, follow(ctx, op, wait).await?).await
         }
         VmCommand::Ls => {
             let list = c.vms().await?;
@@ -369,13 +366,7 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> CmdResult {
             Ok(exit::OK)
         }
         VmCommand::Show { name } => {
-            let v = c.vm(&name).await?;
-            if ctx.json {
-                output::print_json(&v);
-            } else {
-                print_vm(&ctx.style, &v);
-            }
-            Ok(exit::OK)
+            print_one(ctx, &c.vm(&name).await?, |v| print_vm(&ctx.style, v))
         }
         VmCommand::Start { name, wait } => {
             let done = follow(ctx, c.vm_start(&name).await?, wait).await?;
@@ -390,16 +381,22 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> CmdResult {
                 force,
                 timeout_secs: Some(timeout),
             };
-            let v = c.vm_stop(&name, &req).await?;
-            end_stop(ctx, &v, v.stop_reason.as_deref().unwrap_or("stopped"))
+            print_one(ctx, &c.vm_stop(&name, &req).await?, |v| {
+                println!(
+                    "{}: {}",
+                    v.name,
+                    v.stop_reason.as_deref().unwrap_or("stopped")
+                )
+            })
         }
         VmCommand::Kill { name } => {
             let req = VmStopRequest {
                 force: true,
                 timeout_secs: None,
             };
-            let v = c.vm_stop(&name, &req).await?;
-            end_stop(ctx, &v, "killed")
+            print_one(ctx, &c.vm_stop(&name, &req).await?, |v| {
+                println!("{}: killed", v.name)
+            })
         }
         VmCommand::Restart { name } => {
             c.vm_stop(&name, &VmStopRequest::default()).await?;
@@ -408,38 +405,21 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> CmdResult {
         }
         VmCommand::Rm { name, force } => {
             c.vm_rm(&name, force).await?;
-            if ctx.json {
-                print_json_line(&serde_json::json!({ "vm": name, "removed": true }));
-            } else {
-                println!("removed {name}");
-            }
-            Ok(exit::OK)
+            super::print_removed(ctx, "vm", &name)
         }
         VmCommand::Logs { name, follow } => logs(ctx, &name, follow).await,
-        VmCommand::Stats { name } => {
-            let s = c.vm_stats(&name).await?;
-            if ctx.json {
-                output::print_json(&s);
-            } else {
-                print_stats(&ctx.style, &s);
-            }
-            Ok(exit::OK)
-        }
-        VmCommand::Set(a) => {
-            let v = c.vm_set(&a.name, &a.request()).await?;
-            if ctx.json {
-                output::print_json(&v);
-            } else {
-                println!(
-                    "{}: {} cpus, {}, work disk {}",
-                    v.name,
-                    v.cpus,
-                    output::size(u64::from(v.memory_mib) << 20),
-                    output::size(v.work_disk_bytes)
-                );
-            }
-            Ok(exit::OK)
-        }
+        VmCommand::Stats { name } => print_one(ctx, &c.vm_stats(&name).await?, |s| {
+            print_stats(&ctx.style, s)
+        }),
+        VmCommand::Set(a) => print_one(ctx, &c.vm_set(&a.name, &a.request()).await?, |v| {
+            println!(
+                "{}: {} cpus, {}, work disk {}",
+                v.name,
+                v.cpus,
+                output::size(u64::from(v.memory_mib) << 20),
+                output::size(v.work_disk_bytes)
+            )
+        }),
         VmCommand::Net(cmd) => super::vm_net::run(ctx, cmd).await,
         VmCommand::Ssh(cmd) => super::vm_ssh::run(ctx, cmd).await,
     }
@@ -527,15 +507,6 @@ async fn end_snapshot(ctx: &Ctx, done: Option<Operation>) -> CmdResult {
             output::size(s.size_bytes),
             s.name
         );
-    }
-    Ok(exit::OK)
-}
-
-fn end_stop(ctx: &Ctx, v: &Vm, how: &str) -> CmdResult {
-    if ctx.json {
-        output::print_json(v);
-    } else {
-        println!("{}: {how}", v.name);
     }
     Ok(exit::OK)
 }

@@ -40,30 +40,58 @@ pub enum WorkspaceCommand {
     /// Bring the guest's commits since the push (or the last export) back
     /// into the host repository as a branch, or as patch files. Never
     /// touches the host's working tree or current branch.
-    Export {
-        vm: String,
-        /// Which workspace (default: the VM's only one).
-        #[arg(long)]
-        name: Option<String>,
-        /// The host branch to create or fast-forward (default: banger/VM).
-        #[arg(long)]
-        dest_branch: Option<String>,
-        /// Write the new commits as patch files into DIR instead of a branch.
-        #[arg(long, value_name = "DIR")]
-        patches: Option<PathBuf>,
-        /// The host repository (default: where the workspace was pushed from).
-        #[arg(long)]
-        repo: Option<PathBuf>,
-        /// Replace the branch even when it is not a fast-forward.
-        #[arg(long)]
-        force: bool,
-    },
+    Export(ExportArgs),
     /// List workspaces (of one VM).
     Ls { vm: Option<String> },
     /// Show a workspace and what an export would bring back now.
     Show { vm: String, name: Option<String> },
     /// Forget a workspace (its files stay in the guest).
     Rm { vm: String, name: String },
+}
+
+/// `agent run`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    pub vm: String,
+    /// The repository to push (default: the current directory, when it
+    /// is in a git repository).
+    #[arg(long, conflicts_with = "no_workspace")]
+    pub workspace: Option<PathBuf>,
+    /// Run without a workspace.
+    #[arg(long)]
+    pub no_workspace: bool,
+    /// The agent (default: the VM's).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// The session's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Attach to the session right away.
+    #[arg(long)]
+    pub attach: bool,
+    #[arg(last = true, required = true)]
+    pub prompt: Vec<String>,
+}
+
+/// `workspace export`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    pub vm: String,
+    /// Which workspace (default: the VM's only one).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The host branch to create or fast-forward (default: banger/VM).
+    #[arg(long)]
+    pub dest_branch: Option<String>,
+    /// Write the new commits as patch files into DIR instead of a branch.
+    #[arg(long, value_name = "DIR")]
+    pub patches: Option<PathBuf>,
+    /// The host repository (default: where the workspace was pushed from).
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    /// Replace the branch even when it is not a fast-forward.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,27 +113,7 @@ pub enum AgentCommand {
     Ls,
     /// Push the workspace, sync credentials, and start the agent on PROMPT
     /// as a session in the workspace (see `banger session attach`).
-    Run {
-        vm: String,
-        /// The repository to push (default: the current directory, when it
-        /// is in a git repository).
-        #[arg(long, conflicts_with = "no_workspace")]
-        workspace: Option<PathBuf>,
-        /// Run without a workspace.
-        #[arg(long)]
-        no_workspace: bool,
-        /// The agent (default: the VM's).
-        #[arg(long)]
-        agent: Option<String>,
-        /// The session's name.
-        #[arg(long)]
-        name: Option<String>,
-        /// Attach to the session right away.
-        #[arg(long)]
-        attach: bool,
-        #[arg(last = true, required = true)]
-        prompt: Vec<String>,
-    },
+    Run(RunArgs),
 }
 
 fn short(id: &str) -> &str {
@@ -263,119 +271,129 @@ pub async fn workspace(ctx: &Ctx, cmd: WorkspaceCommand) -> Result<u8, ClientErr
             }
             Ok(exit::OK)
         }
-        WorkspaceCommand::Export {
-            vm,
-            name,
-            dest_branch,
-            patches,
-            repo,
-            force,
-        } => {
-            let w = pick(client, &vm, name).await?;
-            let c = client.workspace_changes(&vm, &w.name).await?;
-            let root = ws::repo_root(&repo.unwrap_or_else(|| PathBuf::from(&w.host_path)))?;
-            if c.rewritten_since_export && !force && patches.is_none() {
-                return Err(ClientError::Local {
-                    message: format!(
-                        "The guest rewrote the commits exported last time ({}); exporting would replace them",
-                        short(w.exported_commit.as_deref().unwrap_or("?"))
-                    ),
-                    hint: Some("Pass --force to replace the branch, or --dest-branch NEW".into()),
-                });
-            }
-            if c.head == w.base_commit || (c.commits.is_empty() && !c.rewritten_since_export) {
-                if json {
-                    output::print_json(&c);
-                } else {
-                    println!(
-                        "nothing new to export: the guest's HEAD is {}",
-                        short(&c.head)
-                    );
-                }
-                return Ok(exit::OK);
-            }
-            let branch = match (&patches, dest_branch) {
-                (Some(_), b) => b,
-                (None, Some(b)) => Some(b),
-                (None, None) => Some(format!("banger/{vm}")),
-            };
-            let bundle = client.workspace_bundle(&vm, &w.name, &c.head).await?;
-            let written = ws::import_bundle(
-                &root,
-                &bundle,
-                &c.head,
-                &c.from,
-                branch.as_deref(),
-                force,
-                patches.as_deref(),
-            )?;
-            client
-                .workspace_exported(&vm, &w.name, c.head.clone())
-                .await?;
-            if json {
-                output::print_json(&serde_json::json!({
-                    "changes": c,
-                    "branch": branch,
-                    "patches": written,
-                }));
-                return Ok(exit::OK);
-            }
-            print_changes(&c);
-            if let Some(b) = &branch {
-                println!(
-                    "{} {b} in {} now at {}",
-                    style.green("exported:"),
-                    root.display(),
-                    short(&c.head)
-                );
-            }
-            for p in &written {
-                println!("{}", p.display());
-            }
-            Ok(exit::OK)
-        }
+        WorkspaceCommand::Export(a) => export(ctx, a).await,
         WorkspaceCommand::Ls { vm } => {
             let list = client.workspaces(vm.as_deref()).await?;
             let empty = "No workspaces. Push one with: banger workspace push VM [PATH]";
             print_list(json, style, &list, &list.workspaces, empty);
             Ok(exit::OK)
         }
-        WorkspaceCommand::Show { vm, name } => {
-            let w = pick(client, &vm, name).await?;
-            let c = client.workspace_changes(&vm, &w.name).await;
-            if json {
-                output::print_json(&serde_json::json!({
-                    "workspace": w,
-                    "changes": c.as_ref().ok(),
-                    "changes_error": c.as_ref().err().map(|e| e.to_string()),
-                }));
-                return Ok(exit::OK);
-            }
-            println!("name:      {}", w.name);
-            println!("vm:        {}", w.vm);
-            println!("guest dir: {}", w.dest);
-            println!("host repo: {}", w.host_path);
-            println!(
-                "base:      {} ({})",
-                w.base_commit,
-                w.branch.as_deref().unwrap_or("detached HEAD")
-            );
-            println!("pushed:    {}", w.pushed_at.with_timezone(&chrono::Local));
-            if let Some(e) = &w.exported_commit {
-                println!("exported:  {e}");
-            }
-            match c {
-                Ok(c) => print_changes(&c),
-                Err(e) => println!("changes:   unknown ({e})"),
-            }
-            Ok(exit::OK)
-        }
+        WorkspaceCommand::Show { vm, name } => show(ctx, &vm, name).await,
         WorkspaceCommand::Rm { vm, name } => {
             client.workspace_rm(&vm, &name).await?;
             eprintln!("forgot workspace {name} of {vm} (its files stay in the guest)");
             Ok(exit::OK)
         }
     }
+}
+
+/// `workspace export`: the guest's new commits into the host repository,
+/// as a branch or patch files.
+async fn export(ctx: &Ctx, a: ExportArgs) -> Result<u8, ClientError> {
+    let (client, json, style) = (&ctx.client, ctx.json, &ctx.style);
+    let ExportArgs {
+        vm,
+        name,
+        dest_branch,
+        patches,
+        repo,
+        force,
+    } = a;
+    let w = pick(client, &vm, name).await?;
+    let c = client.workspace_changes(&vm, &w.name).await?;
+    let root = ws::repo_root(&repo.unwrap_or_else(|| PathBuf::from(&w.host_path)))?;
+    if c.rewritten_since_export && !force && patches.is_none() {
+        return Err(ClientError::Local {
+            message: format!(
+                "The guest rewrote the commits exported last time ({}); exporting would replace them",
+                short(w.exported_commit.as_deref().unwrap_or("?"))
+            ),
+            hint: Some("Pass --force to replace the branch, or --dest-branch NEW".into()),
+        });
+    }
+    if c.head == w.base_commit || (c.commits.is_empty() && !c.rewritten_since_export) {
+        if json {
+            output::print_json(&c);
+        } else {
+            println!(
+                "nothing new to export: the guest's HEAD is {}",
+                short(&c.head)
+            );
+        }
+        return Ok(exit::OK);
+    }
+    let branch = match (&patches, dest_branch) {
+        (Some(_), b) => b,
+        (None, Some(b)) => Some(b),
+        (None, None) => Some(format!("banger/{vm}")),
+    };
+    let bundle = client.workspace_bundle(&vm, &w.name, &c.head).await?;
+    let written = ws::import_bundle(
+        &root,
+        &bundle,
+        &c.head,
+        &c.from,
+        branch.as_deref(),
+        force,
+        patches.as_deref(),
+    )?;
+    client
+        .workspace_exported(&vm, &w.name, c.head.clone())
+        .await?;
+    if json {
+        output::print_json(&serde_json::json!({
+            "changes": c,
+            "branch": branch,
+            "patches": written,
+        }));
+        return Ok(exit::OK);
+    }
+    print_changes(&c);
+    if let Some(b) = &branch {
+        println!(
+            "{} {b} in {} now at {}",
+            style.green("exported:"),
+            root.display(),
+            short(&c.head)
+        );
+    }
+    for p in &written {
+        println!("{}", p.display());
+    }
+    Ok(exit::OK)
+}
+
+/// `workspace show`: the workspace and what an export would bring back.
+async fn show(ctx: &Ctx, vm: &str, name: Option<String>) -> Result<u8, ClientError> {
+    let (client, json) = (&ctx.client, ctx.json);
+    let w = pick(client, vm, name).await?;
+    let c = client.workspace_changes(vm, &w.name).await;
+    if json {
+        output::print_json(&serde_json::json!({
+            "workspace": w,
+            "changes": c.as_ref().ok(),
+            "changes_error": c.as_ref().err().map(|e| e.to_string()),
+        }));
+        return Ok(exit::OK);
+    }
+    println!("name:      {}", w.name);
+    println!("vm:        {}", w.vm);
+    println!("guest dir: {}", w.dest);
+    println!("host repo: {}", w.host_path);
+    println!(
+        "base:      {} ({})",
+        w.base_commit,
+        w.branch.as_deref().unwrap_or("detached HEAD")
+    );
+    println!("pushed:    {}", w.pushed_at.with_timezone(&chrono::Local));
+    if let Some(e) = &w.exported_commit {
+        println!("exported:  {e}");
+    }
+    match c {
+        Ok(c) => print_changes(&c),
+        Err(e) => println!("changes:   unknown ({e})"),
+    }
+    Ok(exit::OK)
 }
 
 /// Reads the values of `items` (all configured ones, or `only`) as the
@@ -495,117 +513,130 @@ pub async fn agent(ctx: &Ctx, cmd: AgentCommand) -> Result<u8, ClientError> {
             print_list(json, &ctx.style, &list, &list.agents, "No agent profiles.");
             Ok(exit::OK)
         }
-        AgentCommand::Run {
-            vm,
-            workspace,
-            no_workspace,
-            agent,
-            name,
-            attach,
-            prompt,
-        } => {
-            let v = client.vm(&vm).await?;
-            let list = client.agents().await?;
-            let agent_name = agent.or(v.agent.clone()).ok_or_else(|| ClientError::Local {
-                message: format!("VM {vm:?} has no agent"),
-                hint: Some("Pass --agent NAME (banger agent ls lists them), or create the VM with --agent".into()),
-            })?;
-            let profile = list
-                .agents
-                .iter()
-                .find(|a| a.name == agent_name)
-                .ok_or_else(|| ClientError::Local {
-                    message: format!(
-                        "Unknown agent {agent_name:?}; known agents: {}",
-                        list.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                    hint: Some("Add one with a profile file NAME.toml in the daemon's agents.dir (see \"Agent profiles\" in docs/workspaces.md)".into()),
-                })?;
-            // The workspace: the one named, else the current directory's
-            // repository when there is one.
-            let path = match (no_workspace, workspace) {
-                (true, _) => None,
-                (false, Some(p)) => Some(p),
-                (false, None) => ws::repo_root(Path::new(".")).ok(),
-            };
-            let ws_name = match path {
-                None => None,
-                Some(p) => {
-                    let root = ws::repo_root(&p)?;
-                    let name = ws::default_name(&root);
-                    let existing = client.workspace(&vm, &name).await;
-                    match existing {
-                        Ok(w) => {
-                            eprintln!(
-                                "using workspace {} already in {vm} at {} (replace it with: banger workspace push {vm} {} --force)",
-                                w.name,
-                                w.dest,
-                                root.display()
-                            );
-                            Some(w.name)
-                        }
-                        Err(_) => Some(
-                            push(client, &vm, &root, Some(name), None, false)
-                                .await?
-                                .name,
-                        ),
-                    }
-                }
-            };
-            if !profile.auth.is_empty() {
-                let configured = client.auth_items().await?;
-                let wanted: Vec<String> = profile
-                    .auth
-                    .iter()
-                    .filter(|a| configured.items.iter().any(|i| &i.name == *a))
-                    .cloned()
-                    .collect();
-                if !wanted.is_empty() {
-                    let (report, skipped) = sync(client, &vm, &wanted).await?;
-                    let names: Vec<&str> = report.synced.iter().map(|s| s.name.as_str()).collect();
-                    eprintln!(
-                        "credentials synced: {}{}",
-                        if names.is_empty() {
-                            "none".to_string()
-                        } else {
-                            names.join(", ")
-                        },
-                        if skipped.is_empty() {
-                            String::new()
-                        } else {
-                            format!(
-                                " (not on this host: {})",
-                                skipped
-                                    .iter()
-                                    .map(|(n, _)| n.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )
-                        }
-                    );
-                }
-            }
-            let req = AgentRunRequest {
-                prompt: prompt.join(" "),
-                agent: Some(agent_name.clone()),
-                workspace: ws_name,
-                session: name,
-            };
-            let s = client.agent_run(&vm, &req).await?;
-            if json {
-                output::print_json(&s);
-            } else {
-                println!("{}", s.name);
-                eprintln!(
-                    "{agent_name} runs in {vm} as session {n}{cwd}; follow it: banger session attach {n} (or banger session logs -f {n}); bring its commits back: banger workspace export {vm}",
-                    n = s.name,
-                    cwd = s.cwd.as_deref().map(|c| format!(" in {c}")).unwrap_or_default(),
-                );
-            }
-            if attach {
-                return super::session::attach(ctx, &s.name).await;
-            }
-            Ok(exit::OK)
-        }
+        AgentCommand::Run(a) => run_agent(ctx, a).await,
     }
+}
+
+/// The workspace an agent works in: the repository at `path`, pushed
+/// unless a workspace of its name is in the VM already. Returns its name.
+async fn agent_workspace(client: &Client, vm: &str, path: &Path) -> Result<String, ClientError> {
+    let root = ws::repo_root(path)?;
+    let name = ws::default_name(&root);
+    match client.workspace(vm, &name).await {
+        Ok(w) => {
+            eprintln!(
+                "using workspace {} already in {vm} at {} (replace it with: banger workspace \
+                 push {vm} {} --force)",
+                w.name,
+                w.dest,
+                root.display()
+            );
+            Ok(w.name)
+        }
+        Err(_) => Ok(push(client, vm, &root, Some(name), None, false).await?.name),
+    }
+}
+
+/// Syncs the credential items an agent profile names that the daemon's
+/// config lists; says which were synced and which this host lacks.
+async fn sync_profile_credentials(
+    client: &Client,
+    vm: &str,
+    items: &[String],
+) -> Result<(), ClientError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let configured = client.auth_items().await?;
+    let wanted: Vec<String> = items
+        .iter()
+        .filter(|a| configured.items.iter().any(|i| &i.name == *a))
+        .cloned()
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let (report, skipped) = sync(client, vm, &wanted).await?;
+    let names: Vec<&str> = report.synced.iter().map(|s| s.name.as_str()).collect();
+    let synced = if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    };
+    let missing = if skipped.is_empty() {
+        String::new()
+    } else {
+        let n: Vec<&str> = skipped.iter().map(|(n, _)| n.as_str()).collect();
+        format!(" (not on this host: {})", n.join(", "))
+    };
+    eprintln!("credentials synced: {synced}{missing}");
+    Ok(())
+}
+
+/// `agent run`: the workspace pushed (or the one there reused), the
+/// profile's credentials synced, the agent started as a session.
+async fn run_agent(ctx: &Ctx, a: RunArgs) -> Result<u8, ClientError> {
+    let (client, json) = (&ctx.client, ctx.json);
+    let RunArgs {
+        vm,
+        workspace,
+        no_workspace,
+        agent,
+        name,
+        attach,
+        prompt,
+    } = a;
+    let v = client.vm(&vm).await?;
+    let list = client.agents().await?;
+    let agent_name = agent
+        .or(v.agent.clone())
+        .ok_or_else(|| ClientError::Local {
+            message: format!("VM {vm:?} has no agent"),
+            hint: Some(
+                "Pass --agent NAME (banger agent ls lists them), or create the VM with --agent"
+                    .into(),
+            ),
+        })?;
+    let profile = list
+        .agents
+        .iter()
+        .find(|a| a.name == agent_name)
+        .ok_or_else(|| ClientError::Local {
+            message: format!(
+                "Unknown agent {agent_name:?}; known agents: {}",
+                list.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            hint: Some("Add one with a profile file NAME.toml in the daemon's agents.dir (see \"Agent profiles\" in docs/workspaces.md)".into()),
+        })?;
+    let path = match (no_workspace, workspace) {
+        (true, _) => None,
+        (false, Some(p)) => Some(p),
+        (false, None) => ws::repo_root(Path::new(".")).ok(),
+    };
+    let ws_name = match path {
+        Some(p) => Some(agent_workspace(client, &vm, &p).await?),
+        None => None,
+    };
+    sync_profile_credentials(client, &vm, &profile.auth).await?;
+    let req = AgentRunRequest {
+        prompt: prompt.join(" "),
+        agent: Some(agent_name.clone()),
+        workspace: ws_name,
+        session: name,
+    };
+    let s = client.agent_run(&vm, &req).await?;
+    if json {
+        output::print_json(&s);
+    } else {
+        println!("{}", s.name);
+        eprintln!(
+            "{agent_name} runs in {vm} as session {n}{cwd}; follow it: banger session attach {n} (or banger session logs -f {n}); bring its commits back: banger workspace export {vm}",
+            n = s.name,
+            cwd = s.cwd.as_deref().map(|c| format!(" in {c}")).unwrap_or_default(),
+        );
+    }
+    if attach {
+        return super::session::attach(ctx, &s.name).await;
+    }
+    Ok(exit::OK)
 }
