@@ -12,7 +12,8 @@
 //! - [`names`]: validation of user-supplied names.
 //! - [`images`]: building and importing guest images (recipes, kernels, initrds).
 //! - [`guest`]: what runs in the guest (initrd, guest init, config disk).
-//! - [`guest_ssh`]: the transport commands reach a guest by.
+//! - [`guest_ssh`], [`guest_agent`]: the transports commands reach a guest by
+//!   (SSH, and the guest agent's channel).
 //! - [`vms`]: VM lifecycle; [`sessions`], [`workspaces`], [`credentials`],
 //!   [`agents`] (profiles), [`agent_runs`]: what runs in VMs; [`firewall`], [`dns`], [`forwards`],
 //!   [`network`], [`netlink`], [`taps`]: the VM network.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod firewall;
 pub mod forwards;
 pub mod guest;
+pub mod guest_agent;
 pub mod guest_ssh;
 pub mod images;
 pub mod names;

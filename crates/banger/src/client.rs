@@ -107,9 +107,10 @@ impl Client {
     }
 
     /// The socket connection, with the error that says why it failed.
-    async fn connect_stream(&self) -> Result<tokio::net::UnixStream, ClientError> {
+    async fn connect_stream(&self) -> Result<NoSigPipe, ClientError> {
         tokio::net::UnixStream::connect(&self.socket)
             .await
+            .map(NoSigPipe)
             .map_err(|source| {
                 if source.kind() == std::io::ErrorKind::PermissionDenied {
                     ClientError::SocketPermission {
@@ -391,6 +392,61 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+/// The daemon's socket, written with `MSG_NOSIGNAL`: the CLI restores the
+/// default SIGPIPE (so `banger vm ls | head` ends quietly), and a daemon
+/// that answers an upload early and closes must give the CLI an error it
+/// can report, not kill it.
+pub struct NoSigPipe(tokio::net::UnixStream);
+
+impl tokio::io::AsyncRead for NoSigPipe {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for NoSigPipe {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::os::fd::AsRawFd;
+        use std::task::Poll;
+        loop {
+            if self.0.poll_write_ready(cx)?.is_pending() {
+                return Poll::Pending;
+            }
+            let fd = self.0.as_raw_fd();
+            let sent = self.0.try_io(tokio::io::Interest::WRITABLE, || {
+                nix::sys::socket::send(fd, buf, nix::sys::socket::MsgFlags::MSG_NOSIGNAL)
+                    .map_err(std::io::Error::from)
+            });
+            match sent {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 

@@ -14,7 +14,8 @@ use crate::tools::{self};
 
 use super::error::VmError;
 use super::procs::{kill_vmm, pid_alive};
-use super::{agent, ready, vmm, Vms, BOOT_TIMEOUT, POLL};
+use super::{ready, vmm, Vms, BOOT_TIMEOUT, POLL};
+use crate::guest_agent::legacy as agent;
 
 impl Vms {
     /// network -> spawn -> boot; leaves the VM running or returns an error

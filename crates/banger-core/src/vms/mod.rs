@@ -12,7 +12,6 @@
 //! `creating` rows, adopts VMM processes that still run (pid + cmdline
 //! verified), and marks the rest stopped, removing their TAPs.
 
-pub mod agent;
 pub mod kvm_probe;
 pub mod pool;
 pub mod ports;

@@ -287,11 +287,16 @@ impl Vms {
         let link = self.vmm(vm.backend).agent(&spec);
         let name = vm.name.clone();
         let by_agent = blocking(move || {
-            super::agent::request(&link, "rename", &[&name], std::time::Duration::from_secs(3))
-                .map_err(|e| VmError::Internal {
-                    what: "pool VM",
-                    reason: e.to_string(),
-                })
+            crate::guest_agent::legacy::request(
+                &link,
+                "rename",
+                &[&name],
+                std::time::Duration::from_secs(3),
+            )
+            .map_err(|e| VmError::Internal {
+                what: "pool VM",
+                reason: e.to_string(),
+            })
         })
         .await;
         let Err(e) = by_agent else { return Ok(()) };

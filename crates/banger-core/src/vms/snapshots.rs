@@ -31,7 +31,8 @@ use rusqlite::{params, OptionalExtension};
 
 use super::blocking;
 use super::rows::NewRow;
-use super::{agent, VmError, Vms};
+use super::{VmError, Vms};
+use crate::guest_agent::legacy as agent;
 use crate::names::validate_name;
 use crate::ops::{OpHandle, StepSpec};
 

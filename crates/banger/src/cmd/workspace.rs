@@ -133,6 +133,22 @@ async fn push(
     client.vm(vm).await?;
     let root = ws::repo_root(path)?;
     let name = name.unwrap_or_else(|| ws::default_name(&root));
+    // A workspace that is there already: said now, not after the upload
+    // (the daemon checks again; it may answer before reading it all).
+    if !force {
+        if let Ok(w) = client.workspace(vm, &name).await {
+            return Err(ClientError::Api(
+                banger_api::ApiError::new(
+                    banger_api::ErrorCode::Conflict,
+                    format!(
+                        "Workspace {:?} already exists in VM {vm:?} at {}",
+                        w.name, w.dest
+                    ),
+                )
+                .with_hint("Pass --force to replace it (guest commits not exported are lost)"),
+            ));
+        }
+    }
     let packed = ws::pack(&root)?;
     let host = root.display().to_string();
     let q = WorkspacePush {

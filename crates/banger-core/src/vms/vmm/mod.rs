@@ -25,8 +25,8 @@ use std::process::{Child, Command, Stdio};
 
 use thiserror::Error;
 
-pub use super::agent::{AgentLink, GuestAgentError};
 use crate::guest::{GUEST_INIT, KERNEL_CMDLINE};
+pub use crate::guest_agent::legacy::{AgentLink, GuestAgentError};
 use qemu::Accel;
 
 #[derive(Debug, Error)]

@@ -343,7 +343,7 @@ impl QemuVmm {
             path: spec.run_dir.clone(),
             source,
         })?;
-        crate::vms::agent::make_pipe(&spec.run_dir.join("agent"))?;
+        crate::guest_agent::legacy::make_pipe(&spec.run_dir.join("agent"))?;
         let _ = std::fs::remove_file(QemuVmm::qmp(spec));
         spawn(
             &self.binary,

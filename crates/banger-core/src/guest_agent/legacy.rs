@@ -1,6 +1,8 @@
-//! The host side of banger's guest agent (the guest side is
-//! [`crate::guest::agent_script`]): one request line, one answer line, over
-//! the channel the backend gives the guest.
+//! The line protocol of the shell agent that images made before
+//! banger-agent run (the guest side is [`crate::guest::agent_script`]): one
+//! request line, one answer line, over the channel the backend gives the
+//! guest. Used for guests that still run it: a VM of such an image until
+//! banger-agent is installed in it, or one restored from an old snapshot.
 //!
 //! - QEMU: a virtio-serial port whose host side is a pair of FIFOs
 //!   (`agent.in` to the guest, `agent.out` from it). QEMU keeps both open,
@@ -19,14 +21,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-/// How the daemon reaches a VM's agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AgentLink {
-    /// FIFOs `<path>.in` and `<path>.out` (QEMU's `pipe` chardev).
-    Pipe(PathBuf),
-    /// Firecracker's vsock Unix socket and the guest port.
-    Vsock { uds: PathBuf, port: u32 },
-}
+pub use super::link::AgentLink;
 
 #[derive(Debug, Error)]
 pub enum GuestAgentError {
@@ -84,7 +79,8 @@ pub fn request(
     let deadline = Instant::now() + timeout;
     let answer = match link {
         AgentLink::Pipe(base) => via_pipe(base, &line, &nonce, deadline),
-        AgentLink::Vsock { uds, port } => via_vsock(uds, *port, &line, &nonce, deadline),
+        AgentLink::Vsock { uds, port } => via_vsock(uds, Some(*port), &line, &nonce, deadline),
+        AgentLink::Socket(path) => via_vsock(path, None, &line, &nonce, deadline),
     }
     .map_err(|e| match e {
         // The transports do not know the caller's timeout.
@@ -218,9 +214,11 @@ fn read_until(
     })
 }
 
+/// Over a Unix socket: Firecracker's vsock one (`port`: after `CONNECT`),
+/// or QEMU's chardev socket (no `CONNECT`).
 fn via_vsock(
     uds: &Path,
-    port: u32,
+    port: Option<u32>,
     line: &str,
     nonce: &str,
     deadline: Instant,
@@ -233,25 +231,8 @@ fn via_vsock(
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    stream
-        .write_all(format!("CONNECT {port}\n").as_bytes())
-        .map_err(io(uds))?;
-    // Firecracker's answer to CONNECT: `OK <host port>\n`, read byte by
-    // byte so nothing of the guest's stream is consumed with it.
-    let mut hello = Vec::new();
-    let mut byte = [0u8; 1];
-    while !hello.ends_with(b"\n") {
-        if read_until(&mut stream, &mut byte, deadline, uds)? == 0 || hello.len() > 64 {
-            return Err(GuestAgentError::Connect(
-                String::from_utf8_lossy(&hello).trim().to_string(),
-            ));
-        }
-        hello.push(byte[0]);
-    }
-    if !hello.starts_with(b"OK ") {
-        return Err(GuestAgentError::Connect(
-            String::from_utf8_lossy(&hello).trim().to_string(),
-        ));
+    if let Some(port) = port {
+        vsock_connect(&mut stream, port, uds, deadline)?;
     }
     stream.write_all(line.as_bytes()).map_err(io(uds))?;
     let mut lines = AnswerLines::default();
@@ -267,6 +248,35 @@ fn via_vsock(
             return Ok(a);
         }
     }
+}
+
+fn vsock_connect(
+    stream: &mut std::os::unix::net::UnixStream,
+    port: u32,
+    uds: &Path,
+    deadline: Instant,
+) -> Result<(), GuestAgentError> {
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(io(uds))?;
+    // Firecracker's answer to CONNECT: `OK <host port>\n`, read byte by
+    // byte so nothing of the guest's stream is consumed with it.
+    let mut hello = Vec::new();
+    let mut byte = [0u8; 1];
+    while !hello.ends_with(b"\n") {
+        if read_until(stream, &mut byte, deadline, uds)? == 0 || hello.len() > 64 {
+            return Err(GuestAgentError::Connect(
+                String::from_utf8_lossy(&hello).trim().to_string(),
+            ));
+        }
+        hello.push(byte[0]);
+    }
+    if !hello.starts_with(b"OK ") {
+        return Err(GuestAgentError::Connect(
+            String::from_utf8_lossy(&hello).trim().to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// How long the daemon waits for an agent's answer.

@@ -1,0 +1,189 @@
+//! The requests the daemon makes of an agent, on top of [`AgentConn`]:
+//! a program run to its end with its output collected (bounded), files
+//! read and written whole or streamed, and the one-reply requests.
+
+use std::time::Duration;
+
+use banger_agent_proto::frame::{Frame, Kind, MAX_PAYLOAD};
+use banger_agent_proto::msg::{ExecRequest, FileStat, Reply, Request};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+
+use super::{next_reply, AgentConn, AgentConnError, Frames};
+
+/// A program's end and what it wrote (each stream kept up to a limit).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// Bytes beyond the limit that were dropped (stdout, stderr).
+    pub dropped: (u64, u64),
+}
+
+impl ExecOutput {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Appends `b` to `out` up to `limit` bytes; counts what did not fit. Pure.
+fn keep(out: &mut Vec<u8>, dropped: &mut u64, b: &[u8], limit: usize) {
+    let room = limit.saturating_sub(out.len());
+    let take = room.min(b.len());
+    out.extend_from_slice(&b[..take]);
+    *dropped += (b.len() - take) as u64;
+}
+
+/// Sends `data` as `In` frames, then `Eof`.
+pub async fn send_all(f: &mut Frames, data: &[u8]) -> Result<(), AgentConnError> {
+    for chunk in data.chunks(MAX_PAYLOAD) {
+        f.send(Frame::data(Kind::In, Bytes::copy_from_slice(chunk)))
+            .await?;
+    }
+    f.send(Frame::eof(Kind::In)).await?;
+    Ok(())
+}
+
+impl AgentConn {
+    /// Runs `req` to its end (at most `timeout`, then the agent kills its
+    /// process group), with `stdin`; keeps at most `limit` bytes of each of
+    /// stdout and stderr.
+    pub async fn exec_collect(
+        &self,
+        mut req: ExecRequest,
+        stdin: Option<&[u8]>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<ExecOutput, AgentConnError> {
+        req.stdin = stdin.is_some();
+        req.timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let mut f = self.open(&Request::Exec(req)).await?;
+        match next_reply(&mut f).await? {
+            Reply::Started { .. } => {}
+            other => return Err(AgentConnError::Unexpected(format!("{other:?}"))),
+        }
+        if let Some(data) = stdin {
+            send_all(&mut f, data).await?;
+        }
+        let mut out = ExecOutput::default();
+        // The agent ends the stream within its own timeout; this one only
+        // guards against an agent that stops answering.
+        let guard = timeout + Duration::from_secs(10);
+        let collect = async {
+            while let Some(fr) = f.next().await {
+                let fr = fr?;
+                match fr.kind {
+                    Kind::Out => keep(&mut out.stdout, &mut out.dropped.0, &fr.payload, limit),
+                    Kind::Err => keep(&mut out.stderr, &mut out.dropped.1, &fr.payload, limit),
+                    Kind::Eof | Kind::In => {}
+                    Kind::Json => match fr.parse::<Reply>()? {
+                        Reply::Exit {
+                            code,
+                            signal,
+                            timed_out,
+                        } => {
+                            out.code = code;
+                            out.signal = signal;
+                            out.timed_out = timed_out;
+                            return Ok(());
+                        }
+                        Reply::Error { kind, message } => {
+                            return Err(AgentConnError::Refused { kind, message })
+                        }
+                        other => return Err(AgentConnError::Unexpected(format!("{other:?}"))),
+                    },
+                }
+            }
+            Err(AgentConnError::Closed)
+        };
+        tokio::time::timeout(guard, collect)
+            .await
+            .map_err(|_| AgentConnError::Timeout(guard.as_secs()))??;
+        Ok(out)
+    }
+
+    /// A file's bytes (at most `limit`), with its stat.
+    pub async fn read_file(
+        &self,
+        path: &str,
+        limit: u64,
+    ) -> Result<(FileStat, Vec<u8>), AgentConnError> {
+        let req = Request::Read {
+            path: path.into(),
+            offset: 0,
+            limit: Some(limit),
+        };
+        let mut f = self.open(&req).await?;
+        let st = match next_reply(&mut f).await? {
+            Reply::Stat(st) => st,
+            other => return Err(AgentConnError::Unexpected(format!("{other:?}"))),
+        };
+        let mut data = Vec::new();
+        while let Some(fr) = f.next().await {
+            let fr = fr?;
+            match fr.kind {
+                Kind::Out => {
+                    if data.len() as u64 + fr.payload.len() as u64 > limit {
+                        return Err(AgentConnError::Unexpected("more bytes than asked".into()));
+                    }
+                    data.extend_from_slice(&fr.payload);
+                }
+                Kind::Eof => return Ok((st, data)),
+                Kind::Json => return Err(next_error(&fr)),
+                _ => {}
+            }
+        }
+        Err(AgentConnError::Closed)
+    }
+
+    /// Writes `data` to `path` (atomically: a temporary file renamed over
+    /// it), with `mode` (default: the old file's, else 0644).
+    pub async fn write_file(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: Option<u32>,
+        parents: bool,
+    ) -> Result<FileStat, AgentConnError> {
+        let req = Request::Write {
+            path: path.into(),
+            mode,
+            owner: None,
+            parents,
+        };
+        let mut f = self.open(&req).await?;
+        send_all(&mut f, data).await?;
+        match next_reply(&mut f).await? {
+            Reply::Stat(st) => Ok(st),
+            other => Err(AgentConnError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+/// The error a JSON frame carries where data was expected.
+fn next_error(fr: &Frame) -> AgentConnError {
+    match fr.parse::<Reply>() {
+        Ok(Reply::Error { kind, message }) => AgentConnError::Refused { kind, message },
+        Ok(other) => AgentConnError::Unexpected(format!("{other:?}")),
+        Err(e) => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_kept_up_to_the_limit_and_the_rest_counted() {
+        let (mut out, mut dropped) = (Vec::new(), 0u64);
+        keep(&mut out, &mut dropped, b"hello", 8);
+        keep(&mut out, &mut dropped, b"world", 8);
+        assert_eq!(out, b"hellowor");
+        assert_eq!(dropped, 2);
+        keep(&mut out, &mut dropped, b"!", 8);
+        assert_eq!(dropped, 3);
+    }
+}
