@@ -2,7 +2,7 @@
 # banger installer for a fresh Debian/Ubuntu host:   sudo ./install.sh
 #
 # Installs the system packages, builds and installs `bangerd` and `banger`
-# into /usr/local/bin, creates the `banger` group (and adds you to it),
+# into /usr/local/bin (and the guest agent into /usr/local/lib/banger), creates the `banger` group (and adds you to it),
 # writes /etc/banger/config.toml if absent, starts the daemon (a systemd
 # unit where systemd runs; a background process otherwise), then runs the
 # main job as far as banger has it.
@@ -23,12 +23,15 @@ bash scripts/deps.sh
 log "building (release)"
 if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ] && sudo -u "$SUDO_USER" -i bash -c 'command -v cargo' >/dev/null 2>&1; then
   # Build with the invoking user's toolchain; the tree stays theirs.
-  sudo -u "$SUDO_USER" -i bash -c "cd '$PWD' && cargo build --release --locked -p bangerd -p banger"
+  sudo -u "$SUDO_USER" -i bash -c "cd '$PWD' && cargo build --release --locked -p bangerd -p banger && bash scripts/build-agent.sh"
 else
   cargo build --release --locked -p bangerd -p banger
+  bash scripts/build-agent.sh
 fi
 install -D -m 0755 target/release/bangerd "$PREFIX/bin/bangerd"
 install -D -m 0755 target/release/banger "$PREFIX/bin/banger"
+# The guest agent: bangerd ships it on every VM's config disk.
+install -D -m 0755 target/x86_64-unknown-linux-gnu/release/banger-agent "$PREFIX/lib/banger/banger-agent"
 "$PREFIX/bin/banger" completions bash > /etc/bash_completion.d/banger 2>/dev/null || true
 
 getent group banger >/dev/null || { log "creating group banger"; groupadd --system banger; }
@@ -96,6 +99,6 @@ case "$state" in
   stopped) log "starting VM dev"; "${B[@]}" vm start dev ;;
   *) log "VM dev is $state" ;;
 esac
-log "running a command in dev over SSH"
-"${B[@]}" vm ssh dev -- 'echo "hello from $(hostname)"; uname -sr; df -h /work | tail -1'
-log "done: try \`banger vm ssh dev\`"
+log "running a command in dev (through its guest agent)"
+"${B[@]}" vm exec dev -- sh -c 'echo "hello from $(hostname)"; uname -sr; df -h /work | tail -1'
+log "done: try \`banger vm ssh dev\` or \`banger vm exec dev -- CMD\`"

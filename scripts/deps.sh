@@ -29,6 +29,7 @@ TOOLS=(
   sqlite3:sqlite3                                          # tests edit the store
   python3:python3                                          # bench/run.sh checks JSON
   cc:build-essential make:build-essential pkg-config:pkg-config
+  readelf:binutils                                         # checks banger-agent is static
 )
 # Packages without a command of their own.
 PKGS=(ca-certificates busybox-static)

@@ -23,6 +23,8 @@ echo "[test] cargo clippy" >&2
 cargo clippy --workspace --all-targets --features banger-tests/root -- -D warnings
 echo "[test] cargo build" >&2
 cargo build --workspace --all-targets --features banger-tests/root
+echo "[test] banger-agent, static" >&2
+bash scripts/build-agent.sh
 echo "[test] cargo nextest" >&2
 # The root suites (a real bangerd, guests) are behind banger-tests/root, so a
 # plain `cargo test` as a normal user runs only what needs neither.

@@ -450,6 +450,7 @@ pub fn boot_direct(img: &TestImage, opts: BootOpts) -> (DirectGuest, Duration) {
         machine_id: Some("0123456789abcdef0123456789abcdef".into()),
         work_mount: Some("/work".into()),
         grow_root: false,
+        agent_binary: None,
     };
     let mut drives: Vec<String> = Vec::new();
     match &opts.raw_root {

@@ -14,6 +14,11 @@ pub const MAX_SKIP: usize = 1 << 20;
 
 const PREFIX: &str = "BANGER-AGENT";
 
+/// What an agent says first on a channel: a daemon still in a session
+/// with an earlier agent there reads it as a broken frame and ends that
+/// session; a daemon greeting skips it like any other line.
+pub const RESET: &str = "BANGER-AGENT RESET\n";
+
 /// `BANGER-AGENT HELLO <nonce>`: the daemon's greeting.
 pub fn hello(nonce: &str) -> String {
     format!("{PREFIX} HELLO {nonce}\n")

@@ -72,23 +72,31 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     match channel {
-        Channel::Serial(dev) => loop {
-            // One device, one session at a time; a session ends when the
-            // host side closes (the port reads EOF then) or misbehaves.
-            match std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&dev)
-            {
-                Ok(f) => match FdStream::new(OwnedFd::from(f)) {
+        Channel::Serial(dev) => {
+            // The port stays open for the agent's whole life (closing it
+            // drops what the host sent meanwhile); each session gets a
+            // duplicate of it, so ending one closes nothing.
+            let port = loop {
+                match std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&dev)
+                {
+                    Ok(f) => break OwnedFd::from(f),
+                    Err(e) => eprintln!("banger-agent: cannot open {}: {e}", dev.display()),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            };
+            loop {
+                match port.try_clone().and_then(FdStream::new) {
                     Ok(s) => serve(Box::new(s)).await,
                     Err(e) => eprintln!("banger-agent: {}: {e}", dev.display()),
-                },
-                Err(e) => eprintln!("banger-agent: cannot open {}: {e}", dev.display()),
+                }
+                // The host is away (the port reads end-of-file then) or just
+                // left: look again shortly.
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            // The host is away (or just left): look again shortly.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        },
+        }
         Channel::Unix(path) => {
             let _ = std::fs::remove_file(&path);
             let l = tokio::net::UnixListener::bind(&path)?;

@@ -22,6 +22,12 @@ const MAX_STREAMS: usize = 256;
 
 /// Serves one connection until it ends.
 pub async fn connection(mut io: Box<dyn Io>) {
+    // A daemon still in a session with an earlier agent on this port (one
+    // that died) takes this line as a broken frame, ends that session and
+    // greets again; a daemon greeting skips it.
+    if io.write_all(handshake::RESET.as_bytes()).await.is_err() {
+        return;
+    }
     let Some(()) = greet(&mut io).await else {
         return;
     };

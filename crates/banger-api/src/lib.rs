@@ -8,6 +8,7 @@
 
 pub mod doctor;
 pub mod error;
+pub mod guest;
 pub mod images;
 pub mod ops;
 pub mod sessions;
@@ -19,6 +20,9 @@ pub mod workspaces;
 
 pub use doctor::{Capabilities, CheckStatus, DoctorCheck, DoctorReport};
 pub use error::{ApiError, ErrorCode};
+pub use guest::{
+    GuestFile, GuestFileEvent, GuestFileList, GuestFileOp, TermSize, VmExecRequest, VmExecResult,
+};
 pub use images::{Artifact, Image, ImageBuildRequest, ImageImportRequest, ImageList, ImageRemoved};
 pub use ops::{
     DebugOpRequest, OpEvent, OpEventBody, OpList, OpState, OpStep, Operation, Progress, StepStatus,

@@ -61,6 +61,10 @@ memory = "1G"
 work_disk_size = "1G"
 # QEMU acceleration: auto (KVM where it works, else TCG), kvm or tcg.
 accel = "auto"
+# The guest agent (banger-agent, a static binary) put on every VM's config
+# disk. Empty: banger-agent next to bangerd, else
+# /usr/local/lib/banger/banger-agent.
+guest_agent = ""
 
 [firecracker]
 # The firecracker binary: a name on PATH or a path. `vm create --backend
@@ -326,6 +330,7 @@ pub struct VmConfig {
     pub memory: String,
     pub work_disk_size: String,
     pub accel: String,
+    pub guest_agent: String,
 }
 
 impl Default for VmConfig {
@@ -336,6 +341,7 @@ impl Default for VmConfig {
             memory: "1G".into(),
             work_disk_size: "1G".into(),
             accel: "auto".into(),
+            guest_agent: String::new(),
         }
     }
 }

@@ -13,7 +13,8 @@
 //! - [`images`]: building and importing guest images (recipes, kernels, initrds).
 //! - [`guest`]: what runs in the guest (initrd, guest init, config disk).
 //! - [`guest_ssh`], [`guest_agent`]: the transports commands reach a guest by
-//!   (SSH, and the guest agent's channel).
+//!   (SSH, and the guest agent's channel); [`guests`]: programs and files in
+//!   running VMs (exec, read, write, list, watch).
 //! - [`vms`]: VM lifecycle; [`sessions`], [`workspaces`], [`credentials`],
 //!   [`agents`] (profiles), [`agent_runs`]: what runs in VMs; [`firewall`], [`dns`], [`forwards`],
 //!   [`network`], [`netlink`], [`taps`]: the VM network.
@@ -34,6 +35,7 @@ pub mod forwards;
 pub mod guest;
 pub mod guest_agent;
 pub mod guest_ssh;
+pub mod guests;
 pub mod images;
 pub mod names;
 pub mod netlink;

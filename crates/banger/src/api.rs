@@ -261,6 +261,63 @@ impl Client {
             .await
     }
 
+    /// A program run to its end (one-shot exec).
+    pub async fn vm_exec(
+        &self,
+        name: &str,
+        req: &VmExecRequest,
+    ) -> Result<VmExecResult, ClientError> {
+        self.post(&vm_path(name, "/exec"), req).await
+    }
+
+    /// A streamed exec: the connection after the upgrade, carrying frames.
+    pub async fn vm_exec_stream(
+        &self,
+        name: &str,
+        req: &VmExecRequest,
+    ) -> Result<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.upgrade_with(
+            Method::POST,
+            &vm_path(name, "/exec"),
+            "banger-exec",
+            Some(body),
+        )
+        .await
+    }
+
+    /// A guest file's bytes, streamed into `out`; returns its size.
+    pub async fn guest_read(
+        &self,
+        name: &str,
+        path: &str,
+        out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    ) -> Result<u64, ClientError> {
+        let q = query(&[("path", Some(path))]);
+        self.download(&vm_path(name, &format!("/files{q}")), out)
+            .await
+    }
+
+    /// Writes a guest file from a host file (streamed).
+    pub async fn guest_write(
+        &self,
+        name: &str,
+        path: &str,
+        mode: Option<u32>,
+        from: &Path,
+    ) -> Result<GuestFile, ClientError> {
+        let mode = mode.map(|m| format!("{m:o}"));
+        let q = query(&[("path", Some(path)), ("mode", mode.as_deref())]);
+        let url = vm_path(name, &format!("/files{q}"));
+        self.upload_with(Method::PUT, &url, "application/octet-stream", from)
+            .await
+    }
+
+    pub async fn guest_stat(&self, name: &str, path: &str) -> Result<GuestFile, ClientError> {
+        let q = query(&[("path", Some(path))]);
+        self.get(&vm_path(name, &format!("/files/stat{q}"))).await
+    }
+
     // --- snapshots and the pool
 
     pub async fn snapshots(&self) -> Result<SnapshotList, ClientError> {

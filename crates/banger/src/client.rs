@@ -289,10 +289,53 @@ impl Client {
         Ok(bytes.to_vec())
     }
 
+    /// A GET whose body is streamed into `out` (never held whole); returns
+    /// the bytes written.
+    pub async fn download(
+        &self,
+        path: &str,
+        out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    ) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let resp = self.send(Method::GET, path, None).await?;
+        if !resp.status().is_success() {
+            return Self::read_json::<serde_json::Value>(resp).await.map(|_| 0);
+        }
+        let mut body = resp.into_body();
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Protocol(format!("reading body: {e}")))?;
+            if let Some(data) = frame.data_ref() {
+                out.write_all(data).await.map_err(|e| ClientError::Local {
+                    message: format!("Cannot write the download: {e}"),
+                    hint: None,
+                })?;
+                n += data.len() as u64;
+            }
+        }
+        out.flush().await.map_err(|e| ClientError::Local {
+            message: format!("Cannot write the download: {e}"),
+            hint: None,
+        })?;
+        Ok(n)
+    }
+
     /// POSTs a file as the body, streamed (never read whole into memory);
     /// the answer is JSON.
     pub async fn upload_file<T: DeserializeOwned>(
         &self,
+        path: &str,
+        content_type: &str,
+        file: &Path,
+    ) -> Result<T, ClientError> {
+        self.upload_with(Method::POST, path, content_type, file)
+            .await
+    }
+
+    /// [`Client::upload_file`] with another method (`PUT`).
+    pub async fn upload_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
         path: &str,
         content_type: &str,
         file: &Path,
@@ -310,7 +353,7 @@ impl Client {
         let body = http_body_util::StreamBody::new(frames);
         let mut sender = self.handshake().await?;
         let req = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(path)
             .header(hyper::header::HOST, "bangerd")
             .header(hyper::header::CONTENT_TYPE, content_type)
@@ -330,6 +373,18 @@ impl Client {
         &self,
         path: &str,
     ) -> Result<TokioIo<hyper::upgrade::Upgraded>, ClientError> {
+        self.upgrade_with(Method::GET, path, "tcp", None).await
+    }
+
+    /// An HTTP upgrade to protocol `token` with an optional JSON body: the
+    /// raw connection after `101`, or the API's error.
+    pub async fn upgrade_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        json: Option<Vec<u8>>,
+    ) -> Result<TokioIo<hyper::upgrade::Upgraded>, ClientError> {
         let stream = self.connect_stream().await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
@@ -338,13 +393,17 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
-        let req = Request::builder()
-            .method(Method::GET)
+        let mut req = Request::builder()
+            .method(method)
             .uri(path)
             .header(hyper::header::HOST, "bangerd")
             .header(hyper::header::CONNECTION, "upgrade")
-            .header(hyper::header::UPGRADE, "tcp")
-            .body(Full::new(Bytes::new()))
+            .header(hyper::header::UPGRADE, token);
+        if json.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(json.unwrap_or_default())))
             .map_err(|e| ClientError::Protocol(format!("request: {e}")))?;
         let resp = sender
             .send_request(req)

@@ -62,7 +62,24 @@ fn vms_config(config: &Config) -> anyhow::Result<VmsConfig> {
         tap_pool: config.network.tap_pool,
         pool_memory_budget: size(&config.pool.memory_budget)?,
         host_routes_to_vms: config.network.netns.is_empty(),
+        agent_binary: agent_binary(config),
     })
+}
+
+/// The banger-agent guests get; without one they run their shell agent
+/// (logged, and `banger doctor` says so).
+fn agent_binary(config: &Config) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok();
+    match banger_core::guest_agent::binary::locate(&config.vm.guest_agent, exe.as_deref()) {
+        Ok(p) => {
+            tracing::info!(path = %p.display(), "guest agent");
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no guest agent: VMs run their shell agent, commands go over SSH");
+            None
+        }
+    }
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -99,6 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         vms_config,
     );
     let snapshots = banger_core::vms::Snapshots::new(vms.clone());
+    let guests = banger_core::guests::Guests::new(vms.clone());
     let pool = banger_core::vms::WarmPool::new(vms.clone());
     vms.reconcile()?;
     snapshots.reconcile()?;
@@ -175,6 +193,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         vms,
         snapshots,
         pool,
+        guests,
         sessions,
         workspaces,
         credentials,

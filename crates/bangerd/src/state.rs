@@ -23,6 +23,7 @@ pub struct Daemon {
     pub vms: Vms,
     pub snapshots: banger_core::vms::Snapshots,
     pub pool: banger_core::vms::WarmPool,
+    pub guests: banger_core::guests::Guests,
     pub sessions: banger_core::sessions::Sessions,
     pub workspaces: banger_core::workspaces::Workspaces,
     pub credentials: banger_core::credentials::Credentials,

@@ -19,8 +19,9 @@
 //!   network override names an unknown interface, a drive path recorded in
 //!   the snapshot does not open from this process (relative paths resolve
 //!   from its working directory), or the vsock socket path is taken;
-//! - with a vsock device, a stand-in for banger's guest agent listens on
-//!   its Unix socket once the "guest" runs (Firecracker's `CONNECT <port>`
+//! - with a vsock device, a stand-in for banger's guest agent (agent.rs:
+//!   banger-agent's protocol) listens on its Unix socket once the "guest"
+//!   runs (Firecracker's `CONNECT <port>`
 //!   handshake, then `ok NONCE` to every request), logging each request to
 //!   `FAKE_FC_AGENT_LOG` when set.
 //!
@@ -41,6 +42,7 @@ use firecracker_api::spec::{Spec, SpecError};
 use http::{Reply, Request};
 use serde_json::{json, Value};
 
+mod agent;
 mod http;
 
 const VERSION: &str = "1.16.1";
@@ -477,45 +479,13 @@ fn load_snapshot(body: &Value, vmm: &mut Vmm) -> Result<(), String> {
 
 /// The stand-in guest agent on the vsock device's Unix socket.
 fn serve_agent(uds: &str) -> Result<(), String> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let path = host_path(uds);
     if path.exists() {
         return Err(format!(
             "Cannot create the vsock device: Address in use: {uds}"
         ));
     }
-    let listener = tokio::net::UnixListener::bind(&path)
-        .map_err(|e| format!("Cannot create the vsock device at {uds}: {e}"))?;
-    let log = std::env::var_os("FAKE_FC_AGENT_LOG");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut lines = BufReader::new(r).lines();
-                match lines.next_line().await {
-                    Ok(Some(l)) if l.trim() == "CONNECT 1024" => {
-                        let _ = w.write_all(b"OK 1073741824\n").await;
-                    }
-                    _ => return,
-                }
-                while let Ok(Some(l)) = lines.next_line().await {
-                    if let Some(p) = &log {
-                        if let Ok(mut f) = std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(p)
-                        {
-                            let _ = writeln!(f, "{l}");
-                        }
-                    }
-                    let nonce = l.split(' ').nth(1).unwrap_or_default().to_string();
-                    let _ = w.write_all(format!("ok {nonce}\n").as_bytes()).await;
-                }
-            });
-        }
-    });
-    Ok(())
+    agent::serve(&path)
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {

@@ -10,6 +10,8 @@
 //! environment      KEY=VALUE lines for /etc/environment
 //! machine-id       32 hex digits
 //! work             where to mount the work disk (label banger-work)
+//! guest.sh         the guest script banger-agent runs (rename, reload)
+//! banger-agent     the daemon's guest agent (a static binary), when it has one
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -39,6 +41,8 @@ pub struct ConfigDisk {
     pub work_mount: Option<String>,
     /// Ask the guest to grow its root filesystem to the disk (after `vm set --disk-size`).
     pub grow_root: bool,
+    /// The guest agent binary to ship (a host path), see [`super::agent`].
+    pub agent_binary: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]
@@ -170,6 +174,7 @@ impl ConfigDisk {
         if self.grow_root {
             files.push(("grow-root".into(), b"1\n".to_vec(), 0o644));
         }
+        files.push(("guest.sh".into(), super::guest_script().into_bytes(), 0o644));
         Ok(files)
     }
 }
@@ -189,6 +194,11 @@ pub fn write(disk: &ConfigDisk, out: &Path, scratch: &Path) -> Result<(), Config
             }
             std::fs::write(&p, contents)?;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
+        }
+        if let Some(bin) = &disk.agent_binary {
+            let p = scratch.join(super::AGENT_BIN);
+            std::fs::copy(bin, &p)?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
         }
         let mkfs = tools::require("mkfs.ext4")?;
         tools::run(
@@ -232,6 +242,7 @@ mod tests {
             machine_id: Some("0123456789abcdef0123456789abcdef".into()),
             work_mount: Some("/work".into()),
             grow_root: false,
+            agent_binary: None,
         }
     }
 
@@ -252,7 +263,8 @@ mod tests {
                 "ssh/ssh_host_ed25519_key.pub",
                 "environment",
                 "machine-id",
-                "work"
+                "work",
+                "guest.sh"
             ]
         );
         let net = String::from_utf8(files[1].1.clone()).expect("utf8");

@@ -37,7 +37,8 @@ pub fn guest_files(init: InitMode) -> Vec<(&'static str, String, u32)> {
         ("usr/lib/banger/init", guest::guest_init(), 0o755),
         ("usr/lib/banger/inittab", guest::inittab(), 0o644),
         ("usr/lib/banger/ready", guest::ready_script(), 0o755),
-        ("usr/lib/banger/agent", guest::agent_script(), 0o755),
+        ("usr/lib/banger/agent", guest::agent_stub(), 0o755),
+        ("usr/lib/banger/agent-sh", guest::agent_script(), 0o755),
         (
             "usr/lib/banger/init-mode",
             match init {

@@ -16,6 +16,7 @@
 //!    `banger-ready <boot_id>` to the console, which is the serial port the
 //!    daemon reads: readiness without polling SSH.
 
+pub mod agent;
 pub mod configdisk;
 pub mod files;
 
@@ -212,88 +213,10 @@ apply_config() {
     .to_string()
 }
 
-/// The name of the agent's virtio-serial port (QEMU).
-pub const AGENT_PORT_NAME: &str = "org.banger.agent";
-/// The agent's vsock port (Firecracker).
-pub const AGENT_VSOCK_PORT: u32 = 1024;
-
-/// banger's guest agent: answers the daemon, one request per line, over a
-/// virtio-serial port (QEMU) or vsock (Firecracker, through socat):
-///
-/// - `ping NONCE` -> `ok NONCE`
-/// - `rename NONCE NAME` -> `ok NONCE` once the guest took the name
-///   (hostname, /etc/hosts, `BANGER_VM`): a warm pool VM being claimed
-/// - `reload NONCE EPOCH SEED` -> `ok NONCE` once the guest has re-read its
-///   config disk (the daemon swapped it under a guest restored from a
-///   snapshot) and applied it live; the clock is set to EPOCH and SEED
-///   (hex) is mixed into the kernel's random pool, as a restored guest
-///   shares both with its snapshot. `err NONCE REASON` on failure.
-pub fn agent_script() -> String {
-    format!(
-        r#"#!{GUEST_BUSYBOX} sh
-# banger guest agent (see banger's guest module for the protocol).
-B={GUEST_BUSYBOX}
-C=/run/banger/config
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-{apply}
-reload() {{
-  case "$1" in *[!0-9]*|'') return 1;; esac
-  $B date -s "@$1" >/dev/null || return 1
-  printf '%s' "$2" > /dev/urandom
-  dev=
-  while read -r src dst rest; do [ "$dst" = $C ] && dev=$src; done < /proc/mounts
-  [ -n "$dev" ] || dev=$($B findfs LABEL={CONFIG_LABEL} 2>/dev/null) || return 1
-  $B umount $C 2>/dev/null || $B umount -l $C 2>/dev/null
-  # The disk under the guest changed: drop what the guest cached of it (the
-  # last close at umount drops it too; this says so explicitly).
-  $B blockdev --flushbufs "$dev"
-  $B mount -t ext4 -o ro,nosuid,nodev,noexec "$dev" $C || return 1
-  apply_config live
-}}
-rename() {{
-  case "$1" in *[!a-z0-9-]*|'') return 1;; esac
-  set_name "$1"
-  [ -f /etc/environment ] && $B sed -i "s/^BANGER_VM=.*/BANGER_VM=$1/" /etc/environment
-  return 0
-}}
-handle() {{
-  while read -r cmd nonce a b; do
-    case "$cmd" in
-      ping) echo "ok $nonce" ;;
-      rename)
-        if out=$(rename "$a" 2>&1); then echo "ok $nonce"
-        else echo "err $nonce rename failed: $(echo $out)"; fi ;;
-      reload)
-        if out=$(reload "$a" "$b" 2>&1); then echo "ok $nonce"
-        else echo "err $nonce reload failed: $(echo $out)"; fi ;;
-      *) echo "err $nonce unknown request" ;;
-    esac
-  done
-}}
-[ "$1" = handle ] && {{ handle; exit 0; }}
-dev=
-for p in /sys/class/virtio-ports/*; do
-  [ "$(cat $p/name 2>/dev/null)" = {AGENT_PORT_NAME} ] && dev=/dev/${{p##*/}}
-done
-if [ -n "$dev" ]; then
-  exec 3<>"$dev"
-  handle <&3 >&3
-elif [ -e /dev/vsock ] && command -v socat >/dev/null 2>&1; then
-  exec socat VSOCK-LISTEN:{AGENT_VSOCK_PORT},reuseaddr,fork EXEC:"{GUEST_DIR}/agent handle"
-fi
-# No channel (or it closed): wait, so that init does not respawn us in a loop.
-exec $B sleep 3600
-"#,
-        apply = apply_config_fn()
-    )
-}
-
-/// The agent as a systemd unit (systemd mode).
-pub fn agent_unit() -> String {
-    format!(
-        "[Unit]\nDescription=banger guest agent\n\n[Service]\nExecStart={GUEST_DIR}/agent\nRestart=always\nRestartSec=1\n\n[Install]\nWantedBy=multi-user.target\n"
-    )
-}
+pub use agent::{
+    agent_script, agent_stub, agent_unit, bootstrap_script, guest_script, AGENT_BIN,
+    AGENT_PORT_NAME, AGENT_VSOCK_PORT,
+};
 
 /// busybox init's table in light mode.
 pub fn inittab() -> String {
@@ -362,6 +285,9 @@ mod tests {
         sh_syntax_ok(&guest_init());
         sh_syntax_ok(&ready_script());
         sh_syntax_ok(&agent_script());
+        sh_syntax_ok(&agent_stub());
+        sh_syntax_ok(&guest_script());
+        sh_syntax_ok(&bootstrap_script(InitMode::Light));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! Guests still running the shell agent of older images answer the
 //! handshake in their own line protocol; [`legacy`] speaks that one.
 
+pub mod binary;
 pub mod legacy;
 pub mod link;
 pub mod ops;
@@ -106,6 +107,8 @@ type Opener = oneshot::Sender<Result<yamux::Stream, AgentConnError>>;
 pub struct AgentConn {
     open: mpsc::Sender<Opener>,
     closed: Arc<AtomicBool>,
+    /// When a stream last opened (the session was alive then).
+    last_used: Arc<std::sync::Mutex<std::time::Instant>>,
     pub hello: AgentHello,
 }
 
@@ -146,12 +149,27 @@ impl AgentConn {
         Ok(AgentConn {
             open: tx,
             closed,
+            last_used: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
             hello,
         })
     }
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed) || self.open.is_closed()
+    }
+
+    /// How long since a stream was last opened on this connection.
+    pub fn idle(&self) -> Duration {
+        self.last_used
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or(Duration::MAX)
+    }
+
+    /// Whether the agent answers a ping within `timeout` (an agent that
+    /// died and came back leaves a session that looks alive on a port).
+    pub async fn alive(&self, timeout: Duration) -> bool {
+        self.call(&Request::Ping, timeout).await.is_ok()
     }
 
     /// A new stream carrying `req` as its first frame.
@@ -162,6 +180,9 @@ impl AgentConn {
             .await
             .map_err(|_| AgentConnError::Closed)?;
         let stream = rx.await.map_err(|_| AgentConnError::Closed)??;
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = std::time::Instant::now();
+        }
         let mut frames = Framed::new(stream.compat(), FrameCodec);
         frames.send(Frame::json(req)?).await?;
         Ok(frames)
@@ -198,37 +219,44 @@ pub async fn next_reply(f: &mut Frames) -> Result<Reply, AgentConnError> {
 async fn greet<T: AsyncRead + AsyncWrite + Unpin>(
     io: &mut T,
 ) -> Result<AgentHello, AgentConnError> {
-    let nonce = uuid::Uuid::new_v4().simple().to_string();
-    io.write_all(handshake::hello(&nonce).as_bytes())
-        .await
-        .map_err(|e| AgentConnError::Link(link::LinkError::Io(e)))?;
-    io.flush()
-        .await
-        .map_err(|e| AgentConnError::Link(link::LinkError::Io(e)))?;
+    let link_err = |e| AgentConnError::Link(link::LinkError::Io(e));
     let mut lines = Lines::default();
     let mut buf = [0u8; 1024];
     loop {
-        let n = io
-            .read(&mut buf)
+        // A greeting with a fresh nonce each second without an answer: an
+        // agent still in a session of an earlier daemon (a port that never
+        // closed, a restored guest) takes one as a broken frame, ends that
+        // session and answers the next. Answers to older greetings are
+        // skipped like any other line, so both sides start in step.
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        io.write_all(handshake::hello(&nonce).as_bytes())
             .await
-            .map_err(|e| AgentConnError::Link(link::LinkError::Io(e)))?;
-        if n == 0 {
-            return Err(AgentConnError::Closed);
-        }
-        for b in &buf[..n] {
-            let Some(line) = lines.push(*b) else { continue };
-            if let Some(h) = handshake::parse_ok(&line, &nonce) {
-                return Ok(h);
+            .map_err(link_err)?;
+        io.flush().await.map_err(link_err)?;
+        let wait = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let Ok(n) = tokio::time::timeout_at(wait, io.read(&mut buf)).await else {
+                break;
+            };
+            let n = n.map_err(link_err)?;
+            if n == 0 {
+                return Err(AgentConnError::Closed);
             }
-            if handshake::is_legacy_answer(&line) {
-                return Err(AgentConnError::Legacy);
+            for b in &buf[..n] {
+                let Some(line) = lines.push(*b) else { continue };
+                if let Some(h) = handshake::parse_ok(&line, &nonce) {
+                    return Ok(h);
+                }
+                if handshake::is_legacy_answer(&line) {
+                    return Err(AgentConnError::Legacy);
+                }
             }
-        }
-        if lines.seen > handshake::MAX_SKIP {
-            return Err(AgentConnError::Garbled(format!(
-                "{} bytes without an answer",
-                lines.seen
-            )));
+            if lines.seen > handshake::MAX_SKIP {
+                return Err(AgentConnError::Garbled(format!(
+                    "{} bytes without an answer",
+                    lines.seen
+                )));
+            }
         }
     }
 }

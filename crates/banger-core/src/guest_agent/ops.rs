@@ -60,11 +60,17 @@ impl AgentConn {
     ) -> Result<ExecOutput, AgentConnError> {
         req.stdin = stdin.is_some();
         req.timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-        let mut f = self.open(&Request::Exec(req)).await?;
-        match next_reply(&mut f).await? {
-            Reply::Started { .. } => {}
-            other => return Err(AgentConnError::Unexpected(format!("{other:?}"))),
-        }
+        let start = async {
+            let mut f = self.open(&Request::Exec(req)).await?;
+            match next_reply(&mut f).await? {
+                Reply::Started { .. } => Ok(f),
+                other => Err(AgentConnError::Unexpected(format!("{other:?}"))),
+            }
+        };
+        let start_limit = Duration::from_secs(30);
+        let mut f = tokio::time::timeout(start_limit, start)
+            .await
+            .map_err(|_| AgentConnError::Timeout(start_limit.as_secs()))??;
         if let Some(data) = stdin {
             send_all(&mut f, data).await?;
         }

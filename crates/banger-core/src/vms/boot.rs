@@ -15,7 +15,6 @@ use crate::tools::{self};
 use super::error::VmError;
 use super::procs::{kill_vmm, pid_alive};
 use super::{ready, vmm, Vms, BOOT_TIMEOUT, POLL};
-use crate::guest_agent::legacy as agent;
 
 impl Vms {
     /// network -> spawn -> boot; leaves the VM running or returns an error
@@ -38,15 +37,24 @@ impl Vms {
         let vmm = self.vmm(vm.backend);
         if restore.is_some() {
             // A restored guest is up already: it takes its own identity.
-            let link = vmm.agent(&spec);
-            h.step("boot", blocking(move || reapply_identity(&link)))
-                .await?;
+            h.step("boot", self.agent_reload(vm)).await?;
         } else {
             let console = self.paths(&vm.id).console();
             self.wait_ready(h, pid, &console, &vmm.logs(&spec)).await?;
         }
         let secs = started.elapsed().as_secs_f64();
         self.set_state(&vm.id, VmState::Running, Some(pid), None)?;
+        if restore.is_none() {
+            // In the background: the VM is usable over SSH meanwhile, and a
+            // guest of an older image may take a while to move onto
+            // banger-agent.
+            let (this, id) = (self.clone(), vm.id.clone());
+            tokio::spawn(async move {
+                if let Ok(vm) = this.get_by_id(&id) {
+                    this.settle_agent(&vm).await;
+                }
+            });
+        }
         Ok(secs)
     }
 
@@ -248,6 +256,7 @@ impl Vms {
         crate::storage::dm::teardown(id);
         self.vmm(Backend::Firecracker).cleanup(id);
         self.paths(id).remove_sockets();
+        self.forget_agent(id);
         tracing::info!(vm = id, pid, reason, "VMM exited");
     }
 
@@ -318,6 +327,9 @@ impl Vms {
                         what: "only a stopped VM can be started",
                     });
                 }
+                // The daemon's current guest agent and script for this boot.
+                let (t2, c2) = (this.clone(), cur.clone());
+                blocking(move || t2.write_config_disk(&c2).map(|_| ())).await?;
                 match this.boot(&h, &cur, None).await {
                     Ok(t) => Ok(
                         serde_json::json!({ "vm": vm.name, "state": "running", "boot_seconds": t }),
@@ -338,25 +350,6 @@ impl Vms {
                 }
             })?)
     }
-}
-
-/// Asks a guest restored from a snapshot to re-read its config disk (its
-/// own name, address, MAC, host key, machine-id) and to take the host's
-/// clock and fresh randomness. Blocking.
-pub(super) fn reapply_identity(link: &agent::AgentLink) -> Result<(), VmError> {
-    let epoch = chrono::Utc::now().timestamp().to_string();
-    let mut seed = [0u8; 32];
-    getrandom_fill(&mut seed);
-    let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-    agent::request(link, "reload", &[&epoch, &hex], agent::AGENT_TIMEOUT).map_err(|e| {
-        VmError::Internal {
-            what: "restored guest",
-            reason: format!(
-                "re-applying its identity failed: {}",
-                crate::error::error_chain(&e)
-            ),
-        }
-    })
 }
 
 /// Fills `buf` from the kernel's random source.

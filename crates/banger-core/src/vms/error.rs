@@ -72,6 +72,8 @@ pub enum VmError {
     Vmm(#[from] vmm::VmmError),
     #[error(transparent)]
     Guest(#[from] crate::guest_ssh::GuestSshError),
+    #[error(transparent)]
+    AgentConn(#[from] crate::guest_agent::AgentConnError),
     #[error("VM file I/O failed on {path}")]
     Io {
         path: PathBuf,
@@ -117,6 +119,7 @@ impl ToApiError for VmError {
             VmError::Network(e) => e.code(),
             VmError::Tool(e) => e.code(),
             VmError::Guest(e) => e.code(),
+            VmError::AgentConn(e) => e.code(),
             VmError::Ops(e) => e.code(),
             _ => ErrorCode::Internal,
         }
@@ -149,6 +152,7 @@ impl ToApiError for VmError {
             VmError::Network(e) => e.hint(),
             VmError::Tool(e) => e.hint(),
             VmError::Guest(e) => e.hint(),
+            VmError::AgentConn(e) => e.hint(),
             VmError::VmmDied { .. } => Some(
                 "See the whole console with `banger vm logs NAME`; `banger doctor` says whether \
                  this host can run the image's kernel"

@@ -11,6 +11,10 @@ use crate::tools::{self};
 use super::error::VmError;
 use super::Vms;
 
+/// In a VM's directory: its root disk grew, so its guest grows the root
+/// filesystem at boot.
+const GROW_ROOT_MARKER: &str = "grow-root";
+
 impl Vms {
     /// Gives a new VM its SSH host key and config disk (from its row), and
     /// records the host key. Blocking.
@@ -19,7 +23,10 @@ impl Vms {
         let _ = std::fs::remove_file(&hk);
         let _ = std::fs::remove_file(hk.with_extension("pub"));
         tools::ssh_keygen(&hk, &format!("{}.vm", vm.name))?;
-        let host_pub = self.write_config_disk(vm, grow_root)?;
+        if grow_root {
+            self.mark_grow_root(vm)?;
+        }
+        let host_pub = self.write_config_disk(vm)?;
         self.inner.store.write(|tx| {
             tx.execute(
                 "UPDATE vms SET host_key = ?2 WHERE id = ?1",
@@ -30,11 +37,21 @@ impl Vms {
         Ok(())
     }
 
-    /// Writes the VM's config disk from its row and its host key; returns
-    /// the host public key. `grow_root` asks the guest to grow its root
-    /// filesystem to the disk at the next boot.
-    pub(super) fn write_config_disk(&self, vm: &Vm, grow_root: bool) -> Result<String, VmError> {
+    /// Asks the guest to grow its root filesystem to its disk at each boot
+    /// from now on (a no-op once it has), through the config disk.
+    pub(super) fn mark_grow_root(&self, vm: &Vm) -> Result<(), VmError> {
+        let marker = self.paths(&vm.id).dir.join(GROW_ROOT_MARKER);
+        std::fs::write(&marker, b"1\n").map_err(|source| VmError::Io {
+            path: marker,
+            source,
+        })
+    }
+
+    /// Writes the VM's config disk from its row, its host key, the daemon's
+    /// guest agent and guest script; returns the host public key.
+    pub(super) fn write_config_disk(&self, vm: &Vm) -> Result<String, VmError> {
         let dir = self.paths(&vm.id).dir;
+        let grow_root = dir.join(GROW_ROOT_MARKER).exists();
         let read = |p: PathBuf| {
             std::fs::read_to_string(&p).map_err(|source| VmError::Io { path: p, source })
         };
@@ -54,6 +71,7 @@ impl Vms {
             machine_id: Some(vm.id.clone()),
             work_mount: Some("/work".into()),
             grow_root,
+            agent_binary: self.inner.config.agent_binary.clone(),
         };
         // Made aside and renamed in: a running VMM keeps reading the old one.
         let (tmp, out) = (dir.join("config.ext4.new"), dir.join("config.ext4"));

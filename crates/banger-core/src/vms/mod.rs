@@ -21,6 +21,7 @@ pub mod snapshots;
 pub mod stats;
 pub mod vmm;
 
+mod agent;
 mod boot;
 mod create;
 mod disks;
@@ -103,6 +104,9 @@ pub struct VmsConfig {
     /// Whether the host's own network namespace routes to the VMs (false
     /// with `network.netns`: only forwards reach them from the host).
     pub host_routes_to_vms: bool,
+    /// The banger-agent binary shipped on config disks (`None`: guests run
+    /// their shell agent, and commands go over SSH).
+    pub agent_binary: Option<PathBuf>,
 }
 
 struct VmsInner {
@@ -117,6 +121,8 @@ struct VmsInner {
     net_up: tokio::sync::watch::Sender<bool>,
     pool: crate::taps::TapPool,
     ssh: GuestSsh,
+    /// Each VM's agent connection slot, by VM id.
+    agents: Mutex<HashMap<String, agent::Slot>>,
 }
 
 /// The VMs subsystem. Cheap to clone.
@@ -148,6 +154,7 @@ impl Vms {
                 net_up: tokio::sync::watch::channel(false).0,
                 pool,
                 ssh,
+                agents: Mutex::new(HashMap::new()),
             }),
         }
     }

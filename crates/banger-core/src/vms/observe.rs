@@ -124,12 +124,9 @@ impl Vms {
                 .and_then(stats::parse_rss);
         }
         let (guest, guest_error) = if running {
-            match self.guest_stdout_of(&vm, stats::GUEST_STATS_COMMAND).await {
-                Ok(out) => match stats::parse_guest(&out) {
-                    Ok(g) => (Some(g), None),
-                    Err(e) => (None, Some(format!("unexpected output from the guest: {e}"))),
-                },
-                Err(e) => (None, Some(crate::error::error_chain(&e))),
+            match self.guest_figures(&vm).await {
+                Ok(g) => (Some(g), None),
+                Err(e) => (None, Some(e)),
             }
         } else {
             (None, Some(format!("the VM is {}", vm.state.as_str())))
@@ -143,6 +140,58 @@ impl Vms {
         })
     }
 
+    /// The guest's figures: from banger-agent, else from a command over SSH.
+    async fn guest_figures(&self, vm: &Vm) -> Result<banger_api::GuestStats, String> {
+        use banger_agent_proto::msg::{Reply, Request};
+        if let Ok(c) = self.agent(vm).await {
+            return match c.call(&Request::Metrics, Duration::from_secs(10)).await {
+                Ok(Reply::Metrics(m)) => Ok(banger_api::GuestStats {
+                    load: m.load,
+                    mem_total_bytes: m.mem_total_bytes,
+                    mem_available_bytes: m.mem_available_bytes,
+                    root_used_bytes: m.root_used_bytes,
+                    root_total_bytes: m.root_total_bytes,
+                    work_used_bytes: m.work_used_bytes,
+                    work_total_bytes: m.work_total_bytes,
+                }),
+                Ok(other) => Err(format!("unexpected answer from the guest agent: {other:?}")),
+                Err(e) => Err(crate::error::error_chain(&e)),
+            };
+        }
+        match self.guest_stdout_of(vm, stats::GUEST_STATS_COMMAND).await {
+            Ok(out) => stats::parse_guest(&out)
+                .map_err(|e| format!("unexpected output from the guest: {e}")),
+            Err(e) => Err(crate::error::error_chain(&e)),
+        }
+    }
+
+    /// The guest's listening sockets: from banger-agent (/proc/net), else
+    /// from `ss` over SSH.
+    async fn guest_ports(
+        &self,
+        vm: &Vm,
+        reach: &ports::Reach,
+    ) -> Result<Vec<banger_api::VmPort>, VmError> {
+        use banger_agent_proto::msg::{Reply, Request};
+        if let Ok(c) = self.agent(vm).await {
+            let reply = c.call(&Request::Ports, Duration::from_secs(10)).await?;
+            let Reply::Ports { ports: listening } = reply else {
+                return Err(VmError::Internal {
+                    what: "guest agent",
+                    reason: format!("unexpected answer to ports: {reply:?}"),
+                });
+            };
+            return Ok(ports::from_agent(listening, reach));
+        }
+        let out = self.guest(vm)?.stdout(ports::GUEST_PORTS_COMMAND).await?;
+        ports::parse_ss(&out, reach).map_err(|detail| {
+            VmError::Tool(ToolError::BadOutput {
+                program: "ss (in the guest)".into(),
+                detail,
+            })
+        })
+    }
+
     /// The guest's listening TCP and UDP sockets, with the links the host
     /// can open (`forwarded`: guest port -> host `addr:port`).
     pub async fn ports(
@@ -151,17 +200,11 @@ impl Vms {
         forwarded: Vec<(u16, String)>,
     ) -> Result<banger_api::VmPortList, VmError> {
         let vm = self.get(name)?;
-        let out = self.guest(&vm)?.stdout(ports::GUEST_PORTS_COMMAND).await?;
         let reach = ports::Reach {
             direct: self.inner.config.host_routes_to_vms.then(|| vm.ip.clone()),
             forwarded,
         };
-        let ports = ports::parse_ss(&out, &reach).map_err(|detail| {
-            VmError::Tool(ToolError::BadOutput {
-                program: "ss (in the guest)".into(),
-                detail,
-            })
-        })?;
+        let ports = self.guest_ports(&vm, &reach).await?;
         Ok(banger_api::VmPortList { vm: vm.name, ports })
     }
 

@@ -264,10 +264,10 @@ impl Vms {
         )
         .await?;
         h.step("personalize", async {
-            let rename = self.rename_guest(vm);
+            let rename = self.agent_rename(vm);
             let (this, v2) = (self.clone(), vm.clone());
             let host = blocking(move || {
-                this.write_config_disk(&v2, false)?;
+                this.write_config_disk(&v2)?;
                 if this.network_active() {
                     this.sync_firewall()?;
                 }
@@ -277,44 +277,6 @@ impl Vms {
             a.and(b)
         })
         .await
-    }
-
-    /// A claimed pool VM's guest takes its new name: through its agent
-    /// (one line on a channel that is already open), or over SSH for images
-    /// built before the agent existed.
-    async fn rename_guest(&self, vm: &banger_api::Vm) -> Result<(), VmError> {
-        let spec = self.launch_spec(vm)?;
-        let link = self.vmm(vm.backend).agent(&spec);
-        let name = vm.name.clone();
-        let by_agent = blocking(move || {
-            crate::guest_agent::legacy::request(
-                &link,
-                "rename",
-                &[&name],
-                std::time::Duration::from_secs(3),
-            )
-            .map_err(|e| VmError::Internal {
-                what: "pool VM",
-                reason: e.to_string(),
-            })
-        })
-        .await;
-        let Err(e) = by_agent else { return Ok(()) };
-        tracing::info!(vm = %vm.name, error = %crate::error::error_chain(&e), "no guest agent; renaming over SSH");
-        let out = self
-            .guest(vm)?
-            .run(&format!("sh -c {}", quote(&rename_script(&vm.name))), None)
-            .await?;
-        if !out.status.success() {
-            return Err(VmError::Internal {
-                what: "pool VM",
-                reason: format!(
-                    "renaming it in the guest failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            });
-        }
-        Ok(())
     }
 
     /// The memory the pool may use.

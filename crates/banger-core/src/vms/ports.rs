@@ -103,6 +103,32 @@ pub fn parse_ss(out: &str, reach: &Reach) -> Result<Vec<VmPort>, String> {
     Ok(ports)
 }
 
+/// The agent's listening sockets (from /proc/net) as the API's, with
+/// links. Pure.
+pub fn from_agent(
+    listening: Vec<banger_agent_proto::msg::ListenPort>,
+    reach: &Reach,
+) -> Vec<VmPort> {
+    let mut ports: Vec<VmPort> = listening
+        .into_iter()
+        .map(|l| {
+            let mut p = VmPort {
+                proto: l.proto,
+                address: l.address,
+                port: l.port,
+                process: l.process,
+                pid: l.pid,
+                url: None,
+            };
+            p.url = url_for(&p, reach);
+            p
+        })
+        .collect();
+    ports.sort_by(|a, b| (a.port, &a.proto, &a.address).cmp(&(b.port, &b.proto, &b.address)));
+    ports.dedup();
+    ports
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,7 +97,8 @@ impl Vms {
             grow_root_disk(vm.backend, &root, size)?;
             if self.vmm(vm.backend).guest_grows_root() {
                 // The guest grows the mounted filesystem at its next boot.
-                self.write_config_disk(vm, true)?;
+                self.mark_grow_root(vm)?;
+                self.write_config_disk(vm)?;
             }
         }
         let id = vm.id.clone();

@@ -32,7 +32,6 @@ use rusqlite::{params, OptionalExtension};
 use super::blocking;
 use super::rows::NewRow;
 use super::{VmError, Vms};
-use crate::guest_agent::legacy as agent;
 use crate::names::validate_name;
 use crate::ops::{OpHandle, StepSpec};
 
@@ -451,16 +450,12 @@ impl Vms {
         spec: &super::vmm::LaunchSpec,
         dir: &Path,
     ) -> Result<(), VmError> {
-        let link = self.vmm(vm.backend).agent(spec);
-        let name = vm.name.clone();
-        blocking(move || {
-            let ping = agent::request(&link, "ping", &[], std::time::Duration::from_secs(5));
-            ping.map_err(|e| VmError::NoGuestAgent {
-                name,
+        self.agent_ping(vm)
+            .await
+            .map_err(|e| VmError::NoGuestAgent {
+                name: vm.name.clone(),
                 reason: crate::error::error_chain(&e),
-            })
-        })
-        .await?;
+            })?;
         let (vmm, spec2, d2) = (self.vmm(vm.backend), spec.clone(), dir.to_path_buf());
         let save = blocking(move || vmm.save_state(&spec2, &d2).map_err(VmError::Vmm));
         let saved = h.step_to_end("save", save).await;

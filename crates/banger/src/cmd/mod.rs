@@ -12,6 +12,7 @@ pub mod session;
 pub mod snapshot;
 pub mod system;
 pub mod vm;
+pub mod vm_exec;
 pub mod vm_net;
 pub mod vm_ssh;
 pub mod workspace;

@@ -99,6 +99,19 @@ pub enum VmCommand {
     /// Change cpus or memory, or grow the root or work disk (VM stopped);
     /// change its network policy (any time).
     Set(SetArgs),
+    /// Run a program in the VM through its agent, its arguments kept
+    /// exactly (no shell); stdin (-i), a terminal (-t), stdout, stderr and
+    /// the exit code pass through.
+    Exec(super::vm_exec::ExecArgs),
+    /// Copy files or directories between the host and a VM, in docker's
+    /// form: `vm cp FILE NAME:PATH`, `vm cp NAME:PATH DEST`, `-` for a tar
+    /// stream on stdin or stdout.
+    Cp {
+        /// A host path, NAME:PATH, or -.
+        src: String,
+        /// A host path, NAME:PATH, or -.
+        dst: String,
+    },
     #[command(flatten)]
     Net(super::vm_net::VmNetCommand),
     #[command(flatten)]
@@ -420,6 +433,8 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> CmdResult {
                 output::size(v.work_disk_bytes)
             )
         }),
+        VmCommand::Exec(a) => super::vm_exec::exec(ctx, a).await,
+        VmCommand::Cp { src, dst } => super::vm_exec::cp(ctx, &src, &dst).await,
         VmCommand::Net(cmd) => super::vm_net::run(ctx, cmd).await,
         VmCommand::Ssh(cmd) => super::vm_ssh::run(ctx, cmd).await,
     }

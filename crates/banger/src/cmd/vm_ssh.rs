@@ -21,15 +21,6 @@ pub enum VmSshCommand {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// Run a command in the VM with its arguments kept exactly (no second
-    /// parse by a shell); stdin, stdout and the exit code pass through.
-    Exec {
-        /// The VM.
-        name: String,
-        /// The program and its arguments.
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
-    },
     /// Splice stdin/stdout to a TCP port of the VM (for ssh's ProxyCommand).
     /// NAME may carry the `.vm` suffix.
     Proxy {
@@ -78,7 +69,6 @@ pub fn exact_command(argv: &[String]) -> String {
 pub async fn run(ctx: &Ctx, cmd: VmSshCommand) -> CmdResult {
     match cmd {
         VmSshCommand::Ssh { name, command } => ssh(ctx, &name, &command).await,
-        VmSshCommand::Exec { name, command } => ssh(ctx, &name, &[exact_command(&command)]).await,
         VmSshCommand::KnownHosts { name } => {
             let name = name.strip_suffix(".vm").unwrap_or(&name);
             let info = ctx.client.vm_ssh(name).await?;
@@ -187,6 +177,10 @@ async fn ssh_config(ctx: &Ctx) -> Result<String, ClientError> {
 
 /// Runs the system ssh to a running VM (the daemon refuses one that is
 /// not, with what to do), replacing this process.
+pub async fn ssh_command(ctx: &Ctx, name: &str, command: &[String]) -> CmdResult {
+    ssh(ctx, name, command).await
+}
+
 async fn ssh(ctx: &Ctx, name: &str, command: &[String]) -> CmdResult {
     let info = ctx.client.vm_ssh(name).await?;
     let key = write_key(&info.private_key)?;

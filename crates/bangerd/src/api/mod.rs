@@ -5,6 +5,7 @@
 //! request passes [`authorize`], which checks the caller's peer credentials
 //! and logs the request with its uid and pid.
 
+pub mod guest;
 pub mod images;
 pub mod network;
 pub mod ops;
@@ -102,6 +103,13 @@ where
     paths(
         system::version,
         system::defaults,
+        guest::exec,
+        guest::read,
+        guest::write,
+        guest::stat,
+        guest::list,
+        guest::op,
+        guest::watch,
         system::capabilities,
         system::doctor,
         system::openapi,
@@ -166,6 +174,7 @@ where
         (name = "ops", description = "Long-running operations"),
         (name = "images", description = "Guest images"),
         (name = "vms", description = "VM lifecycle and access"),
+        (name = "guest", description = "Programs and files in a running VM, through its guest agent"),
         (name = "sessions", description = "Long-running commands in guests"),
         (name = "workspaces", description = "Repositories pushed into guests, credentials, coding agents"),
         (name = "debug", description = "Test-only endpoints, served with debug.test_endpoints = true"),
@@ -249,7 +258,13 @@ pub fn v1_routes(daemon: &AppState) -> Router<AppState> {
                 .delete(network::remove_forward),
         )
         .route("/forwards", get(network::forwards))
-        .route("/vms/{name}/agent/run", post(workspaces::agent_run));
+        .route("/vms/{name}/agent/run", post(workspaces::agent_run))
+        .route("/vms/{name}/exec", post(guest::exec))
+        .route("/vms/{name}/files", get(guest::read).put(guest::write))
+        .route("/vms/{name}/files/stat", get(guest::stat))
+        .route("/vms/{name}/files/list", get(guest::list))
+        .route("/vms/{name}/files/op", post(guest::op))
+        .route("/vms/{name}/files/watch", get(guest::watch));
     if daemon.config.debug.test_endpoints {
         v1 = v1.route("/debug/ops", post(ops::debug_start));
     }

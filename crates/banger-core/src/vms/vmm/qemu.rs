@@ -43,11 +43,39 @@ pub struct QemuSpec {
     pub console_log: PathBuf,
     pub qmp_socket: PathBuf,
     pub pid_file: PathBuf,
-    /// The agent's channel: FIFOs `<this>.in` and `<this>.out`, the host
-    /// side of the guest's virtio-serial port [`AGENT_PORT_NAME`].
-    pub agent_pipe: PathBuf,
+    /// The host side of the guest's virtio-serial port [`AGENT_PORT_NAME`].
+    pub agent: AgentChannel,
     /// Load this saved state (a migration stream) instead of booting.
     pub incoming: Option<PathBuf>,
+}
+
+/// The host side of the agent's virtio-serial port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentChannel {
+    /// A Unix socket QEMU listens on (one daemon connection at a time; the
+    /// guest sees the port close when the daemon leaves).
+    Socket(PathBuf),
+    /// FIFOs `<this>.in` and `<this>.out`: how banger gave the channel to a
+    /// guest before banger-agent, kept for restoring such guests' snapshots
+    /// (their shell agent expects a port that never closes).
+    Pipe(PathBuf),
+}
+
+/// Written into a snapshot of a guest whose channel is a socket.
+pub const SOCKET_MARKER: &str = "agent-socket";
+
+/// The channel of a VM started from `incoming` (a saved state) or booted:
+/// a pipe only for states saved without [`SOCKET_MARKER`] beside them. Pure
+/// but for the marker's existence.
+pub fn agent_channel(run_dir: &Path, incoming: Option<&Path>) -> AgentChannel {
+    let legacy = incoming
+        .and_then(|s| s.parent())
+        .is_some_and(|dir| !dir.join(SOCKET_MARKER).exists());
+    if legacy {
+        AgentChannel::Pipe(run_dir.join("agent"))
+    } else {
+        AgentChannel::Socket(run_dir.join("agent.sock"))
+    }
 }
 
 /// The argv after the program name. Pure.
@@ -138,7 +166,12 @@ fn device_args(s: &QemuSpec) -> Vec<String> {
     // The guest agent's channel. Always present: a restore needs the same
     // devices as the VM its state was saved from.
     push("-chardev");
-    push(&format!("pipe,id=agent,path={}", s.agent_pipe.display()));
+    push(&match &s.agent {
+        AgentChannel::Socket(p) => {
+            format!("socket,id=agent,path={},server=on,wait=off", p.display())
+        }
+        AgentChannel::Pipe(base) => format!("pipe,id=agent,path={}", base.display()),
+    });
     push("-device");
     push("virtio-serial-pci,id=vser0");
     push("-device");
@@ -333,7 +366,7 @@ impl QemuVmm {
             console_log: spec.console_log.clone(),
             qmp_socket: QemuVmm::qmp(spec),
             pid_file: spec.run_dir.join("qemu.pid"),
-            agent_pipe: spec.run_dir.join("agent"),
+            agent: agent_channel(&spec.run_dir, incoming.as_deref()),
             incoming,
         }
     }
@@ -343,15 +376,19 @@ impl QemuVmm {
             path: spec.run_dir.clone(),
             source,
         })?;
-        crate::guest_agent::legacy::make_pipe(&spec.run_dir.join("agent"))?;
+        let qs = QemuVmm::qemu_spec(spec, incoming);
+        let base = spec.run_dir.join("agent");
+        let (fifo_in, fifo_out) = crate::guest_agent::link::pipe_paths(&base);
+        match &qs.agent {
+            AgentChannel::Pipe(b) => crate::guest_agent::legacy::make_pipe(b)?,
+            AgentChannel::Socket(p) => {
+                for stale in [p, &fifo_in, &fifo_out] {
+                    let _ = std::fs::remove_file(stale);
+                }
+            }
+        }
         let _ = std::fs::remove_file(QemuVmm::qmp(spec));
-        spawn(
-            &self.binary,
-            &qemu_args(&QemuVmm::qemu_spec(spec, incoming)),
-            spec,
-            false,
-            None,
-        )
+        spawn(&self.binary, &qemu_args(&qs), spec, false, None)
     }
 }
 
@@ -381,15 +418,30 @@ impl Vmm for QemuVmm {
     }
 
     fn agent(&self, spec: &LaunchSpec) -> AgentLink {
-        AgentLink::Pipe(spec.run_dir.join("agent"))
+        // The FIFOs exist only for a VM started with them.
+        let base = spec.run_dir.join("agent");
+        if crate::guest_agent::link::pipe_paths(&base).0.exists() {
+            AgentLink::Pipe(base)
+        } else {
+            AgentLink::Socket(spec.run_dir.join("agent.sock"))
+        }
     }
 
     fn save_state(&self, spec: &LaunchSpec, dir: &Path) -> Result<(), VmmError> {
-        Ok(save_state(
+        save_state(
             &QemuVmm::qmp(spec),
             &dir.join(QEMU_STATE),
             Duration::from_secs(300),
-        )?)
+        )?;
+        // Restored, the guest expects the channel it had.
+        if let AgentLink::Socket(_) = self.agent(spec) {
+            let marker = dir.join(SOCKET_MARKER);
+            std::fs::write(&marker, b"1\n").map_err(|source| VmmError::Io {
+                path: marker,
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     fn resume(&self, spec: &LaunchSpec) -> Result<(), VmmError> {
@@ -472,7 +524,7 @@ mod tests {
             console_log: "/v/console.log".into(),
             qmp_socket: "/r/qmp.sock".into(),
             pid_file: "/r/qemu.pid".into(),
-            agent_pipe: "/r/agent".into(),
+            agent: AgentChannel::Socket("/r/agent.sock".into()),
             incoming: None,
         }
     }
@@ -501,7 +553,10 @@ mod tests {
         );
         assert!(after(&a, "-append")[0].contains("init=/usr/lib/banger/init"));
         assert_eq!(after(&a, "-serial"), ["file:/v/console.log"]);
-        assert_eq!(after(&a, "-chardev"), ["pipe,id=agent,path=/r/agent"]);
+        assert_eq!(
+            after(&a, "-chardev"),
+            ["socket,id=agent,path=/r/agent.sock,server=on,wait=off"]
+        );
         assert!(after(&a, "-device")
             .contains(&"virtserialport,bus=vser0.0,chardev=agent,name=org.banger.agent"));
         assert!(!a.iter().any(|x| x == "-incoming"));

@@ -1,0 +1,293 @@
+//! banger-agent in a real guest (QEMU TCG), through the daemon's API and
+//! the real `banger` binary: exec keeps argv verbatim, streams stdin and
+//! stderr apart, passes exit codes and signals, kills on a timeout, runs on
+//! a terminal of the user's size; `vm cp` round-trips files and
+//! directories byte-exact; `vm ports` sees a port the guest opens; the
+//! agent killed in the guest comes back; a guest still on the shell agent
+//! of an older image is moved onto banger-agent at its next boot. Needs root.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use banger_api::{VmExecRequest, VmExecResult};
+use banger_tests::{block_on, poll, stderr, stdout, test_image, TestDaemon, TestNetns};
+
+fn exec(d: &TestDaemon, args: &[&str]) -> std::process::Output {
+    let mut a = vec!["vm", "exec", "dev", "--"];
+    a.extend_from_slice(args);
+    d.banger(&a)
+}
+
+#[test]
+fn guest_exec_files_ports_and_the_agent_coming_back() {
+    let img = test_image();
+    let ns = TestNetns::new();
+    let d = TestDaemon::start_in(&ns);
+    d.import_test_image(&img, "default");
+    let out = d.banger(&["vm", "create", "dev"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // argv arrives verbatim: quotes, ;, $(), newlines, unicode, empty.
+    let out = exec(
+        &d,
+        &[
+            "printf",
+            "%s|",
+            "a  b",
+            "x;y",
+            "$(id)",
+            "new\nline",
+            "ünï",
+            "",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "a  b|x;y|$(id)|new\nline|ünï||");
+    // Exit codes, signals, separate stderr, stdin with -i.
+    let out = exec(&d, &["sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(
+        (stdout(&out), stderr(&out)),
+        ("out\n".into(), "err\n".into())
+    );
+    let out = exec(&d, &["sh", "-c", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(143));
+    let mut child = d
+        .banger_cmd()
+        .args([
+            "vm",
+            "exec",
+            "-i",
+            "dev",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo done",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&out), "HELLO\ndone\n");
+    // A timeout kills the whole process group.
+    let t0 = std::time::Instant::now();
+    let out = d.banger(&[
+        "vm",
+        "exec",
+        "--timeout",
+        "2",
+        "dev",
+        "--",
+        "sh",
+        "-c",
+        "sleep 100 & sleep 100",
+    ]);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    let left = exec(&d, &["sh", "-c", "pgrep -x sleep | wc -l"]);
+    assert_eq!(stdout(&left).trim(), "0", "the background sleep died too");
+    // As another user, in a directory, with the environment asked for.
+    let out = d.banger(&[
+        "vm",
+        "exec",
+        "-u",
+        "nobody",
+        "-w",
+        "/tmp",
+        "-e",
+        "GREETING=hi",
+        "dev",
+        "--",
+        "sh",
+        "-c",
+        "echo $(id -un) $PWD $GREETING",
+    ]);
+    assert_eq!(stdout(&out), "nobody /tmp hi\n", "{}", stderr(&out));
+    // The one-shot API form.
+    let req = VmExecRequest {
+        argv: vec!["sh".into(), "-c".into(), "cat; printf '\\377'".into()],
+        stdin: Some("piped".into()),
+        ..VmExecRequest::default()
+    };
+    let r: VmExecResult = block_on(d.client().post("/v1/vms/dev/exec", &req)).unwrap();
+    assert_eq!((r.exit_code, r.via.as_str()), (Some(0), "agent"));
+    assert_eq!(
+        r.stdout_base64.as_deref(),
+        Some("cGlwZWT/"),
+        "exact bytes: {r:?}"
+    );
+
+    // vm cp: a file with spaces in its name, and a directory, both ways.
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    let f = dir.path().join("with space.bin");
+    std::fs::write(&f, &data).unwrap();
+    let out = d.banger(&["vm", "cp", f.to_str().unwrap(), "dev:/work/in dir/"]);
+    assert!(
+        !out.status.success(),
+        "a missing guest directory is refused: {} {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(exec(&d, &["mkdir", "-p", "/work/in dir"]).status.success());
+    let out = d.banger(&["vm", "cp", f.to_str().unwrap(), "dev:/work/in dir/"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let back = dir.path().join("back.bin");
+    let out = d.banger(&[
+        "vm",
+        "cp",
+        "dev:/work/in dir/with space.bin",
+        back.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(&back).unwrap() == data, "the bytes differ");
+    let sum = exec(&d, &["sha256sum", "/work/in dir/with space.bin"]);
+    assert!(stdout(&sum).starts_with(&sha256(&data)), "{}", stdout(&sum));
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/a.txt"), "a").unwrap();
+    std::fs::write(tree.join("b.txt"), "b").unwrap();
+    let out = d.banger(&["vm", "cp", tree.to_str().unwrap(), "dev:/work/"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&exec(&d, &["cat", "/work/tree/sub/a.txt"])), "a");
+    let copy = dir.path().join("copy");
+    let out = d.banger(&["vm", "cp", "dev:/work/tree", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(copy.join("tree/b.txt")).unwrap(),
+        "b"
+    );
+
+    // A port the guest opens shows up (from /proc/net, through the agent).
+    let out = d.banger(&[
+        "session",
+        "start",
+        "dev",
+        "--name",
+        "web",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "8123",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    poll("port 8123 in vm ports", Duration::from_secs(20), || {
+        let l: banger_api::VmPortList = d.banger_json(&["vm", "ports", "dev"]);
+        l.ports
+            .iter()
+            .any(|p| p.port == 8123 && p.process.as_deref() == Some("python3"))
+            .then_some(())
+    });
+
+    // The agent killed in the guest is started again; the next exec works.
+    let out = d.banger(&["vm", "ssh", "dev", "--", "pkill -x banger-agent"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    poll(
+        "exec after the agent was killed",
+        Duration::from_secs(30),
+        || exec(&d, &["true"]).status.success().then_some(()),
+    );
+}
+
+fn sha256(data: &[u8]) -> String {
+    let mut c = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    let out = c.wait_with_output().unwrap();
+    stdout(&out)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A guest that still runs the shell agent of an image made before
+/// banger-agent (put back by hand here) is moved onto banger-agent when it
+/// boots, and exec works through it.
+#[test]
+fn guest_of_an_older_image_moves_onto_banger_agent() {
+    let img = test_image();
+    let ns = TestNetns::new();
+    let d = TestDaemon::start_in(&ns);
+    d.import_test_image(&img, "default");
+    assert!(d.banger(&["vm", "create", "old"]).status.success());
+    // The image of before: /usr/lib/banger/agent is the shell agent.
+    let out = d.banger(&[
+        "vm",
+        "ssh",
+        "old",
+        "--",
+        "cp /usr/lib/banger/agent-sh /usr/lib/banger/agent && rm /usr/lib/banger/agent-sh && sync",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(d.banger(&["vm", "restart", "old"]).status.success());
+    let out = d.banger(&["vm", "exec", "old", "--", "cat", "/usr/lib/banger/agent"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("banger-agent"),
+        "the launcher is back: {}",
+        stdout(&out)
+    );
+    let req = VmExecRequest {
+        argv: vec!["true".into()],
+        ..VmExecRequest::default()
+    };
+    let r: VmExecResult = block_on(d.client().post("/v1/vms/old/exec", &req)).unwrap();
+    assert_eq!(r.via, "agent");
+}
+
+/// On a terminal, `vm exec -t` gives the program one of the same size.
+#[test]
+fn guest_exec_on_a_terminal_has_the_terminal_s_size() {
+    let img = test_image();
+    let ns = TestNetns::new();
+    let d = TestDaemon::start_in(&ns);
+    d.import_test_image(&img, "default");
+    assert!(d.banger(&["vm", "create", "tty"]).status.success());
+    let sock = format!("banger-tty-{}", std::process::id());
+    let me = banger_tests::bin("banger");
+    let cmd = format!(
+        "{} --socket {} vm exec -t tty -- stty size; echo END-OF-''RUN; sleep 30",
+        me.display(),
+        d.socket.display()
+    );
+    let st = Command::new("tmux")
+        .args([
+            "-L",
+            &sock,
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-x",
+            "123",
+            "-y",
+            "41",
+            &cmd,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let pane = poll("the exec on the terminal", Duration::from_secs(60), || {
+        let out = Command::new("tmux")
+            .args(["-L", &sock, "capture-pane", "-p"])
+            .output()
+            .ok()?;
+        let p = stdout(&out);
+        p.contains("END-OF-RUN").then_some(p)
+    });
+    let _ = Command::new("tmux")
+        .args(["-L", &sock, "kill-server"])
+        .status();
+    assert!(pane.contains("41 123"), "{pane}");
+}
