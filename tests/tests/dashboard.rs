@@ -305,7 +305,7 @@ fn guest_dashboard_token_origin_create_stop_and_live_session_logs() {
             "--",
             "sh",
             "-c",
-            "for i in $(seq 1 40); do echo tick$i; sleep 0.5; done",
+            "for i in $(seq 1 40); do echo tick$i; echo warn$i >&2; sleep 0.5; done",
         ]);
         assert!(out.status.success(), "{}", stderr(&out));
         c.goto(&format!("{base}/#/vm/web1")).await.unwrap();
@@ -330,6 +330,15 @@ fn guest_dashboard_token_origin_create_stop_and_live_session_logs() {
             "session output",
             Duration::from_secs(20),
             |t| t.contains("tick2"),
+        )
+        .await;
+        // Stderr beside stdout, marked.
+        wait_text(
+            &c,
+            "#session-log .stderr",
+            "stderr in the session output",
+            Duration::from_secs(20),
+            |t| t.starts_with("warn"),
         )
         .await;
         let n = first.lines().count();

@@ -119,6 +119,51 @@ fn guest_sessions_start_log_send_signal_survive_restart_and_are_lost_on_reboot()
     let out = d.banger(&["session", "send", "echoer", "late"]);
     assert!(stderr(&out).contains("not running"), "{}", stderr(&out));
 
+    // SIGINT reaches the command (Ctrl-C on a dev server): it stops.
+    let out = d.banger(&[
+        "session",
+        "start",
+        "dev",
+        "--name",
+        "web",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "8124",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    poll("the server to listen", Duration::from_secs(30), || {
+        let l: banger_api::VmPortList = d.banger_json(&["vm", "ports", "dev"]);
+        l.ports.iter().any(|p| p.port == 8124).then_some(())
+    });
+    let out = d.banger(&["session", "signal", "web", "INT"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = poll("the server to stop on INT", Duration::from_secs(20), || {
+        let s = session(&d, "web");
+        (s.state == "exited").then_some(s)
+    });
+    assert!(s.exit_code.is_some(), "{s:?}");
+    // An attached session shows stderr beside stdout (stdin closed: it
+    // follows until the end).
+    let out = d.banger(&[
+        "session",
+        "start",
+        "dev",
+        "--name",
+        "both",
+        "--",
+        "sh",
+        "-c",
+        "sleep 1; echo to-out; echo to-err >&2; sleep 1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let att = d.banger(&["session", "attach", "both"]);
+    assert!(stdout(&att).contains("to-out"), "{}", stdout(&att));
+    assert!(stderr(&att).contains("to-err"), "{}", stderr(&att));
+    assert!(d.banger(&["session", "rm", "web"]).status.success());
+    assert!(d.banger(&["session", "rm", "both"]).status.success());
+
     // A reboot of the VM loses a running session.
     assert!(d
         .banger(&["session", "start", "dev", "--name", "sleeper", "--", "sleep", "1000"])

@@ -77,18 +77,21 @@ fn guest_fork_and_snapshot_restore_give_running_copies_their_own_identity() {
     git(&repo, &["commit", "-q", "-m", "initial"]);
     let out = d.banger(&["workspace", "push", "src", repo.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    // The agent as it runs under Firecracker (socat on vsock), tried in
-    // this guest over vsock's loopback transport: it answers.
-    assert_eq!(
-        ssh(
-            &d,
-            "src",
-            "modprobe vsock_loopback && test -c /dev/vsock && \
-             (socat VSOCK-LISTEN:1025,reuseaddr,fork EXEC:'/usr/lib/banger/agent handle' & \
-              i=0; until ss -l --vsock | grep -q ':1025'; do i=$((i+1)); [ $i -lt 100 ] || exit 9; sleep 0.1; done; \
-              echo 'ping n0nce' | timeout 10 socat -t 5 - VSOCK-CONNECT:1:1025; kill %1)"
-        ),
-        "ok n0nce"
+    // banger-agent as it runs under Firecracker (listening on vsock), tried
+    // in this guest over vsock's loopback transport: it answers the
+    // handshake.
+    let answer = ssh(
+        &d,
+        "src",
+        "modprobe vsock_loopback && test -c /dev/vsock && \
+         (/run/banger/banger-agent --channel vsock:1025 2>/dev/null & \
+          i=0; until ss -l --vsock | grep -q ':1025'; do i=$((i+1)); [ $i -lt 100 ] || exit 9; sleep 0.1; done; \
+          printf 'BANGER-AGENT HELLO abcdef0123456789\\n' | timeout 10 socat -t 5 - VSOCK-CONNECT:1:1025 \
+            | grep -a '^BANGER-AGENT OK'; kill %1)",
+    );
+    assert!(
+        answer.starts_with("BANGER-AGENT OK abcdef0123456789 1 "),
+        "{answer}"
     );
     let src_before = identity(&d, "src");
     assert_eq!(src_before, expected(&d, "src"));

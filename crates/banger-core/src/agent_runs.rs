@@ -28,7 +28,7 @@ pub enum AgentRunError {
     #[error(transparent)]
     Vm(Box<crate::vms::VmError>),
     #[error(transparent)]
-    Transport(#[from] crate::guest_ssh::GuestSshError),
+    Transport(#[from] crate::vms::GuestCmdError),
 }
 
 impl From<crate::sessions::SessionError> for AgentRunError {
@@ -134,7 +134,8 @@ impl AgentRuns {
             );
             let out = self
                 .vms
-                .guest(&vm)?
+                .commands(&vm)
+                .await?
                 .run(
                     &format!("sh -c {}", crate::shell::quote(&script)),
                     Some(f.content.clone().into_bytes()),

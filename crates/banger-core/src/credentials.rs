@@ -43,7 +43,7 @@ pub enum CredentialError {
     #[error(transparent)]
     Vm(Box<VmError>),
     #[error(transparent)]
-    Transport(#[from] crate::guest_ssh::GuestSshError),
+    Transport(#[from] crate::vms::GuestCmdError),
 }
 
 impl From<VmError> for CredentialError {
@@ -220,7 +220,8 @@ impl Credentials {
         {
             let out = self
                 .vms
-                .guest(&vm)?
+                .commands(&vm)
+                .await?
                 .exec(
                     &format!("sh -c {}", quote(&script)),
                     input.map_or(GuestInput::None, GuestInput::Bytes),

@@ -219,6 +219,11 @@ impl Guest {
         self.exec(command, input, RUN_LIMIT).await
     }
 
+    /// The VM's name.
+    pub fn vm(&self) -> &str {
+        &self.target.name
+    }
+
     /// [`Guest::run`] that fails unless the command succeeds; its stdout.
     pub async fn stdout(&self, command: &str) -> Result<String, GuestSshError> {
         let out = self.run(command, None).await?;

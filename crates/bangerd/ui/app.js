@@ -232,14 +232,24 @@ async function pageVm(name) {
     h("table", {}, h("thead", {}, h("tr", {}, ["Proto", "Address", "Port", "Process", "Link"].map((c) => h("th", { scope: "col" }, c)))), ports),
     h("h2", {}, "Serial console"), serial);
 
-  let following = null;
+  // Stdout and stderr side by side in one pane, stderr marked.
+  let following = [];
   const follow = (s) => {
-    if (following) following.close();
+    following.forEach((f) => f.close());
     logs.textContent = "";
-    following = stream(`/sessions/${s}/logs/stream`, {
-      output: (ev) => { logs.textContent += ev.text; logs.scrollTop = logs.scrollHeight; },
-      end: (ev) => { logs.textContent += `\n[session ${ev.state}${ev.exit_code != null ? " with code " + ev.exit_code : ""}]\n`; following.close(); },
-    });
+    const add = (text, cls) => {
+      logs.append(h("span", cls ? { class: cls } : {}, text));
+      logs.scrollTop = logs.scrollHeight;
+    };
+    following = [
+      stream(`/sessions/${s}/logs/stream?stream=stdout`, {
+        output: (ev) => add(ev.text, null),
+        end: (ev) => { add(`\n[session ${ev.state}${ev.exit_code != null ? " with code " + ev.exit_code : ""}]\n`, "muted"); following.forEach((f) => f.close()); },
+      }),
+      stream(`/sessions/${s}/logs/stream?stream=stderr`, {
+        output: (ev) => add(ev.text, "stderr"),
+      }),
+    ];
   };
   const loadSessions = async () => {
     const l = await api("GET", `/sessions?vm=${encodeURIComponent(name)}`);

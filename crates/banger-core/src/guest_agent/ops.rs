@@ -53,12 +53,26 @@ impl AgentConn {
     /// stdout and stderr.
     pub async fn exec_collect(
         &self,
-        mut req: ExecRequest,
+        req: ExecRequest,
         stdin: Option<&[u8]>,
         limit: usize,
         timeout: Duration,
     ) -> Result<ExecOutput, AgentConnError> {
-        req.stdin = stdin.is_some();
+        let input: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>> =
+            stdin.map(|b| Box::new(std::io::Cursor::new(b.to_vec())) as _);
+        self.exec_input(req, input, limit, timeout).await
+    }
+
+    /// [`AgentConn::exec_collect`] with stdin read from `input` as the
+    /// program takes it (never held whole).
+    pub async fn exec_input(
+        &self,
+        mut req: ExecRequest,
+        input: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<ExecOutput, AgentConnError> {
+        req.stdin = input.is_some();
         req.timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         let start = async {
             let mut f = self.open(&Request::Exec(req)).await?;
@@ -68,18 +82,30 @@ impl AgentConn {
             }
         };
         let start_limit = Duration::from_secs(30);
-        let mut f = tokio::time::timeout(start_limit, start)
+        let f = tokio::time::timeout(start_limit, start)
             .await
             .map_err(|_| AgentConnError::Timeout(start_limit.as_secs()))??;
-        if let Some(data) = stdin {
-            send_all(&mut f, data).await?;
-        }
-        let mut out = ExecOutput::default();
-        // The agent ends the stream within its own timeout; this one only
-        // guards against an agent that stops answering.
-        let guard = timeout + Duration::from_secs(10);
+        let (mut sink, mut stream) = StreamExt::split(f);
+        let pump = async {
+            if let Some(mut r) = input {
+                let mut buf = vec![0u8; MAX_PAYLOAD];
+                loop {
+                    let n = tokio::io::AsyncReadExt::read(&mut r, &mut buf)
+                        .await
+                        .map_err(|e| AgentConnError::Link(super::link::LinkError::Io(e)))?;
+                    if n == 0 {
+                        break;
+                    }
+                    let fr = Frame::data(Kind::In, Bytes::copy_from_slice(&buf[..n]));
+                    sink.send(fr).await?;
+                }
+                sink.send(Frame::eof(Kind::In)).await?;
+            }
+            Ok::<_, AgentConnError>(())
+        };
         let collect = async {
-            while let Some(fr) = f.next().await {
+            let mut out = ExecOutput::default();
+            while let Some(fr) = stream.next().await {
                 let fr = fr?;
                 match fr.kind {
                     Kind::Out => keep(&mut out.stdout, &mut out.dropped.0, &fr.payload, limit),
@@ -94,7 +120,7 @@ impl AgentConn {
                             out.code = code;
                             out.signal = signal;
                             out.timed_out = timed_out;
-                            return Ok(());
+                            return Ok(out);
                         }
                         Reply::Error { kind, message } => {
                             return Err(AgentConnError::Refused { kind, message })
@@ -105,10 +131,22 @@ impl AgentConn {
             }
             Err(AgentConnError::Closed)
         };
-        tokio::time::timeout(guard, collect)
+        // The agent ends the program within its own timeout; this one only
+        // guards against an agent that stops answering. A program that
+        // ends without reading all of its stdin is fine: the pump's error
+        // then does not count.
+        let guard = timeout + Duration::from_secs(10);
+        let both = async {
+            let (pumped, out) = tokio::join!(pump, collect);
+            let out = out?;
+            if let Err(e) = pumped {
+                tracing::debug!(error = %e, "stdin not taken whole");
+            }
+            Ok(out)
+        };
+        tokio::time::timeout(guard, both)
             .await
-            .map_err(|_| AgentConnError::Timeout(guard.as_secs()))??;
-        Ok(out)
+            .map_err(|_| AgentConnError::Timeout(guard.as_secs()))?
     }
 
     /// A file's bytes (at most `limit`), with its stat.

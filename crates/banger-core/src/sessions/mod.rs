@@ -44,7 +44,7 @@ pub enum SessionError {
     #[error(transparent)]
     Vm(Box<VmError>),
     #[error(transparent)]
-    Transport(#[from] crate::guest_ssh::GuestSshError),
+    Transport(#[from] crate::vms::GuestCmdError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -156,7 +156,7 @@ impl Sessions {
         stdin: Option<Vec<u8>>,
     ) -> Result<std::process::Output, SessionError> {
         let command = format!("bash -c {}", crate::shell::quote(script));
-        Ok(self.vms.guest(vm)?.run(&command, stdin).await?)
+        Ok(self.vms.commands(vm).await?.run(&command, stdin).await?)
     }
 
     /// Preflight and launch in the guest; registers the session.

@@ -88,10 +88,13 @@ fn wrapper(root: &str, l: &Launch) -> String {
         s.push_str(&format!("export {k}={}\n", quote(v)));
     }
     let argv: Vec<String> = l.argv.iter().map(|a| quote(a)).collect();
-    // setsid: the command leads its own session, so a signal to its
-    // process group reaches everything it started, but not this wrapper.
+    // Job control: the command gets a process group of its own (a signal
+    // to it reaches everything the command started, not this wrapper), and
+    // SIGINT and SIGQUIT stay as they are by default: a non-interactive
+    // shell would make a background command ignore both.
+    s.push_str("set -m\n");
     s.push_str(&format!(
-        "setsid -- {} <&3 >>\"$D/stdout.log\" 2>>\"$D/stderr.log\" &\n",
+        "{} <&3 >>\"$D/stdout.log\" 2>>\"$D/stderr.log\" &\n",
         argv.join(" ")
     ));
     s.push_str("child=$!\necho \"$child\" > \"$D/child\"\necho running > \"$D/state\"\n");
@@ -144,7 +147,9 @@ pub fn launch_script(root: &str, l: &Launch) -> Result<String, ScriptError> {
         "printf '%s' {} > \"$D/run.sh\" || exit 1\n",
         quote(&wrapper(root, l))
     ));
-    s.push_str("setsid bash \"$D/run.sh\" </dev/null >/dev/null 2>&1 &\n");
+    // Job control here too: the wrapper (and so the command) must not start
+    // with SIGINT and SIGQUIT ignored, which no shell can undo.
+    s.push_str("set -m\nsetsid bash \"$D/run.sh\" </dev/null >/dev/null 2>&1 &\n");
     // Return once the command runs (or has already ended), at 10 ms steps, at most 5 s.
     s.push_str("i=0; while [ ! -s \"$D/child\" ] && [ ! -e \"$D/exit_code\" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done\n");
     s.push_str("echo started\n");
@@ -410,6 +415,41 @@ mod tests {
         let got = std::fs::read_to_string(t.path().join("h1/stdout.log")).expect("log");
         let want: String = hostile.iter().map(|h| format!("[{h}]\n")).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn sigint_reaches_a_session_even_when_launched_from_a_background_shell() {
+        let t = tempfile::tempdir().expect("tmp");
+        let root = t.path().to_str().expect("utf8");
+        // As from an SSH or agent command: the launching shell itself was
+        // started in the background, with SIGINT and SIGQUIT ignored.
+        let script = launch_script(root, &launch("i1", &["sleep", "300"])).expect("script");
+        let wrapped = format!("( {script} ) & wait");
+        let out = bash(&wrapped, "");
+        assert!(out.status.success());
+        wait_for("running", || inspect(root, "i1").alive);
+        let child: u32 = std::fs::read_to_string(t.path().join("i1/child"))
+            .expect("child")
+            .trim()
+            .parse()
+            .expect("pid");
+        let ign = std::fs::read_to_string(format!("/proc/{child}/status")).expect("status");
+        let mask = ign
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .map(|m| u64::from_str_radix(m.trim(), 16).expect("hex"))
+            .expect("SigIgn");
+        assert_eq!(
+            mask & 0b110,
+            0,
+            "SIGINT and SIGQUIT are not ignored: {mask:x}"
+        );
+        let sent = bash(&signal_script(root, "i1", "INT").expect("script"), "");
+        assert!(sent.status.success());
+        wait_for("the INT to end it", || {
+            inspect(root, "i1").exit_code.is_some()
+        });
+        assert_eq!(inspect(root, "i1").exit_code, Some(130));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod vmm;
 
 mod agent;
 mod boot;
+mod commands;
 mod create;
 mod disks;
 mod error;
@@ -59,6 +60,7 @@ use disks::VmPaths;
 use rows::{vm_from_row, VM_COLUMNS};
 use vmm::qemu::Accel;
 
+pub use commands::{GuestCmd, GuestCmdError};
 pub use error::VmError;
 pub use pool::WarmPool;
 pub use procs::{is_our_vmm, pid_alive};

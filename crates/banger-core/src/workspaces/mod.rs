@@ -61,7 +61,7 @@ pub enum WorkspaceError {
     #[error(transparent)]
     Vm(Box<VmError>),
     #[error(transparent)]
-    Transport(#[from] crate::guest_ssh::GuestSshError),
+    Transport(#[from] crate::vms::GuestCmdError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -257,7 +257,8 @@ impl Workspaces {
         let command = format!("bash -c {}", crate::shell::quote(&text));
         let out = self
             .vms
-            .guest(&vm)?
+            .commands(&vm)
+            .await?
             .exec(
                 &command,
                 GuestInput::Reader(input),
@@ -361,7 +362,8 @@ impl Workspaces {
         let text = script::changes_script(&ws.dest, &ws.base_commit, ws.exported_commit.as_deref());
         let out = self
             .vms
-            .guest(&vm)?
+            .commands(&vm)
+            .await?
             .exec(
                 &format!("bash -c {}", crate::shell::quote(&text)),
                 GuestInput::None,
@@ -448,7 +450,8 @@ impl Workspaces {
         let text = script::bundle_script(&ws.dest, &ws.base_commit, head);
         let out = self
             .vms
-            .guest(&vm)?
+            .commands(&vm)
+            .await?
             .exec(
                 &format!("bash -c {}", crate::shell::quote(&text)),
                 GuestInput::None,

@@ -60,8 +60,8 @@ pub enum SessionCommand {
         #[arg(long)]
         tail: Option<usize>,
     },
-    /// Follow a session's output and type into it; a line `~.` detaches
-    /// (the session keeps running).
+    /// Follow a session's output (stdout and stderr) and type into it; a
+    /// line `~.` detaches (the session keeps running).
     Attach {
         /// The session.
         name: String,
@@ -240,16 +240,19 @@ async fn logs(ctx: &Ctx, name: &str, follow: bool, stderr: bool, tail: Option<us
     Ok(exit::OK)
 }
 
-/// Prints what a session wrote after `offset`; returns the next offset.
+/// Prints what a session wrote to stdout (to ours) and stderr (to ours)
+/// after the offsets; returns the next offsets.
 async fn print_from(
     ctx: &Ctx,
     name: &str,
-    offset: u64,
-) -> Result<u64, banger::client::ClientError> {
-    let (text, next) = ctx.client.session_logs(name, false, offset).await?;
+    (out, err): (u64, u64),
+) -> Result<(u64, u64), banger::client::ClientError> {
+    let (text, next_out) = ctx.client.session_logs(name, false, out).await?;
     print!("{text}");
     let _ = std::io::stdout().flush();
-    Ok(next)
+    let (text, next_err) = ctx.client.session_logs(name, true, err).await?;
+    eprint!("{text}");
+    Ok((next_out, next_err))
 }
 
 /// Follows a session's output and sends what is typed, line by line, until
@@ -275,7 +278,7 @@ pub async fn attach(ctx: &Ctx, name: &str) -> CmdResult {
             }
         }
     });
-    let mut offset = 0u64;
+    let mut offset = (0u64, 0u64);
     let mut stdin_open = true;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
     loop {

@@ -1,0 +1,176 @@
+//! Command lines in a running guest, over banger-agent when it answers and
+//! over SSH otherwise: what sessions, workspaces, credentials and agent
+//! runs use. A command line is run by `sh -c`, as SSH runs it, so both
+//! transports give the same result.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Output};
+use std::time::Duration;
+
+use banger_agent_proto::msg::ExecRequest;
+use banger_api::Vm;
+use thiserror::Error;
+
+use crate::guest_agent::{AgentConn, AgentConnError};
+use crate::guest_ssh::{Guest, GuestInput, GuestSshError};
+
+use super::{VmError, Vms};
+
+/// The most output a command line keeps per stream over the agent.
+const OUTPUT_LIMIT: usize = 64 << 20;
+/// A command line's time limit when its caller gives none.
+const RUN_LIMIT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Error)]
+pub enum GuestCmdError {
+    #[error(transparent)]
+    Ssh(#[from] GuestSshError),
+    #[error(transparent)]
+    Agent(#[from] AgentConnError),
+    #[error("The command in VM {vm:?} did not finish within {secs} s (it was killed)")]
+    Timeout { vm: String, secs: u64 },
+    #[error("`{command}` failed in VM {vm:?} ({status}): {stderr}")]
+    Failed {
+        vm: String,
+        command: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+impl crate::ToApiError for GuestCmdError {
+    fn code(&self) -> banger_api::ErrorCode {
+        match self {
+            GuestCmdError::Ssh(e) => e.code(),
+            GuestCmdError::Agent(e) => e.code(),
+            GuestCmdError::Timeout { .. } => banger_api::ErrorCode::Unavailable,
+            GuestCmdError::Failed { .. } => banger_api::ErrorCode::Internal,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            GuestCmdError::Ssh(e) => e.hint(),
+            GuestCmdError::Agent(e) => e.hint(),
+            GuestCmdError::Timeout { vm, .. } => Some(format!(
+                "The guest may be overloaded or hung: see `banger vm stats {vm}` and \
+                 `banger vm logs {vm}`"
+            )),
+            GuestCmdError::Failed { .. } => None,
+        }
+    }
+}
+
+/// How command lines reach one guest.
+pub enum GuestCmd {
+    Agent { conn: AgentConn, vm: String },
+    Ssh(Guest),
+}
+
+/// A program's end as a wait status. Pure.
+fn status(code: Option<i32>, signal: Option<i32>) -> ExitStatus {
+    match (code, signal) {
+        (Some(c), _) => ExitStatus::from_raw((c & 0xff) << 8),
+        (None, Some(s)) => ExitStatus::from_raw(s & 0x7f),
+        (None, None) => ExitStatus::from_raw(0xff << 8),
+    }
+}
+
+impl GuestCmd {
+    /// `command` run by `sh -c` with `stdin` (at most ten minutes).
+    pub async fn run(
+        &self,
+        command: &str,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<Output, GuestCmdError> {
+        let input = stdin.map_or(GuestInput::None, GuestInput::Bytes);
+        self.exec(command, input, RUN_LIMIT).await
+    }
+
+    /// [`GuestCmd::run`] that fails unless the command succeeds; its stdout.
+    pub async fn stdout(&self, command: &str) -> Result<String, GuestCmdError> {
+        let out = self.run(command, None).await?;
+        if !out.status.success() {
+            return Err(GuestCmdError::Failed {
+                vm: self.vm().to_string(),
+                command: command.into(),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `command` run by `sh -c`, its stdin from `input`, killed after
+    /// `limit`.
+    pub async fn exec(
+        &self,
+        command: &str,
+        input: GuestInput,
+        limit: Duration,
+    ) -> Result<Output, GuestCmdError> {
+        match self {
+            GuestCmd::Ssh(g) => Ok(g.exec(command, input, limit).await?),
+            GuestCmd::Agent { conn, vm } => {
+                let req = ExecRequest {
+                    argv: vec!["sh".into(), "-c".into(), command.into()],
+                    ..ExecRequest::default()
+                };
+                let input: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>> = match input {
+                    GuestInput::None => None,
+                    GuestInput::Bytes(b) => Some(Box::new(std::io::Cursor::new(b))),
+                    GuestInput::Reader(r) => Some(r),
+                };
+                let out = conn.exec_input(req, input, OUTPUT_LIMIT, limit).await?;
+                if out.timed_out {
+                    return Err(GuestCmdError::Timeout {
+                        vm: vm.clone(),
+                        secs: limit.as_secs(),
+                    });
+                }
+                Ok(Output {
+                    status: status(out.code, out.signal),
+                    stdout: out.stdout,
+                    stderr: out.stderr,
+                })
+            }
+        }
+    }
+
+    fn vm(&self) -> &str {
+        match self {
+            GuestCmd::Agent { vm, .. } => vm,
+            GuestCmd::Ssh(g) => g.vm(),
+        }
+    }
+}
+
+impl Vms {
+    /// How command lines reach a running VM: its banger-agent when it
+    /// answers, else SSH.
+    pub(crate) async fn commands(&self, vm: &Vm) -> Result<GuestCmd, VmError> {
+        match self.agent(vm).await {
+            Ok(conn) => Ok(GuestCmd::Agent {
+                conn,
+                vm: vm.name.clone(),
+            }),
+            Err(VmError::AgentConn(e)) => {
+                tracing::debug!(vm = %vm.name, error = %e, "commands over SSH");
+                Ok(GuestCmd::Ssh(self.guest(vm)?))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ends_become_wait_statuses() {
+        assert_eq!(status(Some(0), None).code(), Some(0));
+        assert_eq!(status(Some(3), None).code(), Some(3));
+        assert_eq!(status(None, Some(9)).signal(), Some(9));
+        assert!(!status(None, None).success());
+    }
+}
