@@ -160,6 +160,26 @@ fn main() {
         ))
     });
     let cm = each(n, || drop(ok(ssh.run("true"), "ssh")));
+    // What an exec is made of: one round trip to the agent (a stat, no
+    // process) and the guest's own cost of starting a program, measured
+    // inside it.
+    let c = d.client();
+    let rt = each(n, || {
+        let r: Result<serde_json::Value, _> =
+            banger_tests::block_on(c.get("/v1/vms/bench/files/stat?path=/"));
+        assert!(r.is_ok(), "files/stat: {r:?}");
+    });
+    let spawn = exec(
+        &d,
+        "bench",
+        &[
+            "sh",
+            "-c",
+            "a=$(date +%s%N); for i in 1 2 3 4 5 6 7 8 9 10; do /bin/true; done; \
+             echo $(( ($(date +%s%N) - a) / 10000 ))",
+        ],
+    );
+    let spawn_s = stdout(&spawn).trim().parse::<f64>().unwrap() / 1e6;
     // In a row.
     let ex_row: f64 = each(row, || drop(exec(&d, "bench", &["true"])))
         .iter()
@@ -249,6 +269,8 @@ fn main() {
         "ssh_controlmaster": stats(&cm),
         "ratio_exec_over_vm_ssh": round3(median(&ex) / median(&vs)),
         "ratio_exec_over_controlmaster": round3(median(&ex) / median(&cm)),
+        "agent_round_trip": stats(&rt),
+        "guest_program_start_s": round3(spawn_s),
         "in_a_row": { "commands": row, "exec_s": round3(ex_row), "controlmaster_s": round3(cm_row),
                       "ratio": round3(ex_row / cm_row) },
         "concurrent_8": { "exec_s": round3(ex_8), "controlmaster_s": round3(cm_8),

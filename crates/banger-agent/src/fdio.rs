@@ -21,8 +21,16 @@ pub fn register<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
     r.map_err(|e| e.into_parts().1)
 }
 
+/// A descriptor as a byte stream.
+///
+/// A virtio-serial port reports a hangup (EPOLLHUP) while the host is not
+/// connected, and tokio keeps a registration's "closed" readiness for good:
+/// once the host came back, every poll would be ready and every read would
+/// block, a busy loop. So a read or write that would block after a hangup
+/// registers the descriptor afresh (its readiness then is the port's real
+/// state).
 pub struct FdStream {
-    fd: AsyncFd<OwnedFd>,
+    fd: Option<AsyncFd<OwnedFd>>,
 }
 
 impl FdStream {
@@ -32,11 +40,27 @@ impl FdStream {
         let flags = fcntl(raw, FcntlArg::F_GETFL).map_err(io::Error::from)?;
         let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
         fcntl(raw, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
-        Ok(FdStream { fd: register(fd)? })
+        Ok(FdStream {
+            fd: Some(register(fd)?),
+        })
     }
 
     pub fn raw(&self) -> i32 {
-        self.fd.get_ref().as_raw_fd()
+        self.fd.as_ref().map_or(-1, |f| f.get_ref().as_raw_fd())
+    }
+
+    fn registered(&self) -> io::Result<&AsyncFd<OwnedFd>> {
+        self.fd
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the descriptor could not be registered again"))
+    }
+
+    /// Drops the registration (and its stale readiness) and makes a new one.
+    fn register_again(&mut self) -> io::Result<()> {
+        if let Some(afd) = self.fd.take() {
+            self.fd = Some(register(afd.into_inner())?);
+        }
+        Ok(())
     }
 }
 
@@ -46,8 +70,10 @@ impl AsyncRead for FdStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
+            let mut guard = ready!(this.registered()?.poll_read_ready(cx))?;
+            let hangup = guard.ready().is_read_closed();
             let unfilled = buf.initialize_unfilled();
             match guard.try_io(|fd| {
                 nix::unistd::read(fd.get_ref().as_raw_fd(), unfilled).map_err(io::Error::from)
@@ -59,6 +85,7 @@ impl AsyncRead for FdStream {
                 // A PTY master whose slave side is closed reads EIO: its end.
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
                 Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) if hangup => this.register_again()?,
                 Err(_would_block) => continue,
             }
         }
@@ -71,11 +98,14 @@ impl AsyncWrite for FdStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
         loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
+            let mut guard = ready!(this.registered()?.poll_write_ready(cx))?;
+            let hangup = guard.ready().is_write_closed();
             match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), buf).map_err(io::Error::from))
             {
                 Ok(r) => return Poll::Ready(r),
+                Err(_would_block) if hangup => this.register_again()?,
                 Err(_would_block) => continue,
             }
         }
