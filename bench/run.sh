@@ -7,7 +7,16 @@ cd "$(dirname "$0")/.."
 mode=${1:-}
 out=target/bench
 mkdir -p "$out"
-cargo build --workspace --bins -q
+# Figures (a full run) come from release builds; --quick only checks that
+# the benchmarks still run, so a debug build does.
+if [ "$mode" = --quick ]; then
+  cargo build --workspace --bins -q
+  bin=target/debug
+else
+  cargo build --release --workspace --bins -q
+  bin=target/release
+fi
+bash scripts/build-agent.sh >/dev/null
 
 check() { # FILE KEY...
   python3 - "$@" <<'PY'
@@ -23,19 +32,19 @@ print(f"bench ok: {path}")
 PY
 }
 
-./target/debug/boot $mode > "$out/boot.json"
+./$bin/boot $mode > "$out/boot.json"
 check "$out/boot.json" bench runs banger_default_image baseline_light_init ratio target_ratio_max machine
-./target/debug/image_build $mode > "$out/image_build.json"
+./$bin/image_build $mode > "$out/image_build.json"
 check "$out/image_build.json" bench cold_s warm_s ratio_warm_over_cold machine
-./target/debug/vm_create $mode > "$out/vm_create.json"
+./$bin/vm_create $mode > "$out/vm_create.json"
 check "$out/vm_create.json" bench runs banger_create_to_ssh hand_run_qemu_to_ssh ratio target_ratio_max root_disk_clone machine
-./target/debug/tap_pool $mode > "$out/tap_pool.json"
+./$bin/tap_pool $mode > "$out/tap_pool.json"
 check "$out/tap_pool.json" bench runs warm_pool no_pool ratio network_step_ratio machine
-./target/debug/warm_pool $mode > "$out/warm_pool.json"
+./$bin/warm_pool $mode > "$out/warm_pool.json"
 check "$out/warm_pool.json" bench runs from_pool cold ratio target_ratio_max machine
-./target/debug/snapshot $mode > "$out/snapshot.json"
+./$bin/snapshot $mode > "$out/snapshot.json"
 check "$out/snapshot.json" bench runs cold from_snapshot fork snapshot_take ratio fork_over_cold target_ratio_max machine
-./target/debug/fleet $mode > "$out/fleet.json"
+./$bin/fleet $mode > "$out/fleet.json"
 check "$out/fleet.json" bench vm_ls_latency_ms daemon_rss_kib concurrent_creates_s machine
-./target/debug/agent $mode > "$out/agent.json"
+./$bin/agent $mode > "$out/agent.json"
 check "$out/agent.json" bench exec agent_round_trip guest_program_start_s vm_ssh ssh_controlmaster ratio_exec_over_vm_ssh ratio_exec_over_controlmaster in_a_row concurrent_8 copy_in create_to_first_exec agent targets machine
