@@ -931,3 +931,60 @@ fn rm_racing_start_or_create_leaves_no_vmm_without_a_row() {
         }
     }
 }
+
+/// A guest whose agent starts sending junk mid-session (the fake's
+/// `<vsock>.junk` switch) has its channel closed, with a log line naming
+/// it and a clear error for the caller; another VM keeps working, and the
+/// bad one is reconnected once it behaves.
+#[test]
+fn a_guest_sending_junk_is_cut_off_and_logged_and_others_are_unaffected() {
+    require_kvm();
+    let img = test_image();
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let d = daemon(&ns, &log, &[]);
+    d.import_test_image(&img, "default");
+    for name in ["bad", "good"] {
+        let out = d.banger(&["vm", "create", name, "--backend", "firecracker"]);
+        assert!(out.status.success(), "create {name}: {}", stderr(&out));
+    }
+    let bad: Vm = d.banger_json(&["vm", "show", "bad"]);
+    let vsock = requests(&log)
+        .iter()
+        .filter_map(|r| r["body"]["uds_path"].as_str().map(String::from))
+        .find(|p| p.ends_with(&format!("/{}/agent.vsock", bad.id)))
+        .expect("bad's vsock device");
+    let junk = format!("{vsock}.junk");
+    std::fs::write(&junk, "").unwrap();
+
+    let req = banger_api::VmExecRequest {
+        argv: vec!["true".into()],
+        ..Default::default()
+    };
+    let r: Result<banger_api::VmExecResult, _> =
+        banger_tests::block_on(d.client().post("/v1/vms/bad/exec", &req));
+    let e = r.expect_err("junk from the guest is not an answer");
+    let msg = e.to_string();
+    assert!(msg.contains("agent"), "the error says what failed: {msg}");
+    if let banger::client::ClientError::Api(api) = &e {
+        assert_ne!(
+            api.code,
+            banger_api::ErrorCode::InvalidRequest,
+            "a guest's junk is not the caller's bad request: {msg}"
+        );
+    }
+    poll("the log line", Duration::from_secs(10), || {
+        let log = d.stderr();
+        log.lines()
+            .any(|l| l.contains("guest agent session ended") && l.contains("vm=bad"))
+            .then_some(())
+    });
+    // The other VM's channel is untouched: its snapshot pings it first.
+    let out = d.banger(&["vm", "snapshot", "good", "g1"]);
+    assert!(out.status.success(), "good: {}", stderr(&out));
+    // The bad one, behaving again, is reconnected.
+    std::fs::remove_file(&junk).unwrap();
+    let out = d.banger(&["vm", "snapshot", "bad", "b1"]);
+    assert!(out.status.success(), "bad, reformed: {}", stderr(&out));
+}

@@ -148,7 +148,10 @@ fn guest_exec_files_ports_and_the_agent_coming_back() {
 
     // vm cp: a file with spaces in its name, and a directory, both ways.
     let dir = tempfile::tempdir().unwrap();
-    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    // 100 MiB, every byte value, in a pattern that does not repeat soon.
+    let data: Vec<u8> = (0..100u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
+        .collect();
     let f = dir.path().join("with space.bin");
     std::fs::write(&f, &data).unwrap();
     let out = d.banger(&["vm", "cp", f.to_str().unwrap(), "dev:/work/in dir/"]);
@@ -187,6 +190,9 @@ fn guest_exec_files_ports_and_the_agent_coming_back() {
         "b"
     );
 
+    // A watch sees a file created, written and deleted.
+    watch_sees_create_modify_delete(&d);
+
     // A port the guest opens shows up (from /proc/net, through the agent).
     let out = d.banger(&[
         "session",
@@ -216,6 +222,59 @@ fn guest_exec_files_ports_and_the_agent_coming_back() {
         "exec after the agent was killed",
         Duration::from_secs(30),
         || exec(&d, &["true"]).status.success().then_some(()),
+    );
+}
+
+/// Follows `files/watch` on a guest directory in a thread while files
+/// change there: first probes until the watch is seen to be live, then a
+/// file created, appended to and removed.
+fn watch_sees_create_modify_delete(d: &TestDaemon) {
+    use std::sync::{Arc, Mutex};
+    assert!(exec(d, &["mkdir", "-p", "/work/w"]).status.success());
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let (client, seen2) = (d.client(), seen.clone());
+    std::thread::spawn(move || {
+        let _ = block_on(
+            client.follow_sse("/v1/vms/dev/files/watch?path=/work/w", |v| {
+                let ev = v["event"].as_str().unwrap_or("").to_string();
+                let path = v["path"].as_str().unwrap_or("").to_string();
+                let mut s = seen2.lock().unwrap();
+                s.push((ev, path));
+                s.len() < 1000
+            }),
+        );
+    });
+    let mut i = 0;
+    poll("the watch to be live", Duration::from_secs(30), || {
+        i += 1;
+        let _ = exec(d, &["touch", &format!("/work/w/probe{i}")]);
+        (!seen.lock().unwrap().is_empty()).then_some(())
+    });
+    let out = exec(
+        d,
+        &[
+            "sh",
+            "-c",
+            "echo a > /work/w/f; echo b >> /work/w/f; rm /work/w/f",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    poll(
+        "create, modify, delete of f",
+        Duration::from_secs(10),
+        || {
+            let s = seen.lock().unwrap();
+            let of_f: Vec<&str> = s
+                .iter()
+                .filter(|(_, p)| p == "/work/w/f" || p == "f")
+                .map(|(e, _)| e.as_str())
+                .collect();
+            let order = ["create", "modify", "delete"]
+                .iter()
+                .map(|want| of_f.iter().position(|e| e == want))
+                .collect::<Option<Vec<usize>>>()?;
+            order.windows(2).all(|w| w[0] < w[1]).then_some(())
+        },
     );
 }
 
@@ -270,7 +329,8 @@ fn guest_of_an_older_image_moves_onto_banger_agent() {
     assert_eq!(r.via, "agent");
 }
 
-/// On a terminal, `vm exec -t` gives the program one of the same size.
+/// On a terminal, `vm exec -t` gives the program one of the same size,
+/// and follows when it is resized.
 #[test]
 fn guest_exec_on_a_terminal_has_the_terminal_s_size() {
     let img = test_image();
@@ -281,7 +341,9 @@ fn guest_exec_on_a_terminal_has_the_terminal_s_size() {
     let sock = format!("banger-tty-{}", std::process::id());
     let me = banger_tests::bin("banger");
     let cmd = format!(
-        "{} --socket {} vm exec -t tty -- stty size; echo END-OF-''RUN; sleep 30",
+        "{} --socket {} vm exec -t tty -- sh -c 'stty size; \
+         while [ \"$(stty size)\" = \"41 123\" ]; do sleep 0.1; done; \
+         echo now $(stty size); echo END-OF-''RUN'; sleep 30",
         me.display(),
         d.socket.display()
     );
@@ -302,16 +364,26 @@ fn guest_exec_on_a_terminal_has_the_terminal_s_size() {
         .status()
         .unwrap();
     assert!(st.success());
-    let pane = poll("the exec on the terminal", Duration::from_secs(60), || {
-        let out = Command::new("tmux")
-            .args(["-L", &sock, "capture-pane", "-p"])
-            .output()
-            .ok()?;
-        let p = stdout(&out);
-        p.contains("END-OF-RUN").then_some(p)
-    });
+    let pane = |want: &str| {
+        poll(want, Duration::from_secs(60), || {
+            let out = Command::new("tmux")
+                .args(["-L", &sock, "capture-pane", "-p"])
+                .output()
+                .ok()?;
+            let p = stdout(&out);
+            p.contains(want).then_some(p)
+        })
+    };
+    pane("41 123");
+    // The terminal changes size: the program's follows.
+    let st = Command::new("tmux")
+        .args(["-L", &sock, "resize-window", "-x", "100", "-y", "30"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let end = pane("END-OF-RUN");
     let _ = Command::new("tmux")
         .args(["-L", &sock, "kill-server"])
         .status();
-    assert!(pane.contains("41 123"), "{pane}");
+    assert!(end.contains("now 30 100"), "{end}");
 }

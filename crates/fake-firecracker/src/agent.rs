@@ -3,6 +3,10 @@
 //! handshake, a yamux session) answering `ping`, `rename` and `reload`
 //! with `ok` (there is no guest to apply them to) and refusing the rest.
 //! Each request is logged to `FAKE_FC_AGENT_LOG` as `<op> <json>`.
+//!
+//! A hostile guest on demand: while a file `<vsock path>.junk` exists, a
+//! request is answered with junk on the connection itself (a frame header
+//! announcing 4 GiB, then bytes), as a guest gone bad would.
 
 use std::io::Write;
 
@@ -18,15 +22,16 @@ use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 pub fn serve(path: &std::path::Path) -> Result<(), String> {
     let listener = tokio::net::UnixListener::bind(path)
         .map_err(|e| format!("Cannot create the vsock device at {}: {e}", path.display()))?;
+    let junk = std::path::PathBuf::from(format!("{}.junk", path.display()));
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(connection(stream));
+            tokio::spawn(connection(stream, junk.clone()));
         }
     });
     Ok(())
 }
 
-async fn connection(mut s: tokio::net::UnixStream) {
+async fn connection(mut s: tokio::net::UnixStream, junk: std::path::PathBuf) {
     // Firecracker's CONNECT line, byte by byte.
     let mut line = Vec::new();
     let mut b = [0u8; 1];
@@ -61,9 +66,24 @@ async fn connection(mut s: tokio::net::UnixStream) {
     if s.write_all(ok.as_bytes()).await.is_err() {
         return;
     }
+    // A second handle on the connection, for the junk.
+    let raw = std::os::fd::AsFd::as_fd(&s)
+        .try_clone_to_owned()
+        .map(std::os::unix::net::UnixStream::from);
     let mut conn =
         yamux::Connection::new(s.compat(), yamux::Config::default(), yamux::Mode::Server);
     while let Some(Ok(stream)) = futures::future::poll_fn(|cx| conn.poll_next_inbound(cx)).await {
+        if junk.exists() {
+            if let Ok(mut raw) = raw.as_ref() {
+                // Non-blocking (it shares the socket's flags): a partial
+                // write is junk enough.
+                let mut bytes = vec![0u8, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff];
+                bytes.extend(std::iter::repeat_n(0xa5, 64 << 10));
+                let _ = raw.write_all(&bytes);
+            }
+            drop(stream);
+            continue;
+        }
         tokio::spawn(request(stream));
     }
 }
