@@ -277,3 +277,153 @@ fn guest_session_bad_input_is_a_clear_error_and_leaves_nothing() {
         .status
         .success());
 }
+
+/// Keys typed into `session attach` in a terminal (tmux), one step each:
+/// a line of input, `stty size` as the terminal is resized, ^C.
+struct Pane {
+    sock: String,
+}
+
+impl Pane {
+    fn tmux(&self, args: &[&str]) {
+        let st = std::process::Command::new("tmux")
+            .args(["-L", &self.sock])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "tmux {args:?}");
+    }
+
+    fn type_line(&self, line: &str) {
+        self.tmux(&["send-keys", "-l", line]);
+        self.tmux(&["send-keys", "Enter"]);
+    }
+
+    fn wait_for(&self, want: &str) -> String {
+        poll(want, Duration::from_secs(60), || {
+            let out = std::process::Command::new("tmux")
+                .args(["-L", &self.sock, "capture-pane", "-p", "-S", "-100"])
+                .output()
+                .ok()?;
+            let p = stdout(&out);
+            p.contains(want).then_some(p)
+        })
+    }
+}
+
+impl Drop for Pane {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.sock, "kill-server"])
+            .status();
+    }
+}
+
+#[test]
+fn guest_session_on_a_terminal_attaches_as_a_real_terminal_and_long_logs_come_whole() {
+    let img = test_image();
+    let ns = TestNetns::new();
+    let d = TestDaemon::start_in(&ns);
+    d.import_test_image(&img, "default");
+    assert!(d.banger(&["vm", "create", "dev"]).status.success());
+
+    // A log longer than one read (1 MiB) comes whole.
+    let out = d.banger(&[
+        "session",
+        "start",
+        "dev",
+        "--name",
+        "big",
+        "--",
+        "sh",
+        "-c",
+        "head -c 3000000 /dev/zero | tr '\\0' x",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    poll("big to end", Duration::from_secs(60), || {
+        (session(&d, "big").state == "exited").then_some(())
+    });
+    let out = d.banger(&["session", "logs", "big"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout.len(), 3_000_000);
+    assert!(out.stdout.iter().all(|b| *b == b'x'));
+
+    // An interactive shell on a terminal.
+    let out = d.banger(&[
+        "session",
+        "start",
+        "dev",
+        "--tty",
+        "--name",
+        "sh1",
+        "--",
+        "bash",
+        "--norc",
+        "--noprofile",
+        "-i",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(session(&d, "sh1").tty);
+    let pane = Pane {
+        sock: format!("banger-attach-{}", std::process::id()),
+    };
+    let cmd = format!(
+        "{} --socket {} session attach sh1; echo ATTACH-''ENDED; sleep 60",
+        banger_tests::bin("banger").display(),
+        d.socket.display()
+    );
+    pane.tmux(&[
+        "-f",
+        "/dev/null",
+        "new-session",
+        "-d",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &cmd,
+    ]);
+    pane.wait_for("attached to sh1");
+    // What is typed reaches the shell; it answers.
+    pane.type_line("echo hi-$((6*7))");
+    pane.wait_for("hi-42");
+    // The terminal is this one's size, and follows it.
+    pane.type_line("stty size");
+    pane.wait_for("40 120");
+    pane.tmux(&["resize-window", "-x", "100", "-y", "30"]);
+    // Resizes reach it asynchronously: ask (every half second) until the
+    // new size shows.
+    let mut n = 0;
+    poll("the new size", Duration::from_secs(30), || {
+        if n % 25 == 0 {
+            pane.type_line("stty size");
+        }
+        n += 1;
+        let out = std::process::Command::new("tmux")
+            .args(["-L", &pane.sock, "capture-pane", "-p"])
+            .output()
+            .ok()?;
+        stdout(&out).contains("30 100").then_some(())
+    });
+    // ^C interrupts what runs in the foreground, not the shell.
+    pane.type_line("sleep 300");
+    let sleeping = || {
+        let out = d.banger(&["vm", "exec", "dev", "--", "pgrep", "-x", "sleep"]);
+        out.status.success()
+    };
+    poll("sleep to run", Duration::from_secs(30), || {
+        sleeping().then_some(())
+    });
+    pane.tmux(&["send-keys", "C-c"]);
+    pane.type_line("echo back-$((1+1))");
+    pane.wait_for("back-2");
+    assert!(!sleeping(), "^C ended the sleep");
+    // ~. at the start of a line detaches; the session runs on.
+    pane.tmux(&["send-keys", "Enter", "~", "."]);
+    pane.wait_for("ATTACH-ENDED");
+    let p = pane.wait_for("detached from sh1");
+    assert!(p.contains("keeps running"), "{p}");
+    assert_eq!(session(&d, "sh1").state, "running");
+    let out = d.banger(&["session", "kill", "sh1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -25,6 +25,10 @@ pub struct Session {
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
+    /// It runs on a pseudo-terminal: its output (stdout and stderr as one,
+    /// with the terminal's control sequences) is the stdout log.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -49,6 +53,11 @@ pub struct SessionStartRequest {
     /// Commands that must be on the guest's PATH.
     #[serde(default)]
     pub require: Vec<String>,
+    /// Run it on a pseudo-terminal of this size (the guest needs `script`,
+    /// from util-linux): for shells, editors and anything that asks
+    /// whether it talks to a terminal. `attach` then is a real terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<crate::TermSize>,
 }
 
 /// `POST /v1/sessions/{name}/send`.

@@ -167,6 +167,7 @@ impl AgentRuns {
             cwd,
             env: profile.env.clone(),
             require: profile.require.clone(),
+            tty: None,
         };
         match self.sessions.start(vm_name, start).await {
             Err(crate::sessions::SessionError::MissingCommand(command)) => {

@@ -167,6 +167,10 @@ const MIGRATIONS: &[&str] = &[
         created_at   TEXT NOT NULL
     ) STRICT;
     "#,
+    // 9: sessions on a pseudo-terminal.
+    r#"
+    ALTER TABLE sessions ADD COLUMN tty INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 #[derive(Debug, Error)]

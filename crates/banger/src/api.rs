@@ -404,6 +404,16 @@ impl Client {
             .await
     }
 
+    /// Sets the size of a session's terminal.
+    pub async fn session_resize(
+        &self,
+        name: &str,
+        size: banger_api::TermSize,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/sessions/{}/resize", seg(name));
+        self.post_no_answer(&path, &size).await
+    }
+
     pub async fn session_signal(&self, name: &str, signal: &str) -> Result<Session, ClientError> {
         let req = SessionSignalRequest {
             signal: signal.to_string(),

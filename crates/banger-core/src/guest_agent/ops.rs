@@ -155,9 +155,19 @@ impl AgentConn {
         path: &str,
         limit: u64,
     ) -> Result<(FileStat, Vec<u8>), AgentConnError> {
+        self.read_range(path, 0, limit).await
+    }
+
+    /// At most `limit` bytes of a file from byte `offset`, with its stat.
+    pub async fn read_range(
+        &self,
+        path: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(FileStat, Vec<u8>), AgentConnError> {
         let req = Request::Read {
             path: path.into(),
-            offset: 0,
+            offset,
             limit: Some(limit),
         };
         let mut f = self.open(&req).await?;

@@ -5,7 +5,8 @@
 //! registry in SQLite, refreshed by inspection whenever a session is listed
 //! or shown, so after a daemon restart or a guest reboot sessions show their
 //! real state (a process that vanished without an exit code is `lost`).
-//! Every command goes over the VM's shared SSH connection (`Vms::guest_run`).
+//! Commands go through the VM's banger-agent (SSH for guests without it),
+//! and logs are read in bounded chunks ([`LOG_CHUNK`]).
 
 pub mod script;
 
@@ -92,13 +93,18 @@ impl ToApiError for SessionError {
     }
 }
 
+/// The most log bytes one read returns; callers continue from the offset
+/// it gives back.
+pub const LOG_CHUNK: u64 = 1 << 20;
+
 #[derive(Clone)]
 pub struct Sessions {
     store: std::sync::Arc<Store>,
     vms: Vms,
 }
 
-const COLUMNS: &str = "s.id, s.name, v.name, s.argv, s.cwd, s.state, s.exit_code, s.pid, s.boot_id, s.started_at, s.stdout_size, s.stderr_size";
+const COLUMNS: &str = "s.id, s.name, v.name, s.argv, s.cwd, s.state, s.exit_code, s.pid, \
+    s.boot_id, s.started_at, s.stdout_size, s.stderr_size, s.tty";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<(Session, String)> {
     let argv: String = r.get(3)?;
@@ -120,6 +126,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(Session, String)> {
                 .unwrap_or_default(),
             stdout_bytes: u64::try_from(out).unwrap_or(0),
             stderr_bytes: u64::try_from(err).unwrap_or(0),
+            tty: r.get::<_, i64>(12)? != 0,
         },
         r.get(8)?,
     ))
@@ -184,7 +191,11 @@ impl Sessions {
             env: req.env.clone().into_iter().collect(),
             requires: req.require.clone(),
             argv: req.command.clone(),
+            tty: req.tty.map(|t| (t.rows, t.cols)),
         };
+        if let Some(t) = req.tty {
+            check_size(t)?;
+        }
         let text = script::launch_script(GUEST_SESSIONS_ROOT, &launch)?;
         let out = self.run(&vm, &text, None).await?;
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -217,8 +228,8 @@ impl Sessions {
         self.store.write(|tx| -> Result<(), SessionError> {
             tx.execute(
                 "INSERT INTO sessions (id, name, vm_id, argv, cwd, state, \
-                exit_code, pid, boot_id, started_at, stdout_size, stderr_size) \
-                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                exit_code, pid, boot_id, started_at, stdout_size, stderr_size, tty) \
+                VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     id,
                     name,
@@ -231,7 +242,8 @@ impl Sessions {
                     insp.boot_id,
                     now,
                     insp.stdout_size as i64,
-                    insp.stderr_size as i64
+                    insp.stderr_size as i64,
+                    req.tty.is_some()
                 ],
             )
             .map_err(|e| match e {
@@ -342,7 +354,8 @@ impl Sessions {
         Ok(out)
     }
 
-    /// A log from byte `offset`; returns the text and the next offset.
+    /// At most [`LOG_CHUNK`] bytes of a log from byte `offset`; returns the
+    /// text and the next offset (equal to `offset`: nothing more yet).
     pub async fn logs(
         &self,
         name: &str,
@@ -351,16 +364,43 @@ impl Sessions {
     ) -> Result<(String, u64), SessionError> {
         let (s, _) = self.require(name)?;
         let vm = self.vms.get(&s.vm)?;
-        let out = self
-            .run(
-                &vm,
-                &script::tail_script(GUEST_SESSIONS_ROOT, &s.id, stderr, offset)?,
-                None,
-            )
+        let path = script::log_path(GUEST_SESSIONS_ROOT, &s.id, stderr)?;
+        let bytes = self
+            .vms
+            .commands(&vm)
+            .await?
+            .read_range(&path, offset, LOG_CHUNK)
             .await?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let next = offset + out.stdout.len() as u64;
-        Ok((text, next))
+        // A chunk may end inside a UTF-8 character: stop before it (the
+        // next read starts there), unless the chunk is nothing but that.
+        let keep = utf8_prefix(&bytes);
+        let text = String::from_utf8_lossy(&bytes[..keep]).into_owned();
+        Ok((text, offset + keep as u64))
+    }
+
+    /// Sets the size of a session's terminal.
+    pub async fn resize(&self, name: &str, size: banger_api::TermSize) -> Result<(), SessionError> {
+        check_size(size)?;
+        let (s, _) = self.require(name)?;
+        let vm = self.vms.get(&s.vm)?;
+        let text = script::resize_script(GUEST_SESSIONS_ROOT, &s.id, size.rows, size.cols)?;
+        let out = self.run(&vm, &text, None).await?;
+        match out.status.code() {
+            Some(0) => Ok(()),
+            Some(3) => Err(SessionError::WrongState {
+                name: name.into(),
+                state: "not running".into(),
+                what: "only a running session's terminal can be resized",
+            }),
+            Some(script::EXIT_NO_TTY) => Err(SessionError::WrongState {
+                name: name.into(),
+                state: "not on a terminal".into(),
+                what: "start it with --tty to give it one",
+            }),
+            _ => Err(SessionError::Guest(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            )),
+        }
     }
 
     pub async fn send(&self, name: &str, text: &str) -> Result<(), SessionError> {
@@ -458,9 +498,45 @@ impl Sessions {
     }
 }
 
+/// A terminal size a session may have: 1 to 1000 rows and columns.
+fn check_size(t: banger_api::TermSize) -> Result<(), SessionError> {
+    if (1..=1000).contains(&t.rows) && (1..=1000).contains(&t.cols) {
+        return Ok(());
+    }
+    Err(SessionError::Script(script::ScriptError::BadSize(
+        t.rows, t.cols,
+    )))
+}
+
+/// The length of `b` without a UTF-8 character cut at its end (all of it
+/// when that would leave nothing, or when the end is not UTF-8 at all).
+/// Pure.
+fn utf8_prefix(b: &[u8]) -> usize {
+    match std::str::from_utf8(b) {
+        Ok(_) => b.len(),
+        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
+        Err(_) => b.len(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_chunks_do_not_cut_a_character() {
+        assert_eq!(utf8_prefix(b"abc"), 3);
+        let s = "a\u{2713}".as_bytes();
+        assert_eq!(
+            utf8_prefix(&s[..3]),
+            1,
+            "the check mark is cut: stop before"
+        );
+        assert_eq!(utf8_prefix(&s[1..3]), 2, "nothing but a cut character");
+        assert_eq!(utf8_prefix(b"a\xffb"), 3, "not UTF-8: as it is");
+        assert!(check_size(banger_api::TermSize { rows: 0, cols: 80 }).is_err());
+        assert!(check_size(banger_api::TermSize { rows: 24, cols: 80 }).is_ok());
+    }
 
     #[test]
     fn default_names_are_valid() {

@@ -11,6 +11,8 @@
 //! stderr.log
 //! child         pid of the command (a session leader: signals reach its tree)
 //! state         running | exited
+//! tty           present when the command runs on a pseudo-terminal (held
+//!               by util-linux `script`; both streams go to stdout.log)
 //! exit_code     written when the command ends (128+N after signal N)
 //! ```
 //!
@@ -45,6 +47,8 @@ pub enum ScriptError {
     Nul,
     #[error("Unknown signal {0:?} (one of {list})", list = SIGNALS.join(", "))]
     BadSignal(String),
+    #[error("A terminal of {0} rows and {1} columns: each must be 1 to 1000")]
+    BadSize(u16, u16),
 }
 
 fn check_id(id: &str) -> Result<(), ScriptError> {
@@ -70,6 +74,8 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     pub requires: Vec<String>,
     pub argv: Vec<String>,
+    /// On a pseudo-terminal of (rows, cols).
+    pub tty: Option<(u16, u16)>,
 }
 
 fn dir(root: &str, id: &str) -> String {
@@ -93,9 +99,21 @@ fn wrapper(root: &str, l: &Launch) -> String {
     // SIGINT and SIGQUIT stay as they are by default: a non-interactive
     // shell would make a background command ignore both.
     s.push_str("set -m\n");
+    let command = match l.tty {
+        // `script` holds the terminal: the command is its session leader,
+        // the terminal's size set before it starts.
+        Some((rows, cols)) => {
+            s.push_str(": > \"$D/tty\"\n");
+            let inner = format!(
+                "stty rows {rows} cols {cols} 2>/dev/null; exec {}",
+                argv.join(" ")
+            );
+            format!("SHELL=/bin/sh script -qfec {} /dev/null", quote(&inner))
+        }
+        None => argv.join(" "),
+    };
     s.push_str(&format!(
-        "{} <&3 >>\"$D/stdout.log\" 2>>\"$D/stderr.log\" &\n",
-        argv.join(" ")
+        "{command} <&3 >>\"$D/stdout.log\" 2>>\"$D/stderr.log\" &\n"
     ));
     s.push_str("child=$!\necho \"$child\" > \"$D/child\"\necho running > \"$D/state\"\n");
     s.push_str("wait \"$child\"\ncode=$?\n");
@@ -133,7 +151,12 @@ pub fn launch_script(root: &str, l: &Launch) -> Result<String, ScriptError> {
             q = quote(cwd)
         ));
     }
-    for c in &l.requires {
+    let on_tty = ["script".to_string(), "stty".to_string()];
+    let requires = l
+        .requires
+        .iter()
+        .chain(l.tty.iter().flat_map(|_| on_tty.iter()));
+    for c in requires {
         s.push_str(&format!(
             "command -v -- {q} >/dev/null 2>&1 || {{ printf 'banger-preflight: missing-command %s\\n' {q} >&2; exit {EXIT_MISSING_COMMAND}; }}\n",
             q = quote(c)
@@ -178,7 +201,13 @@ echo "stderr_size=$(stat -c %s "$D/stderr.log" 2>/dev/null || echo 0)"
     ))
 }
 
-/// Sends `signal` to the command's process group.
+/// Shell lines that set `inner` to the pid of the program on a session's
+/// terminal (the child of `script`), read from /proc.
+const INNER: &str = "inner=$(cat /proc/\"$child\"/task/*/children 2>/dev/null | \
+    tr ' ' '\\n' | sed -n 1p)\n";
+
+/// Sends `signal` to the command's process group; on a terminal, to the
+/// terminal's foreground process group (where a typed ^C would go).
 pub fn signal_script(root: &str, id: &str, signal: &str) -> Result<String, ScriptError> {
     check_id(id)?;
     let upper = signal.to_ascii_uppercase();
@@ -187,7 +216,25 @@ pub fn signal_script(root: &str, id: &str, signal: &str) -> Result<String, Scrip
         return Err(ScriptError::BadSignal(signal.into()));
     }
     Ok(format!(
-        "D={d}\nchild=$(cat \"$D/child\" 2>/dev/null)\n[ -n \"$child\" ] && kill -0 \"$child\" 2>/dev/null || {{ echo 'banger: not running' >&2; exit 3; }}\nkill -{sig} -- -\"$child\"\n",
+        "D={d}\nchild=$(cat \"$D/child\" 2>/dev/null)\n[ -n \"$child\" ] && kill -0 \"$child\" 2>/dev/null || {{ echo 'banger: not running' >&2; exit 3; }}\n\
+         if [ -e \"$D/tty\" ]; then\n{INNER}\
+         fg=$(sed 's/.*) //' /proc/\"$inner\"/stat 2>/dev/null | cut -d' ' -f6)\n\
+         case $fg in ''|0|-*|*[!0-9]*) ;; *) kill -{sig} -- -\"$fg\"; exit ;; esac\nfi\n\
+         kill -{sig} -- -\"$child\"\n",
+        d = dir(root, id)
+    ))
+}
+
+/// Exit code of [`resize_script`] for a session without a terminal.
+pub const EXIT_NO_TTY: i32 = 4;
+
+/// Sets the size of a session's terminal (its programs get SIGWINCH).
+pub fn resize_script(root: &str, id: &str, rows: u16, cols: u16) -> Result<String, ScriptError> {
+    check_id(id)?;
+    Ok(format!(
+        "D={d}\nchild=$(cat \"$D/child\" 2>/dev/null)\n[ -n \"$child\" ] && kill -0 \"$child\" 2>/dev/null || {{ echo 'banger: not running' >&2; exit 3; }}\n\
+         [ -e \"$D/tty\" ] || {{ echo 'banger: not on a terminal' >&2; exit {EXIT_NO_TTY}; }}\n{INNER}\
+         pts=$(readlink /proc/\"$inner\"/fd/0) && stty -F \"$pts\" rows {rows} cols {cols}\n",
         d = dir(root, id)
     ))
 }
@@ -201,15 +248,11 @@ pub fn send_script(root: &str, id: &str) -> Result<String, ScriptError> {
     ))
 }
 
-/// Prints a log from byte `offset` on (`stream`: stdout or stderr).
-pub fn tail_script(root: &str, id: &str, stderr: bool, offset: u64) -> Result<String, ScriptError> {
+/// Where a session's log is in the guest.
+pub fn log_path(root: &str, id: &str, stderr: bool) -> Result<String, ScriptError> {
     check_id(id)?;
     let file = if stderr { "stderr.log" } else { "stdout.log" };
-    Ok(format!(
-        "D={d}\n[ -e \"$D/{file}\" ] || exit 0\ntail -c +{} -- \"$D/{file}\"\n",
-        offset + 1,
-        d = dir(root, id)
-    ))
+    Ok(format!("{root}/{id}/{file}"))
 }
 
 /// Removes a session's directory (refused while it runs).
@@ -333,6 +376,7 @@ mod tests {
             env: vec![],
             requires: vec![],
             argv: argv.iter().map(|s| s.to_string()).collect(),
+            tty: None,
         }
     }
 
@@ -384,8 +428,11 @@ mod tests {
             "err\n"
         );
         assert_eq!(derive_state(&i, &i.boot_id), ("exited", Some(7)));
-        let tail = bash(&tail_script(root, "s1", false, 4).expect("script"), "");
-        assert!(String::from_utf8_lossy(&tail.stdout).starts_with("hello $(rm -rf /)"));
+        assert_eq!(
+            log_path(root, "s1", true).expect("path"),
+            format!("{root}/s1/stderr.log")
+        );
+        assert!(log_path(root, "../s1", true).is_err());
     }
 
     #[test]
@@ -495,6 +542,53 @@ mod tests {
     }
 
     #[test]
+    fn on_a_terminal_it_has_the_size_follows_a_resize_and_int_reaches_it() {
+        let t = tempfile::tempdir().expect("tmp");
+        let root = t.path().to_str().expect("utf8");
+        let mut l = launch(
+            "t1",
+            &[
+                "sh",
+                "-c",
+                "test -t 0 && echo on-a-tty; stty size; \
+                 while [ \"$(stty size)\" = '30 100' ]; do sleep 0.05; done; \
+                 stty size; trap 'echo got-int; exit 5' INT; while :; do sleep 0.05; done",
+            ],
+        );
+        l.tty = Some((30, 100));
+        let out = bash(&launch_script(root, &l).expect("script"), "");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(t.path().join("t1/tty").exists());
+        let log = || std::fs::read_to_string(t.path().join("t1/stdout.log")).unwrap_or_default();
+        wait_for("the first size", || log().contains("30 100"));
+        assert!(log().contains("on-a-tty"), "{}", log());
+        let r = bash(&resize_script(root, "t1", 40, 120).expect("script"), "");
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        wait_for("the new size", || log().contains("40 120"));
+        let sent = bash(&signal_script(root, "t1", "INT").expect("script"), "");
+        assert!(sent.status.success());
+        wait_for("the INT to end it", || {
+            inspect(root, "t1").exit_code.is_some()
+        });
+        assert!(log().contains("got-int"), "{}", log());
+        assert_eq!(inspect(root, "t1").exit_code, Some(5));
+        // Not on a terminal: resize says so.
+        let out = bash(
+            &launch_script(root, &launch("n1", &["sleep", "30"])).expect("script"),
+            "",
+        );
+        assert!(out.status.success());
+        wait_for("running", || inspect(root, "n1").alive);
+        let r = bash(&resize_script(root, "n1", 40, 120).expect("script"), "");
+        assert_eq!(r.status.code(), Some(EXIT_NO_TTY));
+        let _ = bash(&signal_script(root, "n1", "KILL").expect("script"), "");
+    }
+
+    #[test]
     fn preflight_fails_before_creating_anything() {
         let t = tempfile::tempdir().expect("tmp");
         let root = t.path().to_str().expect("utf8");
@@ -525,6 +619,7 @@ mod tests {
             env: vec![],
             requires: vec![],
             argv: argv.iter().map(|s| s.to_string()).collect(),
+            tty: None,
         };
         assert!(launch_script("/r", &l("../x", &["true"])).is_err());
         assert!(launch_script("/r", &l("ok", &[])).is_err());

@@ -88,16 +88,8 @@ impl GuestCmd {
 
     /// [`GuestCmd::run`] that fails unless the command succeeds; its stdout.
     pub async fn stdout(&self, command: &str) -> Result<String, GuestCmdError> {
-        let out = self.run(command, None).await?;
-        if !out.status.success() {
-            return Err(GuestCmdError::Failed {
-                vm: self.vm().to_string(),
-                command: command.into(),
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let out = self.stdout_bytes(command).await?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
     /// `command` run by `sh -c`, its stdin from `input`, killed after
@@ -134,6 +126,48 @@ impl GuestCmd {
                 })
             }
         }
+    }
+
+    /// At most `limit` bytes of a guest file from byte `offset` (none when
+    /// it does not exist): the agent reads it itself, SSH through `tail`.
+    pub async fn read_range(
+        &self,
+        path: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<u8>, GuestCmdError> {
+        match self {
+            GuestCmd::Agent { conn, .. } => match conn.read_range(path, offset, limit).await {
+                Ok((_, data)) => Ok(data),
+                Err(AgentConnError::Refused {
+                    kind: banger_agent_proto::msg::ErrorKind::NotFound,
+                    ..
+                }) => Ok(Vec::new()),
+                Err(e) => Err(e.into()),
+            },
+            GuestCmd::Ssh(_) => {
+                let p = crate::shell::quote(path);
+                let command = format!(
+                    "[ -e {p} ] || exit 0; tail -c +{} -- {p} | head -c {limit}",
+                    offset.saturating_add(1)
+                );
+                let out = self.stdout_bytes(&command).await?;
+                Ok(out)
+            }
+        }
+    }
+
+    async fn stdout_bytes(&self, command: &str) -> Result<Vec<u8>, GuestCmdError> {
+        let out = self.run(command, None).await?;
+        if !out.status.success() {
+            return Err(GuestCmdError::Failed {
+                vm: self.vm().to_string(),
+                command: command.into(),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(out.stdout)
     }
 
     fn vm(&self) -> &str {

@@ -11,6 +11,7 @@ pub mod pool;
 pub mod session;
 pub mod snapshot;
 pub mod system;
+pub mod term;
 pub mod vm;
 pub mod vm_exec;
 pub mod vm_net;

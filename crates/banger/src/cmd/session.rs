@@ -9,6 +9,7 @@ use banger::output::{self, Style};
 use banger_api::{Session, SessionStartRequest};
 use clap::Subcommand;
 
+use super::term::{stdin_chunks, term_size, RawMode};
 use super::{parse_env, print_list, usage, CmdResult, Ctx, Row};
 
 #[derive(Debug, Subcommand)]
@@ -29,6 +30,10 @@ pub enum SessionCommand {
         /// A command that must be on the guest's PATH (repeatable).
         #[arg(long = "require", value_name = "CMD")]
         require: Vec<String>,
+        /// Run it on a pseudo-terminal (the size of yours, else 24x80):
+        /// for shells, editors and REPLs; `attach` is then a real terminal.
+        #[arg(long, short = 't')]
+        tty: bool,
         /// Attach right after starting.
         #[arg(long)]
         attach: bool,
@@ -60,8 +65,9 @@ pub enum SessionCommand {
         #[arg(long)]
         tail: Option<usize>,
     },
-    /// Follow a session's output (stdout and stderr) and type into it; a
-    /// line `~.` detaches (the session keeps running).
+    /// Follow a session's output (stdout and stderr) and type into it; `~.`
+    /// at the start of a line detaches (the session keeps running). A
+    /// session with a terminal gets yours: raw keys (^C included), resizes.
     Attach {
         /// The session.
         name: String,
@@ -124,6 +130,7 @@ pub async fn run(ctx: &Ctx, cmd: SessionCommand) -> CmdResult {
             cwd,
             env,
             require,
+            tty,
             attach: then_attach,
             command,
         } => {
@@ -133,6 +140,8 @@ pub async fn run(ctx: &Ctx, cmd: SessionCommand) -> CmdResult {
                 cwd,
                 env: parse_env(&env)?,
                 require,
+                tty: tty
+                    .then(|| term_size().unwrap_or(banger_api::TermSize { rows: 24, cols: 80 })),
             };
             let s = c.session_start(&vm, &req).await?;
             if then_attach {
@@ -201,6 +210,9 @@ fn print_session(style: &Style, s: &Session) {
     if let Some(c) = &s.cwd {
         println!("cwd:     {c}");
     }
+    if s.tty {
+        println!("tty:     yes (stdout and stderr are one stream)");
+    }
     println!("pid:     {}", r[3]);
     println!("started: {}", r[4]);
     println!(
@@ -221,8 +233,27 @@ pub fn last_lines(text: &str, n: usize) -> String {
     out
 }
 
+/// A log from `offset` to its present end (the daemon answers in bounded
+/// chunks); the text and the next offset.
+async fn read_all(
+    ctx: &Ctx,
+    name: &str,
+    stderr: bool,
+    mut offset: u64,
+) -> Result<(String, u64), banger::client::ClientError> {
+    let mut all = String::new();
+    loop {
+        let (text, next) = ctx.client.session_logs(name, stderr, offset).await?;
+        all.push_str(&text);
+        if next <= offset || text.is_empty() {
+            return Ok((all, offset.max(next)));
+        }
+        offset = next;
+    }
+}
+
 async fn logs(ctx: &Ctx, name: &str, follow: bool, stderr: bool, tail: Option<usize>) -> CmdResult {
-    let (text, offset) = ctx.client.session_logs(name, stderr, 0).await?;
+    let (text, offset) = read_all(ctx, name, stderr, 0).await?;
     match tail {
         Some(n) => print!("{}", last_lines(&text, n)),
         None => print!("{text}"),
@@ -247,17 +278,122 @@ async fn print_from(
     name: &str,
     (out, err): (u64, u64),
 ) -> Result<(u64, u64), banger::client::ClientError> {
-    let (text, next_out) = ctx.client.session_logs(name, false, out).await?;
+    let (text, next_out) = read_all(ctx, name, false, out).await?;
     print!("{text}");
     let _ = std::io::stdout().flush();
-    let (text, next_err) = ctx.client.session_logs(name, true, err).await?;
+    let (text, next_err) = read_all(ctx, name, true, err).await?;
     eprint!("{text}");
     Ok((next_out, next_err))
+}
+
+/// Where `~.` typed at the start of a line is in a stream of keys.
+#[derive(Debug, Default)]
+pub struct DetachScan {
+    mid_line: bool,
+    tilde: bool,
+}
+
+impl DetachScan {
+    /// The keys to send from `input`, and whether `~.` came (the keys
+    /// after it are dropped). Pure.
+    pub fn scan(&mut self, input: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::with_capacity(input.len());
+        for &b in input {
+            if self.tilde {
+                self.tilde = false;
+                if b == b'.' {
+                    return (out, true);
+                }
+                out.push(b'~');
+            } else if b == b'~' && !self.mid_line {
+                self.tilde = true;
+                continue;
+            }
+            out.push(b);
+            self.mid_line = !(b == b'\r' || b == b'\n');
+        }
+        (out, false)
+    }
+}
+
+/// How much of a terminal session's past output `attach` shows first.
+const REPLAY: u64 = 16 << 10;
+
+/// Attach to a session on a terminal from a terminal: raw keys go to it as
+/// typed (^C, arrows, tab), its output comes back as it is, and this
+/// terminal's size follows to it.
+async fn attach_tty(ctx: &Ctx, s: &Session) -> CmdResult {
+    let name = s.name.as_str();
+    eprintln!("attached to {name} (a terminal); type ~. at the start of a line to detach");
+    if let Some(size) = term_size() {
+        ctx.client.session_resize(name, size).await?;
+    }
+    let raw = RawMode::enter();
+    let mut keys = stdin_chunks();
+    let mut scan = DetachScan::default();
+    let mut winch =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok();
+    let mut offset = s.stdout_bytes.saturating_sub(REPLAY);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut ticks = 0u32;
+    let end = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let (text, next) = read_all(ctx, name, false, offset).await?;
+                offset = next;
+                let mut out = std::io::stdout();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+                ticks += 1;
+                if ticks % 10 == 0 {
+                    let now = ctx.client.session(name).await?;
+                    if now.state != "running" {
+                        break Some(now);
+                    }
+                }
+            }
+            chunk = keys.recv() => match chunk.flatten() {
+                Some(bytes) => {
+                    let (send, detach) = scan.scan(&bytes);
+                    if !send.is_empty() {
+                        let text = String::from_utf8_lossy(&send).into_owned();
+                        ctx.client.session_send(name, text).await?;
+                    }
+                    if detach {
+                        break None;
+                    }
+                }
+                None => break None,
+            },
+            _ = async { match winch.as_mut() { Some(w) => { w.recv().await; } None => std::future::pending().await } } => {
+                if let Some(size) = term_size() {
+                    ctx.client.session_resize(name, size).await?;
+                }
+            }
+        }
+    };
+    drop(raw);
+    match end {
+        Some(now) => {
+            let code = now
+                .exit_code
+                .map(|c| format!(" (exit code {c})"))
+                .unwrap_or_default();
+            eprintln!("\nsession {name} is {}{code}", now.state);
+        }
+        None => eprintln!("\ndetached from {name}; it keeps running"),
+    }
+    Ok(exit::OK)
 }
 
 /// Follows a session's output and sends what is typed, line by line, until
 /// it ends or `~.` detaches.
 pub async fn attach(ctx: &Ctx, name: &str) -> CmdResult {
+    use std::io::IsTerminal;
+    let s = ctx.client.session(name).await?;
+    if s.tty && std::io::stdin().is_terminal() {
+        return attach_tty(ctx, &s).await;
+    }
     eprintln!("attached to {name}; type ~. on a line of its own to detach");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
     std::thread::spawn(move || {
@@ -309,6 +445,20 @@ pub async fn attach(ctx: &Ctx, name: &str) -> CmdResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tilde_dot_at_the_start_of_a_line_detaches() {
+        let mut d = DetachScan::default();
+        assert_eq!(d.scan(b"ls\r"), (b"ls\r".to_vec(), false));
+        assert_eq!(d.scan(b"~"), (vec![], false), "held: it may be ~.");
+        assert_eq!(d.scan(b".rest"), (vec![], true));
+        let mut d = DetachScan::default();
+        assert_eq!(d.scan(b"a~.b"), (b"a~.b".to_vec(), false), "mid-line");
+        assert_eq!(d.scan(b"\r~x"), (b"\r~x".to_vec(), false));
+        assert_eq!(d.scan(b"\n~."), (b"\n".to_vec(), true));
+        let mut d = DetachScan::default();
+        assert_eq!(d.scan(&[3]), (vec![3], false), "^C goes through");
+    }
 
     #[test]
     fn tail_keeps_the_last_lines() {

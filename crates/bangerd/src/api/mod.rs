@@ -150,6 +150,7 @@ where
         sessions::stream,
         sessions::send,
         sessions::signal,
+        sessions::resize,
         sessions::remove,
         network::ports,
         network::add_forward,
@@ -226,6 +227,7 @@ pub fn v1_routes(daemon: &AppState) -> Router<AppState> {
         .route("/sessions/{name}/logs/stream", get(sessions::stream))
         .route("/sessions/{name}/send", post(sessions::send))
         .route("/sessions/{name}/signal", post(sessions::signal))
+        .route("/sessions/{name}/resize", post(sessions::resize))
         .route(
             "/vms/{name}/workspaces",
             get(workspaces::list_vm).post(workspaces::push),

@@ -6,6 +6,7 @@ use axum::response::Response;
 use axum::Json;
 use banger_api::{
     ApiError, Session, SessionList, SessionSendRequest, SessionSignalRequest, SessionStartRequest,
+    TermSize,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -196,5 +197,18 @@ pub async fn remove(
     Query(q): Query<RemoveQuery>,
 ) -> ApiResult<StatusCode> {
     d.sessions.remove(&name, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sets the size of a session's terminal (sessions started with `tty`);
+/// its programs get SIGWINCH.
+#[utoipa::path(post, path = "/v1/sessions/{name}/resize", tag = "sessions", params(("name" = String, Path, description = "Session name")),
+    request_body = TermSize, responses((status = 204), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn resize(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<TermSize>,
+) -> ApiResult<StatusCode> {
+    d.sessions.resize(&name, req).await?;
     Ok(StatusCode::NO_CONTENT)
 }
