@@ -193,7 +193,12 @@ fn guest_exec_files_ports_and_the_agent_coming_back() {
     // A watch sees a file created, written and deleted.
     watch_sees_create_modify_delete(&d);
 
-    // A port the guest opens shows up (from /proc/net, through the agent).
+    // A port the guest opens shows up (from /proc/net, through the agent),
+    // in `vm ports` and as events to a watcher; closing it is an event too.
+    let watcher = PortWatcher::start(&d);
+    watcher.wait_for("the sockets open at the start", |e| {
+        e.event == "open" && e.port.port == 22
+    });
     let out = d.banger(&[
         "session",
         "start",
@@ -214,6 +219,10 @@ fn guest_exec_files_ports_and_the_agent_coming_back() {
             .any(|p| p.port == 8123 && p.process.as_deref() == Some("python3"))
             .then_some(())
     });
+    watcher.wait_for("8123 opened", |e| e.event == "open" && e.port.port == 8123);
+    assert!(d.banger(&["session", "kill", "web"]).status.success());
+    watcher.wait_for("8123 closed", |e| e.event == "close" && e.port.port == 8123);
+    drop(watcher);
 
     // The agent killed in the guest is started again; the next exec works.
     let out = d.banger(&["vm", "ssh", "dev", "--", "pkill -x banger-agent"]);
@@ -276,6 +285,48 @@ fn watch_sees_create_modify_delete(d: &TestDaemon) {
             order.windows(2).all(|w| w[0] < w[1]).then_some(())
         },
     );
+}
+
+/// `vm ports NAME --watch --json` running, its events collected.
+struct PortWatcher {
+    child: std::process::Child,
+    events: std::sync::Arc<std::sync::Mutex<Vec<banger_api::VmPortEvent>>>,
+}
+
+impl PortWatcher {
+    fn start(d: &TestDaemon) -> PortWatcher {
+        use std::io::BufRead;
+        let mut child = d
+            .banger_cmd()
+            .args(["--json", "vm", "ports", "dev", "--watch"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let events = std::sync::Arc::<std::sync::Mutex<Vec<banger_api::VmPortEvent>>>::default();
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                let e = serde_json::from_str(&line).expect("a port event per line");
+                sink.lock().unwrap().push(e);
+            }
+        });
+        PortWatcher { child, events }
+    }
+
+    fn wait_for(&self, what: &str, f: impl Fn(&banger_api::VmPortEvent) -> bool) {
+        poll(what, Duration::from_secs(30), || {
+            self.events.lock().unwrap().iter().any(&f).then_some(())
+        });
+    }
+}
+
+impl Drop for PortWatcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn sha256(data: &[u8]) -> String {

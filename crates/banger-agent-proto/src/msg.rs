@@ -74,6 +74,9 @@ pub enum Request {
     },
     /// [`Reply::Ports`]: the listening sockets, from /proc/net.
     Ports,
+    /// [`Reply::PortEvent`]s: `open` for each socket listening now, then
+    /// one per socket opened or closed, until the stream closes.
+    WatchPorts,
     /// [`Reply::Metrics`].
     Metrics,
 }
@@ -155,6 +158,11 @@ pub enum Reply {
     Event(WatchEvent),
     Ports {
         ports: Vec<ListenPort>,
+    },
+    /// A socket opened (`open`) or closed (`close`).
+    PortEvent {
+        event: String,
+        port: ListenPort,
     },
     Metrics(GuestMetrics),
 }

@@ -103,6 +103,7 @@ async fn dispatch(f: &mut Frames, req: Request) -> Result<(), Reply> {
             Reply::Ok
         }
         Request::Ports => crate::system::ports().await?,
+        Request::WatchPorts => return crate::system::watch_ports(f).await,
         Request::Metrics => crate::system::metrics().await?,
         Request::Exec(e) => return crate::exec::run(f, e).await,
         Request::Read {

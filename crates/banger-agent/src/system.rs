@@ -155,48 +155,123 @@ fn socket_owners() -> HashMap<u64, (u32, String)> {
     owners
 }
 
-/// The listening TCP sockets and bound UDP ones.
-pub async fn ports() -> Result<Reply, Reply> {
-    let ports = tokio::task::spawn_blocking(|| {
-        let owners = socket_owners();
-        let mut out = Vec::new();
-        for (file, proto, v6) in [
-            ("tcp", "tcp", false),
-            ("tcp6", "tcp", true),
-            ("udp", "udp", false),
-            ("udp6", "udp", true),
-        ] {
-            let text = std::fs::read_to_string(format!("/proc/net/{file}")).unwrap_or_default();
-            for line in text.lines().skip(1) {
-                let Some((address, port, state, inode)) = parse_net_line(line, v6) else {
-                    continue;
-                };
-                // TCP: LISTEN (0A); UDP: bound, not connected (07).
-                let listening = if proto == "tcp" {
-                    state == 0x0A
-                } else {
-                    state == 0x07
-                };
-                if !listening {
-                    continue;
-                }
-                let owner = owners.get(&inode);
-                out.push(ListenPort {
-                    proto: proto.into(),
-                    address,
-                    port,
-                    process: owner.map(|o| o.1.clone()),
-                    pid: owner.map(|o| o.0),
-                });
+/// A listening socket as /proc/net shows it: (proto, address, port, inode).
+type Listening = (String, String, u16, u64);
+
+/// The listening TCP sockets and bound UDP ones, from /proc/net alone.
+fn listening() -> Vec<Listening> {
+    let mut out = Vec::new();
+    for (file, proto, v6) in [
+        ("tcp", "tcp", false),
+        ("tcp6", "tcp", true),
+        ("udp", "udp", false),
+        ("udp6", "udp", true),
+    ] {
+        let text = std::fs::read_to_string(format!("/proc/net/{file}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let Some((address, port, state, inode)) = parse_net_line(line, v6) else {
+                continue;
+            };
+            // TCP: LISTEN (0A); UDP: bound, not connected (07).
+            let listening = if proto == "tcp" {
+                state == 0x0A
+            } else {
+                state == 0x07
+            };
+            if listening {
+                out.push((proto.to_string(), address, port, inode));
             }
         }
-        out.sort_by(|a, b| (a.port, &a.proto, &a.address).cmp(&(b.port, &b.proto, &b.address)));
-        out.dedup();
-        out
-    })
-    .await
-    .map_err(|e| error(ErrorKind::Failed, e.to_string()))?;
+    }
+    out
+}
+
+/// `sockets` with the processes that own them, sorted, without duplicates.
+fn with_owners(sockets: Vec<Listening>) -> Vec<ListenPort> {
+    let owners = socket_owners();
+    let mut out: Vec<ListenPort> = sockets
+        .into_iter()
+        .map(|(proto, address, port, inode)| {
+            let owner = owners.get(&inode);
+            ListenPort {
+                proto,
+                address,
+                port,
+                process: owner.map(|o| o.1.clone()),
+                pid: owner.map(|o| o.0),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (a.port, &a.proto, &a.address).cmp(&(b.port, &b.proto, &b.address)));
+    out.dedup();
+    out
+}
+
+/// The listening TCP sockets and bound UDP ones.
+pub async fn ports() -> Result<Reply, Reply> {
+    let ports = tokio::task::spawn_blocking(|| with_owners(listening()))
+        .await
+        .map_err(|e| error(ErrorKind::Failed, e.to_string()))?;
     Ok(Reply::Ports { ports })
+}
+
+/// How often a port watch looks at /proc/net.
+const PORT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What opened and closed between two lists of sockets (by protocol,
+/// address and port), opened first. Pure.
+pub fn port_changes(old: &[ListenPort], new: &[ListenPort]) -> Vec<(&'static str, ListenPort)> {
+    let key = |p: &ListenPort| (p.proto.clone(), p.address.clone(), p.port);
+    let old_keys: std::collections::HashSet<_> = old.iter().map(key).collect();
+    let new_keys: std::collections::HashSet<_> = new.iter().map(key).collect();
+    let opened = new.iter().filter(|p| !old_keys.contains(&key(p)));
+    let closed = old.iter().filter(|p| !new_keys.contains(&key(p)));
+    opened
+        .map(|p| ("open", p.clone()))
+        .chain(closed.map(|p| ("close", p.clone())))
+        .collect()
+}
+
+/// `watch_ports`: an `open` event for each socket listening now, then one
+/// per socket opened or closed (looked for every 250 ms; the owners are
+/// looked up only when something changed), until the daemon closes the
+/// stream.
+pub async fn watch_ports(f: &mut crate::serve::Frames) -> Result<(), Reply> {
+    use futures::StreamExt;
+    crate::serve::reply(f, Reply::Ok).await?;
+    let mut seen: Vec<ListenPort> = Vec::new();
+    let mut raw: Vec<(String, String, u16)> = vec![(String::new(), String::new(), 0)];
+    let mut tick = tokio::time::interval(PORT_POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            // The daemon closed the stream (or sent something): done.
+            _ = f.next() => return Ok(()),
+        }
+        let now = tokio::task::spawn_blocking(listening)
+            .await
+            .map_err(|e| error(ErrorKind::Failed, e.to_string()))?;
+        let mut keys: Vec<(String, String, u16)> = now
+            .iter()
+            .map(|l| (l.0.clone(), l.1.clone(), l.2))
+            .collect();
+        keys.sort();
+        if keys == raw {
+            continue;
+        }
+        raw = keys;
+        let ports = tokio::task::spawn_blocking(move || with_owners(now))
+            .await
+            .map_err(|e| error(ErrorKind::Failed, e.to_string()))?;
+        for (event, port) in port_changes(&seen, &ports) {
+            let ev = Reply::PortEvent {
+                event: event.into(),
+                port,
+            };
+            crate::serve::reply(f, ev).await?;
+        }
+        seen = ports;
+    }
 }
 
 /// `MemTotal`/`MemAvailable` of /proc/meminfo in bytes. Pure.
@@ -260,6 +335,39 @@ pub async fn metrics() -> Result<Reply, Reply> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn port(proto: &str, port: u16, process: Option<&str>) -> ListenPort {
+        ListenPort {
+            proto: proto.into(),
+            address: "0.0.0.0".into(),
+            port,
+            process: process.map(String::from),
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn port_changes_are_opens_then_closes_by_socket() {
+        let old = [port("tcp", 22, Some("sshd")), port("tcp", 8000, None)];
+        let new = [
+            port("tcp", 22, Some("sshd")),
+            port("tcp", 8000, Some("python3")),
+            port("udp", 53, None),
+        ];
+        assert_eq!(
+            port_changes(&old, &new),
+            vec![("open", port("udp", 53, None))],
+            "an owner found later is not a change"
+        );
+        assert_eq!(
+            port_changes(&new, &old[..1]),
+            vec![
+                ("close", port("tcp", 8000, Some("python3"))),
+                ("close", port("udp", 53, None))
+            ]
+        );
+        assert!(port_changes(&old, &old).is_empty());
+    }
 
     #[test]
     fn proc_net_lines_parse() {

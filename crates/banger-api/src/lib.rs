@@ -34,8 +34,8 @@ pub use system::{FleetSnapshot, UiInfo, VersionInfo, VmLive};
 pub use vms::{
     Accel, Backend, BackendChoice, Forward, ForwardList, ForwardRequest, GuestStats, HostStats,
     PoolList, PoolSetRequest, PoolStatus, Snapshot, SnapshotList, SshClientKey, Vm,
-    VmCreateRequest, VmDefaults, VmForkRequest, VmList, VmPort, VmPortList, VmResources,
-    VmSetRequest, VmSnapshotRequest, VmSshInfo, VmState, VmStats, VmStopRequest,
+    VmCreateRequest, VmDefaults, VmForkRequest, VmList, VmPort, VmPortEvent, VmPortList,
+    VmResources, VmSetRequest, VmSnapshotRequest, VmSshInfo, VmState, VmStats, VmStopRequest,
 };
 
 pub use workspaces::{

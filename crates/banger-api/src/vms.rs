@@ -428,6 +428,15 @@ pub struct VmPort {
     pub url: Option<String>,
 }
 
+/// A socket opened or closed in the guest (`GET /v1/vms/{name}/ports/watch`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmPortEvent {
+    /// `open` or `close`.
+    pub event: String,
+    pub port: VmPort,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmPortList {

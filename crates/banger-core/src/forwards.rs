@@ -250,6 +250,19 @@ impl Forwards {
     /// The VM's listening sockets, with links through its forwards (or its
     /// address, where the host routes to it).
     pub async fn ports(&self, vm: &str) -> Result<banger_api::VmPortList, ForwardError> {
+        Ok(self.vms.ports(vm, self.forwarded(vm)?).await?)
+    }
+
+    /// [`Vms::watch_ports`] with links through the VM's forwards.
+    pub async fn watch_ports(
+        &self,
+        vm: &str,
+    ) -> Result<impl futures::Stream<Item = banger_api::VmPortEvent> + Send, ForwardError> {
+        Ok(self.vms.watch_ports(vm, self.forwarded(vm)?).await?)
+    }
+
+    /// The VM's active forwards: guest port -> host `addr:port`.
+    fn forwarded(&self, vm: &str) -> Result<Vec<(u16, String)>, ForwardError> {
         let forwarded = self
             .list(Some(vm))?
             .into_iter()
@@ -265,7 +278,7 @@ impl Forwards {
                 )
             })
             .collect();
-        Ok(self.vms.ports(vm, forwarded).await?)
+        Ok(forwarded)
     }
 
     /// Forwards (of one VM), with whether each listens.

@@ -215,6 +215,31 @@ impl Client {
         self.get(&vm_path(name, "/ports")).await
     }
 
+    /// Follows the guest's sockets opening and closing, calling `on_event`
+    /// with each, until the stream ends.
+    pub async fn follow_port_events(
+        &self,
+        name: &str,
+        mut on_event: impl FnMut(banger_api::VmPortEvent),
+    ) -> Result<(), ClientError> {
+        let mut bad = None;
+        self.follow_sse(
+            &vm_path(name, "/ports/watch"),
+            |v| match serde_json::from_value::<banger_api::VmPortEvent>(v) {
+                Ok(e) => {
+                    on_event(e);
+                    true
+                }
+                Err(e) => {
+                    bad = Some(ClientError::Protocol(format!("bad port event: {e}")));
+                    false
+                }
+            },
+        )
+        .await?;
+        bad.map_or(Ok(()), Err)
+    }
+
     pub async fn forward_add(
         &self,
         name: &str,

@@ -208,6 +208,50 @@ impl Vms {
         Ok(banger_api::VmPortList { vm: vm.name, ports })
     }
 
+    /// Sockets opening and closing in the guest, as they happen (`open`
+    /// for each one listening at the start); needs banger-agent.
+    pub async fn watch_ports(
+        &self,
+        name: &str,
+        forwarded: Vec<(u16, String)>,
+    ) -> Result<impl futures::Stream<Item = banger_api::VmPortEvent> + Send, VmError> {
+        use banger_agent_proto::msg::{Reply, Request};
+        let vm = self.get(name)?;
+        let reach = ports::Reach {
+            direct: self.inner.config.host_routes_to_vms.then(|| vm.ip.clone()),
+            forwarded,
+        };
+        let c = self.agent(&vm).await?;
+        let mut f = c.open(&Request::WatchPorts).await?;
+        match crate::guest_agent::next_reply(&mut f).await? {
+            Reply::Ok => {}
+            other => {
+                return Err(VmError::Internal {
+                    what: "guest agent",
+                    reason: format!("unexpected answer to watch_ports: {other:?}"),
+                })
+            }
+        }
+        Ok(futures::stream::unfold(
+            (f, reach),
+            |(mut f, reach)| async move {
+                loop {
+                    match crate::guest_agent::next_reply(&mut f).await {
+                        Ok(Reply::PortEvent { event, port }) => {
+                            let Some(port) = ports::from_agent(vec![port], &reach).pop() else {
+                                continue;
+                            };
+                            let ev = banger_api::VmPortEvent { event, port };
+                            return Some((ev, (f, reach)));
+                        }
+                        Ok(_) => continue,
+                        Err(_) => return None,
+                    }
+                }
+            },
+        ))
+    }
+
     /// Opens a TCP connection to a port of a running VM (from the daemon's
     /// network namespace).
     pub async fn connect(&self, name: &str, port: u16) -> Result<tokio::net::TcpStream, VmError> {

@@ -15,6 +15,10 @@ pub enum VmNetCommand {
     Ports {
         /// The VM.
         name: String,
+        /// Follow: a line per socket opened or closed (the ones open now
+        /// first), until Ctrl-C; with --json, one event object per line.
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
     /// Forward [HOST_ADDR:]HOST_PORT on the host (default 127.0.0.1; port 0:
     /// any free one) to GUEST_PORT; kept across daemon restarts. --rm removes it.
@@ -117,7 +121,31 @@ pub fn parse_forward_spec(
 pub async fn run(ctx: &Ctx, cmd: VmNetCommand) -> CmdResult {
     let c = &ctx.client;
     match cmd {
-        VmNetCommand::Ports { name } => {
+        VmNetCommand::Ports { name, watch: true } => {
+            let json = ctx.json;
+            c.follow_port_events(&name, |e| {
+                if json {
+                    print_json_line(&e);
+                } else {
+                    let r = e.port.cells(&ctx.style);
+                    let who = match (&e.port.process, e.port.pid) {
+                        (Some(p), Some(pid)) => format!(" {p} ({pid})"),
+                        _ => String::new(),
+                    };
+                    let url = e
+                        .port
+                        .url
+                        .as_deref()
+                        .map(|u| format!(" {u}"))
+                        .unwrap_or_default();
+                    println!("{:<5} {} {}:{}{who}{url}", e.event, r[0], r[1], r[2]);
+                }
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            })
+            .await?;
+            Ok(exit::OK)
+        }
+        VmNetCommand::Ports { name, watch: false } => {
             let p = c.vm_ports(&name).await?;
             print_list(ctx.json, &ctx.style, &p, &p.ports, "No listening sockets.");
             let unlinked = p

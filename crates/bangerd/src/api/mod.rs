@@ -153,6 +153,7 @@ where
         sessions::resize,
         sessions::remove,
         network::ports,
+        network::watch_ports,
         network::add_forward,
         network::vm_forwards,
         network::forwards,
@@ -253,6 +254,7 @@ pub fn v1_routes(daemon: &AppState) -> Router<AppState> {
         .route("/vms/{name}/auth", post(workspaces::auth_sync))
         .route("/agents", get(workspaces::agents))
         .route("/vms/{name}/ports", get(network::ports))
+        .route("/vms/{name}/ports/watch", get(network::watch_ports))
         .route(
             "/vms/{name}/forwards",
             get(network::vm_forwards)

@@ -20,6 +20,34 @@ pub async fn ports(
     Ok(Json(d.forwards.ports(&name).await?))
 }
 
+/// Sockets opening and closing in the guest as Server-Sent Events (`event:
+/// port`, data a `VmPortEvent`): `open` for each one listening at the
+/// start, then each change (seen within a quarter of a second), until the
+/// client leaves. Needs banger-agent in the guest.
+#[utoipa::path(get, path = "/v1/vms/{name}/ports/watch", tag = "vms", params(("name" = String, Path, description = "VM name")),
+    responses((status = 200, description = "text/event-stream of VmPortEvent", content_type = "text/event-stream"), (status = 404, body = ApiError), (status = 503, body = ApiError)))]
+pub async fn watch_ports(
+    State(d): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<
+    axum::response::sse::Sse<
+        impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    let events = d.forwards.watch_ports(&name).await?;
+    let shutdown = d.shutdown.clone();
+    let events = events
+        .map(|e| {
+            Ok(Event::default()
+                .event("port")
+                .data(serde_json::to_string(&e).unwrap_or_default()))
+        })
+        .take_until(async move { shutdown.cancelled().await });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
 /// Forwards a host port (on 127.0.0.1 by default, in the host's own network
 /// namespace) to a guest port; kept across daemon restarts.
 #[utoipa::path(post, path = "/v1/vms/{name}/forwards", tag = "vms", params(("name" = String, Path, description = "VM name")),
