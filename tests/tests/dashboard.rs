@@ -73,6 +73,27 @@ async fn wait_text(
     }
 }
 
+/// Clicks the element `css` finds. The page re-renders its tables on live
+/// updates, so the element found may be replaced before the click lands:
+/// find it again (bounded: 30 s) when it went stale or is not there yet.
+async fn click(c: &Client, css: &str) {
+    let t0 = Instant::now();
+    loop {
+        let r = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.click().await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => return,
+            Err(e) if t0.elapsed() < Duration::from_secs(30) => {
+                eprintln!("clicking {css} again: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot click {css}: {e}"),
+        }
+    }
+}
+
 /// Types `name` into the create form and submits it.
 async fn submit_create(c: &Client, name: &str) {
     let input = c
@@ -241,12 +262,7 @@ fn guest_dashboard_token_origin_create_stop_and_live_session_logs() {
         .await;
 
         // Stop through the page: the store says stopped, the page follows.
-        c.find(Locator::Css("button[data-action=stop][data-vm=web1]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "button[data-action=stop][data-vm=web1]").await;
         wait_text(
             &c,
             "tr[data-vm=web1] td[data-state]",
@@ -261,12 +277,7 @@ fn guest_dashboard_token_origin_create_stop_and_live_session_logs() {
 
         // Snapshot through the page (a prompt for its name), then listed on
         // the snapshots page.
-        c.find(Locator::Css("button[data-action=snapshot][data-vm=web1]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "button[data-action=snapshot][data-vm=web1]").await;
         c.send_alert_text("snap-ui").await.unwrap();
         c.accept_alert().await.unwrap();
         let mut listed = false;
@@ -317,13 +328,7 @@ fn guest_dashboard_token_origin_create_stop_and_live_session_logs() {
             |t| t.starts_with("running"),
         )
         .await;
-        let btn = loop {
-            if let Ok(b) = c.find(Locator::Css("button[data-logs=ticker]")).await {
-                break b;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        btn.click().await.unwrap();
+        click(&c, "button[data-logs=ticker]").await;
         let first = wait_text(
             &c,
             "#session-log",
