@@ -194,7 +194,7 @@ impl Vms {
 
     /// The guest's listening TCP and UDP sockets, with the links the host
     /// can open (`forwarded`: guest port -> host `addr:port`).
-    pub async fn ports(
+    pub(crate) async fn ports(
         &self,
         name: &str,
         forwarded: Vec<(u16, String)>,
@@ -210,7 +210,7 @@ impl Vms {
 
     /// Sockets opening and closing in the guest, as they happen (`open`
     /// for each one listening at the start); needs banger-agent.
-    pub async fn watch_ports(
+    pub(crate) async fn watch_ports(
         &self,
         name: &str,
         forwarded: Vec<(u16, String)>,
