@@ -41,8 +41,11 @@ fn agent() -> Agent {
         .arg(format!("unix:{}", sock.display()))
         .spawn()
         .unwrap();
+    // The file appears at bind(), before listen(): wait for a connection.
     poll("the agent's socket", Duration::from_secs(10), || {
-        sock.exists().then_some(())
+        std::os::unix::net::UnixStream::connect(&sock)
+            .ok()
+            .map(drop)
     });
     Agent {
         child,

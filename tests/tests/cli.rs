@@ -195,12 +195,14 @@ fn completions_name_vms_images_and_snapshots_in_a_real_bash() {
 /// A tmux server of this test's own, with one bash in a 160x40 terminal.
 struct Tmux {
     socket: String,
+    runs: std::cell::Cell<u32>,
 }
 
 impl Tmux {
     fn new(d: &TestDaemon) -> Tmux {
         let t = Tmux {
             socket: format!("banger-cli-{}", std::process::id()),
+            runs: std::cell::Cell::new(0),
         };
         let st = Command::new("tmux")
             .args(["-L", &t.socket, "-f", "/dev/null", "new-session", "-d"])
@@ -215,10 +217,14 @@ impl Tmux {
     }
 
     /// Types `cmd`, then waits (bounded) for it to end; returns the pane
-    /// with its escape sequences.
+    /// with its escape sequences. Each run has its own end marker, so the
+    /// previous run's marker, still on the screen until `clear` runs, is
+    /// not taken for this one's.
     fn run(&self, cmd: &str) -> String {
-        let marker = "END-OF-COMMAND";
-        let typed = format!("clear; {cmd}; echo END-OF-''COMMAND");
+        let n = self.runs.get() + 1;
+        self.runs.set(n);
+        let marker = format!("END-OF-COMMAND-{n}");
+        let typed = format!("clear; {cmd}; echo END-OF-''COMMAND-{n}");
         let st = Command::new("tmux")
             .args(["-L", &self.socket, "send-keys", &typed, "Enter"])
             .status()
@@ -231,7 +237,7 @@ impl Tmux {
                 .ok()?;
             let pane = stdout(&out);
             pane.lines()
-                .any(|l| l.trim_start().starts_with(marker))
+                .any(|l| l.trim_start().starts_with(&marker))
                 .then_some(pane)
         })
     }
