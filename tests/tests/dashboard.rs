@@ -35,6 +35,57 @@ fn curl(args: &[&str]) -> (u16, String) {
     (status, text)
 }
 
+/// Runs `banger ui --open` with an `xdg-open` that records what it was
+/// given; checks the login code is not in its arguments and that the page
+/// it names is yours alone and forwards to a login link; returns the page.
+fn open_through_xdg_open(d: &TestDaemon) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let argv_file = dir.path().join("argv");
+    let fake = bin.join("xdg-open");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {}\n",
+            argv_file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let runtime = dir.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = d
+        .banger_cmd()
+        .args(["ui", "--open"])
+        .env("PATH", path)
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let argv = std::fs::read_to_string(&argv_file).unwrap();
+    assert!(
+        !argv.contains("code"),
+        "the link is on a command line: {argv}"
+    );
+    let page = PathBuf::from(argv.trim());
+    assert_eq!(page, runtime.join("banger/dashboard.html"));
+    let mode = std::fs::metadata(&page).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the page is private: {mode:o}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("/?code="), "{html}");
+    // Kept out of the temporary directory, which goes now.
+    let kept = artifacts().join("dashboard-login.html");
+    std::fs::copy(&page, &kept).unwrap();
+    kept
+}
+
 struct Driver(Child);
 impl Drop for Driver {
     fn drop(&mut self) {
@@ -120,28 +171,57 @@ fn guest_dashboard_token_origin_create_stop_and_live_session_logs() {
     let port = free_port();
     let d = TestDaemon::start_in_with(&ns, &format!("[ui]\nlisten = \"127.0.0.1:{port}\"\n"), &[]);
     d.import_test_image(&img, "default");
-    let info: UiInfo = d.banger_json(&["ui"]);
-    let url = info.url.expect("dashboard URL");
     let base = format!("http://127.0.0.1:{port}");
-    assert!(url.starts_with(&format!("{base}/?token=")), "{url}");
-    let token = url.rsplit('=').next().unwrap().to_string();
+    let link = || {
+        let info: UiInfo = d.banger_json(&["ui"]);
+        assert_eq!(info.expires_in_secs, Some(60));
+        let url = info.url.expect("a login link");
+        assert!(url.starts_with(&format!("{base}/?code=")), "{url}");
+        url
+    };
+    let url = link();
+    let code = url.rsplit('=').next().unwrap().to_string();
 
-    // Refused without the token, with a wrong one, with a foreign Host or Origin.
+    // Refused without a session, with a made-up code, with a foreign Host
+    // (which does not use the code up).
     assert_eq!(curl(&[&format!("{base}/")]).0, 401);
     assert_eq!(curl(&[&format!("{base}/v1/vms")]).0, 401);
-    assert_eq!(curl(&[&format!("{base}/?token=nope")]).0, 401);
-    let (status, head) = curl(&[&url]);
-    assert_eq!(status, 303);
-    assert!(
-        head.contains(&format!("banger_ui={token}; HttpOnly; SameSite=Strict")),
-        "{head}"
-    );
-    let cookie = format!("banger_ui={token}");
-    assert_eq!(curl(&["-b", &cookie, &format!("{base}/v1/vms")]).0, 200);
+    assert_eq!(curl(&[&format!("{base}/?code=nope")]).0, 401);
     assert_eq!(
         curl(&["-H", &format!("Host: evil.example:{port}"), &url]).0,
         403
     );
+    // The code buys a session cookie once; the cookie is not the code.
+    let (status, head) = curl(&[&url]);
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.contains("content=\"0; url=/\""),
+        "moves on without the code: {head}"
+    );
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: banger_ui="))
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    assert!(head.contains("HttpOnly; SameSite=Strict"), "{head}");
+    assert_ne!(session, code);
+    assert_eq!(curl(&[&url]).0, 401, "a login code works once");
+    assert_eq!(
+        curl(&[
+            "-b",
+            &format!("banger_ui={code}"),
+            &format!("{base}/v1/vms")
+        ])
+        .0,
+        401,
+        "the code is no session"
+    );
+    let cookie = format!("banger_ui={session}");
+    assert_eq!(curl(&["-b", &cookie, &format!("{base}/v1/vms")]).0, 200);
+    // The address alone says where, not how to get in.
+    let info: UiInfo = banger_tests::block_on(d.client().ui()).unwrap();
+    assert_eq!(info.url.as_deref(), Some(&*format!("{base}/")));
     assert_eq!(
         curl(&[
             "-H",
@@ -209,13 +289,16 @@ fn guest_dashboard_token_origin_create_stop_and_live_session_logs() {
             .await
             .expect("a WebDriver session");
 
-        // Without the token: refused.
+        // Not logged in: refused.
         c.goto(&format!("{base}/")).await.unwrap();
         let body = text_of(&c, "body").await.unwrap_or_default();
-        assert!(body.contains("needs its access token"), "{body}");
+        assert!(body.contains("needs a login"), "{body}");
 
-        // With it: the page loads, the token leaves the address bar.
-        c.goto(&url).await.unwrap();
+        // `banger ui --open` (xdg-open stood in for by the browser): the
+        // page loads, and the code is neither on a command line nor left
+        // in the address bar.
+        let page = open_through_xdg_open(&d);
+        c.goto(&format!("file://{}", page.display())).await.unwrap();
         wait_text(
             &c,
             "#vm-rows",
@@ -224,7 +307,8 @@ fn guest_dashboard_token_origin_create_stop_and_live_session_logs() {
             |t| t.contains("No VMs yet"),
         )
         .await;
-        assert!(!c.current_url().await.unwrap().as_str().contains("token"));
+        let at = c.current_url().await.unwrap().to_string();
+        assert_eq!(at, format!("{base}/"), "the code left the address bar");
         shot(&c, "1-empty").await;
 
         // Create a VM through the form: it appears and reaches running

@@ -30,7 +30,7 @@ pub use ops::{
 pub use sessions::{
     Session, SessionList, SessionSendRequest, SessionSignalRequest, SessionStartRequest,
 };
-pub use system::{FleetSnapshot, UiInfo, VersionInfo, VmLive};
+pub use system::{FleetSnapshot, UiInfo, UiLogout, VersionInfo, VmLive};
 pub use vms::{
     Accel, Backend, BackendChoice, Forward, ForwardList, ForwardRequest, GuestStats, HostStats,
     PoolList, PoolSetRequest, PoolStatus, Snapshot, SnapshotList, SshClientKey, Vm,

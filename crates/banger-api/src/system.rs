@@ -22,12 +22,25 @@ pub struct VersionInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UiInfo {
-    /// `http://127.0.0.1:PORT/?token=...`, or none when the dashboard is off.
+    /// `http://127.0.0.1:PORT/`, or none when the dashboard is off. From
+    /// `POST /v1/ui/login`, a one-time login link:
+    /// `http://127.0.0.1:PORT/?code=...`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// How long the login link works (once), in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
     /// Why it is off or not listening.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What `DELETE /v1/ui/sessions` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UiLogout {
+    /// Dashboard sessions that were live and now are ended.
+    pub sessions_ended: usize,
 }
 
 /// One VM with live host figures, as `GET /v1/vms/stream` sends them.

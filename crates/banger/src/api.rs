@@ -86,6 +86,16 @@ impl Client {
         self.get("/v1/ui").await
     }
 
+    /// A one-time login link into the dashboard.
+    pub async fn ui_login(&self) -> Result<UiInfo, ClientError> {
+        self.post_empty("/v1/ui/login").await
+    }
+
+    /// Logs every browser out of the dashboard.
+    pub async fn ui_logout(&self) -> Result<UiLogout, ClientError> {
+        self.delete("/v1/ui/sessions").await
+    }
+
     // --- operations
 
     pub async fn ops(&self, all: bool, limit: usize) -> Result<OpList, ClientError> {

@@ -79,11 +79,15 @@ enum Command {
     /// Long-running operations (image builds, VM creates, ...).
     #[command(subcommand)]
     Ops(OpsCommand),
-    /// Print the web dashboard's URL (with its access token); --open opens it.
+    /// Print a one-time login link into the web dashboard; --open opens it.
     Ui {
-        /// Open it in the default browser (xdg-open).
-        #[arg(long)]
+        /// Open it in the default browser (xdg-open), through a private
+        /// file, so the link is never on a command line.
+        #[arg(long, conflicts_with = "logout_all")]
         open: bool,
+        /// Log every browser out of the dashboard and void unused links.
+        #[arg(long)]
+        logout_all: bool,
     },
     /// Print the script that gives your shell banger's completions, names of
     /// VMs, images, sessions and snapshots included, e.g.
@@ -184,7 +188,7 @@ async fn run(ctx: &Ctx, command: Command) -> cmd::CmdResult {
         Command::Snapshot(c) => cmd::snapshot::run(ctx, c).await,
         Command::Pool(c) => cmd::pool::run(ctx, c).await,
         Command::Ops(c) => cmd::ops::run(ctx, c).await,
-        Command::Ui { open } => cmd::system::ui(ctx, open).await,
+        Command::Ui { open, logout_all } => cmd::system::ui(ctx, open, logout_all).await,
         Command::Completions { shell } => cmd::system::completions(shell),
     }
 }

@@ -148,7 +148,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // The dashboard's listener, bound in the host's own namespace.
     let mut ui = UiState {
-        token: crate::state::new_token(),
+        logins: Default::default(),
         addr: None,
         error: None,
     };

@@ -8,6 +8,7 @@ mod logging;
 mod socket;
 mod state;
 mod ui;
+mod ui_login;
 
 use std::path::PathBuf;
 

@@ -1,6 +1,6 @@
 //! The daemon's shared state: the subsystems a request handler reaches
 //! (built by `daemon.rs`, served by `api` and `ui`), and the dashboard
-//! listener's address and token.
+//! listener's address and its logins.
 
 use std::sync::Arc;
 
@@ -40,19 +40,25 @@ pub struct Daemon {
 /// What every handler is given.
 pub type AppState = Arc<Daemon>;
 
-/// What the dashboard listens on, and its token.
+/// What the dashboard listens on, and who is logged in to it.
 #[derive(Debug, Clone, Default)]
 pub struct UiState {
-    pub token: String,
+    pub logins: Arc<crate::ui_login::Logins>,
     /// `127.0.0.1:7878`
     pub addr: Option<std::net::SocketAddr>,
     pub error: Option<String>,
 }
 
 impl UiState {
+    /// Where the dashboard is, without a way in.
     pub fn url(&self) -> Option<String> {
+        self.addr.map(|a| format!("http://{a}/"))
+    }
+
+    /// A one-time login link (a fresh code each call).
+    pub fn login_url(&self) -> Option<String> {
         self.addr
-            .map(|a| format!("http://{a}/?token={}", self.token))
+            .map(|a| format!("http://{a}/?code={}", self.logins.code()))
     }
 
     /// `Host` values that name this listener.
@@ -64,18 +70,5 @@ impl UiState {
             v.push(format!("127.0.0.1:{port}"));
         }
         v
-    }
-}
-
-/// A fresh random token (32 hex digits from the kernel's generator).
-pub fn new_token() -> String {
-    let mut b = [0u8; 16];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_ok();
-    if ok {
-        hex::encode(b)
-    } else {
-        uuid::Uuid::new_v4().simple().to_string()
     }
 }

@@ -5,9 +5,10 @@
 //! Protection, in order: the `Host` header must name the listener (against
 //! DNS rebinding); an `Origin`, when sent, must be the dashboard's own, and
 //! requests that change something must carry it (against cross-site
-//! requests); and the per-daemon token must come as `?token=` (which sets
-//! an HttpOnly, SameSite=Strict cookie and redirects to drop it from the
-//! URL) or as that cookie.
+//! requests); and the request must carry a live session cookie, which a
+//! one-time login code (`?code=`, from `banger ui`) is traded for: an
+//! HttpOnly, SameSite=Strict cookie, then a page that moves on without the
+//! code in the URL (see `ui_login`).
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -26,16 +27,15 @@ const APP_CSS: &str = include_str!("../ui/app.css");
 
 pub const COOKIE: &str = "banger_ui";
 
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 fn refuse(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::json!({"code": if status == StatusCode::UNAUTHORIZED { "unauthorized" } else { "forbidden" }, "message": message, "hint": "Open the dashboard with the URL `banger ui` prints"});
+    let code = if status == StatusCode::UNAUTHORIZED {
+        "unauthorized"
+    } else {
+        "forbidden"
+    };
+    let hint = "Open the dashboard with the one-time link `banger ui` prints \
+                (or `banger ui --open`)";
+    let body = serde_json::json!({"code": code, "message": message, "hint": hint});
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -44,7 +44,7 @@ fn refuse(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
+fn cookie_session(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -55,12 +55,53 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-fn query_token(uri: &Uri) -> Option<String> {
+/// The value of query parameter `name`.
+fn query_param(uri: &Uri, name: &str) -> Option<String> {
     uri.query()?
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == "token")
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
+}
+
+/// Trades a login code for a session cookie, and sends the browser on to
+/// `path` without the code. Not with an HTTP redirect: when the login
+/// link was opened from another site or a file (`banger ui --open`), a
+/// redirect belongs to that cross-site navigation, and the browser would
+/// withhold the new SameSite=Strict cookie from it. A page of our own that
+/// moves on starts a navigation from this site.
+fn login(ui: &crate::state::UiState, code: &str, path: &str) -> Response {
+    let Some(session) = ui.logins.redeem(code) else {
+        tracing::warn!("dashboard login refused: a used, expired or unknown code");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "This login link was used already or has expired (links work once, for a minute)",
+        );
+    };
+    tracing::info!("dashboard login");
+    let max_age = crate::ui_login::SESSION_TTL.as_secs();
+    let cookie =
+        format!("{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}");
+    let plain = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b));
+    let to = if plain && path.starts_with('/') {
+        path
+    } else {
+        "/"
+    };
+    let page = format!(
+        "<!doctype html>\n<meta charset=utf-8>\n<meta http-equiv=refresh content=\"0; url={to}\">\n\
+         <title>banger</title>\n<a href=\"{to}\">Continue to the dashboard</a>\n"
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(header::SET_COOKIE, cookie)
+        .header(header::REFERRER_POLICY, "no-referrer")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from(page))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// Host, Origin and token checks (see the module doc).
@@ -100,27 +141,15 @@ async fn guard(State(d): State<AppState>, req: Request, next: Next) -> Response 
         }
         _ => {}
     }
-    if let Some(t) = query_token(req.uri()) {
-        if !same(&t, &ui.token) {
-            return refuse(StatusCode::UNAUTHORIZED, "Wrong dashboard token");
-        }
-        // Keep it in a cookie, and out of the address bar and history.
-        let path = req.uri().path().to_string();
-        let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", ui.token);
-        return Response::builder()
-            .status(StatusCode::SEE_OTHER)
-            .header(header::LOCATION, path)
-            .header(header::SET_COOKIE, cookie)
-            .header(header::REFERRER_POLICY, "no-referrer")
-            .body(Body::empty())
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    if let Some(code) = query_param(req.uri(), "code") {
+        return login(ui, &code, req.uri().path());
     }
-    match cookie_token(req.headers()) {
-        Some(t) if same(&t, &ui.token) => {}
+    match cookie_session(req.headers()) {
+        Some(s) if ui.logins.valid(&s) => {}
         _ => {
             return refuse(
                 StatusCode::UNAUTHORIZED,
-                "The dashboard needs its access token",
+                "The dashboard needs a login: you are not logged in, or your session ended",
             )
         }
     }
@@ -181,25 +210,25 @@ mod tests {
     use crate::state::UiState;
 
     #[test]
-    fn tokens_and_hosts() {
-        let a = crate::state::new_token();
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, crate::state::new_token());
-        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+    fn hosts_cookies_and_codes() {
         let ui = UiState {
-            token: "t".into(),
+            logins: Default::default(),
             addr: "127.0.0.1:7878".parse().ok(),
             error: None,
         };
         assert!(ui.hosts().contains(&"localhost:7878".to_string()));
-        assert_eq!(ui.url().as_deref(), Some("http://127.0.0.1:7878/?token=t"));
+        assert_eq!(ui.url().as_deref(), Some("http://127.0.0.1:7878/"));
+        let link = ui.login_url().expect("a link");
+        assert!(link.starts_with("http://127.0.0.1:7878/?code="), "{link}");
+        assert_ne!(ui.login_url(), Some(link), "a fresh code each time");
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
             HeaderValue::from_static("a=1; banger_ui=xyz"),
         );
-        assert_eq!(cookie_token(&h).as_deref(), Some("xyz"));
-        let u: Uri = "/?x=1&token=abc".parse().expect("uri");
-        assert_eq!(query_token(&u).as_deref(), Some("abc"));
+        assert_eq!(cookie_session(&h).as_deref(), Some("xyz"));
+        let u: Uri = "/?x=1&code=abc".parse().expect("uri");
+        assert_eq!(query_param(&u, "code").as_deref(), Some("abc"));
+        assert_eq!(query_param(&u, "token"), None);
     }
 }

@@ -45,8 +45,20 @@ pub async fn capabilities(ctx: &Ctx) -> CmdResult {
     Ok(exit::OK)
 }
 
-pub async fn ui(ctx: &Ctx, open: bool) -> CmdResult {
-    let info = ctx.client.ui().await?;
+pub async fn ui(ctx: &Ctx, open: bool, logout_all: bool) -> CmdResult {
+    if logout_all {
+        let r = ctx.client.ui_logout().await?;
+        if ctx.json {
+            output::print_json(&r);
+        } else {
+            println!(
+                "Logged {} dashboard session(s) out; unused login links no longer work.",
+                r.sessions_ended
+            );
+        }
+        return Ok(exit::OK);
+    }
+    let info = ctx.client.ui_login().await?;
     if ctx.json {
         output::print_json(&info);
         return Ok(exit::OK);
@@ -63,11 +75,76 @@ pub async fn ui(ctx: &Ctx, open: bool) -> CmdResult {
             ),
         ));
     };
-    println!("{url}");
-    if open {
-        let _ = std::process::Command::new("xdg-open").arg(&url).status();
+    let secs = info.expires_in_secs.unwrap_or(60);
+    if !open {
+        println!("{url}");
+        eprintln!("This login link works once, within {secs} s; `banger ui` makes another.");
+        return Ok(exit::OK);
     }
-    Ok(exit::OK)
+    // The link never goes on a command line (every local user can read
+    // those): the browser is given a private file that forwards to it.
+    let page = login_page(&url)?;
+    let st = std::process::Command::new("xdg-open").arg(&page).status();
+    match st {
+        Ok(s) if s.success() => {
+            println!(
+                "Opened the dashboard in your browser (login page {}).",
+                page.display()
+            );
+            Ok(exit::OK)
+        }
+        other => {
+            let why = match other {
+                Ok(s) => format!("xdg-open exited with {s}"),
+                Err(e) => format!("cannot run xdg-open: {e}"),
+            };
+            Err(local(
+                format!("Cannot open the dashboard in a browser: {why}"),
+                Some("Open the file it names in your browser, or run `banger ui` for a link"),
+            ))
+        }
+    }
+}
+
+/// Writes a page, readable only by you, that forwards the browser to the
+/// login link `url`; returns its path.
+fn login_page(url: &str) -> Result<std::path::PathBuf, super::ClientError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let html = login_html(url);
+    let dir = super::vm_ssh::key_dir()?;
+    let path = dir.join("dashboard.html");
+    let tmp = dir.join(".dashboard.html.new");
+    let fail = |e: std::io::Error| {
+        local(
+            format!("Cannot write the dashboard's login page: {e}"),
+            None,
+        )
+    };
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    f.write_all(html.as_bytes()).map_err(fail)?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(fail)?;
+    Ok(path)
+}
+
+/// A page that sends the browser on to `url` (a loopback http URL of
+/// hex, `:/?=.` only, so it needs no escaping; anything else is refused).
+fn login_html(url: &str) -> String {
+    let safe = url
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b":/?=.-_[]".contains(&b));
+    let url = if safe { url } else { "about:blank" };
+    format!(
+        "<!doctype html>\n<meta charset=utf-8>\n<meta name=referrer content=no-referrer>\n\
+         <meta http-equiv=refresh content=\"0; url={url}\">\n\
+         <title>banger</title>\n<a href=\"{url}\">Open the banger dashboard</a>\n"
+    )
 }
 
 /// `banger completions SHELL`: the script that registers banger's
@@ -147,4 +224,18 @@ fn print_capabilities(c: &Capabilities) {
     println!("bootstrapper:      {boot}");
     let free = c.state_dir_free_bytes as f64 / (1u64 << 30) as f64;
     println!("state dir free:    {free:.1} GiB");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_login_page_forwards_to_the_link_and_nothing_else() {
+        let p = super::login_html("http://127.0.0.1:7878/?code=ab12");
+        assert!(
+            p.contains("content=\"0; url=http://127.0.0.1:7878/?code=ab12\""),
+            "{p}"
+        );
+        let p = super::login_html("http://x/\"><script>");
+        assert!(!p.contains("script") && p.contains("about:blank"), "{p}");
+    }
 }

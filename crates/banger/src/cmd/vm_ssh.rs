@@ -117,9 +117,9 @@ pub fn user_dir() -> PathBuf {
         .join("banger")
 }
 
-/// Where the CLI keeps the SSH key it gets from the daemon: a private
-/// directory of the calling user.
-fn key_dir() -> Result<PathBuf, ClientError> {
+/// Where the CLI keeps the SSH key it gets from the daemon (and the
+/// dashboard's login page): a private directory of the calling user.
+pub(super) fn key_dir() -> Result<PathBuf, ClientError> {
     use std::os::unix::fs::PermissionsExt;
     let base = user_dir();
     std::fs::create_dir_all(&base).map_err(|e| write_error("key directory", e))?;

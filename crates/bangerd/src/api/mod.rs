@@ -114,6 +114,8 @@ where
         system::doctor,
         system::openapi,
         system::ui,
+        system::ui_login,
+        system::ui_logout,
         vms::stream,
         vms::pools,
         vms::pool_set,
@@ -273,6 +275,8 @@ pub fn v1_routes(daemon: &AppState) -> Router<AppState> {
         v1 = v1.route("/debug/ops", post(ops::debug_start));
     }
     v1.route("/ui", get(system::ui))
+        .route("/ui/login", post(system::ui_login))
+        .route("/ui/sessions", delete(system::ui_logout))
         .route("/vms/stream", get(vms::stream))
         .route("/pools", get(vms::pools).post(vms::pool_set))
         .route("/vms/{name}/snapshot", post(vms::snapshot))

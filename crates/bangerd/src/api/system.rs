@@ -71,12 +71,35 @@ pub async fn openapi() -> impl IntoResponse {
     )
 }
 
-/// Where the web dashboard is, with its access token.
+/// Where the web dashboard is (no way in: see `POST /v1/ui/login`).
 #[utoipa::path(get, path = "/v1/ui", tag = "system",
     responses((status = 200, body = banger_api::UiInfo)))]
 pub async fn ui(State(d): State<AppState>) -> Json<banger_api::UiInfo> {
     Json(banger_api::UiInfo {
         url: d.ui.url(),
+        expires_in_secs: None,
         error: d.ui.error.clone(),
     })
+}
+
+/// A one-time link into the web dashboard: it works once, for a minute,
+/// and gives the browser that opens it a session of 12 hours.
+#[utoipa::path(post, path = "/v1/ui/login", tag = "system",
+    responses((status = 200, body = banger_api::UiInfo)))]
+pub async fn ui_login(State(d): State<AppState>) -> Json<banger_api::UiInfo> {
+    let url = d.ui.login_url();
+    Json(banger_api::UiInfo {
+        expires_in_secs: url.as_ref().map(|_| crate::ui_login::CODE_TTL.as_secs()),
+        url,
+        error: d.ui.error.clone(),
+    })
+}
+
+/// Logs every browser out of the dashboard (and voids unused links).
+#[utoipa::path(delete, path = "/v1/ui/sessions", tag = "system",
+    responses((status = 200, body = banger_api::UiLogout)))]
+pub async fn ui_logout(State(d): State<AppState>) -> Json<banger_api::UiLogout> {
+    let sessions_ended = d.ui.logins.logout_all();
+    tracing::info!(sessions_ended, "dashboard sessions ended");
+    Json(banger_api::UiLogout { sessions_ended })
 }
