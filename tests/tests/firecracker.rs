@@ -988,3 +988,61 @@ fn a_guest_sending_junk_is_cut_off_and_logged_and_others_are_unaffected() {
     let out = d.banger(&["vm", "snapshot", "bad", "b1"]);
     assert!(out.status.success(), "bad, reformed: {}", stderr(&out));
 }
+
+/// The last line number a flooding fake guest wrote to `console`.
+fn last_flood_line(console: &Path) -> u64 {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(console) else {
+        return 0;
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64)));
+    let mut tail = String::new();
+    let _ = f.read_to_string(&mut tail);
+    tail.lines()
+        .filter(|l| l.starts_with("flood "))
+        .filter_map(|l| l[6..].parse().ok())
+        .next_back()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_guest_flooding_its_console_stays_under_the_log_limit() {
+    require_kvm();
+    let img = test_image();
+    let ns = TestNetns::new();
+    let fake = bin("fake-firecracker");
+    let config = format!(
+        "[firecracker]\nbinary = \"{}\"\n[vm]\nconsole_log_size = \"64K\"\n",
+        fake.display()
+    );
+    // About 1 MiB a second of console lines.
+    let d = TestDaemon::start_in_with(&ns, &config, &[("FAKE_FC_CONSOLE_FLOOD", "1048576")]);
+    d.import_test_image(&img, "default");
+    let out = d.banger(&["vm", "create", "noisy", "--backend", "firecracker"]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let vm: Vm = d.banger_json(&["vm", "show", "noisy"]);
+    let console = d.state_dir.join("vms").join(&vm.id).join("console.log");
+    let older = d.state_dir.join("vms").join(&vm.id).join("console.log.1");
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    // Until the guest has written some 8 MiB (600,000 lines), the log and
+    // its rotated part together stay within 64K x 2 plus what 2 s of
+    // flooding between two looks adds.
+    let bound = (64 << 10) * 2 + (3 << 20);
+    let mut most = 0;
+    poll("the guest to write 8 MiB", Duration::from_secs(90), || {
+        let total = size(&console) + size(&older);
+        most = most.max(total);
+        assert!(total <= bound, "the console takes {total} bytes");
+        (last_flood_line(&console) >= 600_000).then_some(())
+    });
+    assert_eq!(size(&older), 64 << 10, "the rotated part is the limit");
+    eprintln!("largest console seen: {most} bytes");
+    // The newest lines are still there for vm logs.
+    let out = d.banger(&["vm", "logs", "noisy"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("flood "), "vm logs shows the console");
+    assert!(d.stderr().contains("console log rotated"));
+    let out = d.banger(&["vm", "rm", "--force", "noisy"]);
+    assert!(out.status.success(), "rm: {}", stderr(&out));
+}

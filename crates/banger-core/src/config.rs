@@ -59,6 +59,10 @@ default_image = "default"
 cpus = 2
 memory = "1G"
 work_disk_size = "1G"
+# A VM's serial console log is rotated past this size (the last part kept
+# in console.log.1), so a guest cannot fill the disk through it.
+# 64K to 1G.
+console_log_size = "8M"
 # QEMU acceleration: auto (KVM where it works, else TCG), kvm or tcg.
 accel = "auto"
 # The guest agent (banger-agent, a static binary) put on every VM's config
@@ -329,6 +333,7 @@ pub struct VmConfig {
     pub cpus: u32,
     pub memory: String,
     pub work_disk_size: String,
+    pub console_log_size: String,
     pub accel: String,
     pub guest_agent: String,
 }
@@ -340,6 +345,7 @@ impl Default for VmConfig {
             cpus: 2,
             memory: "1G".into(),
             work_disk_size: "1G".into(),
+            console_log_size: "8M".into(),
             accel: "auto".into(),
             guest_agent: String::new(),
         }
@@ -528,6 +534,7 @@ impl Config {
         for (key, val) in [
             ("vm.memory", &v.memory),
             ("vm.work_disk_size", &v.work_disk_size),
+            ("vm.console_log_size", &v.console_log_size),
             ("pool.memory_budget", &self.pool.memory_budget),
         ] {
             if let Err(e) = banger_api::units::parse_size(val) {
@@ -542,6 +549,13 @@ impl Config {
         }
         if let Err(e) = crate::resources::check_work_bytes(bytes(&v.work_disk_size)) {
             return Err(invalid("vm.work_disk_size", e.to_string()));
+        }
+        let console = bytes(&v.console_log_size);
+        if !(64 << 10..=1 << 30).contains(&console) {
+            return Err(invalid(
+                "vm.console_log_size",
+                format!("{} is not between 64K and 1G", v.console_log_size),
+            ));
         }
         if !["auto", "kvm", "tcg"].contains(&v.accel.as_str()) {
             return Err(invalid(
@@ -725,6 +739,8 @@ mod tests {
             ("[vm]\nmemory = \"1K\"\n", "vm.memory"),
             ("[vm]\nmemory = \"100G\"\n", "vm.memory"),
             ("[vm]\nwork_disk_size = \"1M\"\n", "vm.work_disk_size"),
+            ("[vm]\nconsole_log_size = \"1K\"\n", "vm.console_log_size"),
+            ("[vm]\nconsole_log_size = \"2G\"\n", "vm.console_log_size"),
         ];
         for (text, key) in cases {
             let err = Config::parse(text, p()).expect_err(text);

@@ -52,6 +52,7 @@ fn vms_config(config: &Config) -> anyhow::Result<VmsConfig> {
         cpus: config.vm.cpus,
         memory_mib: u32::try_from(size(&config.vm.memory)? >> 20).unwrap_or(1024),
         work_disk_bytes: size(&config.vm.work_disk_size)?,
+        console_log_bytes: size(&config.vm.console_log_size)?,
         accel: config.vm.accel.clone(),
         firecracker_binary: config.firecracker.binary.clone(),
         jailer: config.firecracker.jailer.clone(),
@@ -213,6 +214,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "bangerd {} listening",
         env!("CARGO_PKG_VERSION")
     );
+
+    daemon.vms.keep_consoles(daemon.shutdown.clone());
 
     // The .vm DNS server, once the bridge exists.
     {

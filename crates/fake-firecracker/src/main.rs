@@ -32,7 +32,9 @@
 //! each request as a JSON line; `FAKE_FC_FAIL="PUT /drives/rootfs"` answers
 //! that call with a fault; `FAKE_FC_DIE_ON="PUT /actions"` exits the process
 //! abruptly when it arrives; `FAKE_FC_DELAY="PUT /snapshot/create=3000"`
-//! answers that call after so many milliseconds.
+//! answers that call after so many milliseconds; `FAKE_FC_CONSOLE_FLOOD=N`
+//! makes the started "guest" write about N bytes a second of numbered
+//! lines (`flood 12`) to its serial console, for ever.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -379,6 +381,12 @@ fn action(f: &Fake, vmm: &mut Vmm, body: &Value) -> Option<Reply> {
             println!("[    0.000000] Linux version 6.1.0 (fake-firecracker {VERSION})");
             println!("banger-ready fake-{}", f.id);
             let _ = std::io::stdout().flush();
+            if let Some(rate) = std::env::var("FAKE_FC_CONSOLE_FLOOD")
+                .ok()
+                .and_then(|r| r.parse::<usize>().ok())
+            {
+                std::thread::spawn(move || flood_console(rate));
+            }
         }
         Some("SendCtrlAltDel") => {
             if !vmm.started {
@@ -550,5 +558,29 @@ async fn main() -> std::process::ExitCode {
             eprintln!("fake-firecracker: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes about `rate` bytes a second of numbered lines to stdout (the
+/// serial console), in 20 ms chunks, until stdout fails.
+fn flood_console(rate: usize) {
+    let per_chunk = (rate / 50).max(1);
+    let mut n: u64 = 0;
+    loop {
+        let mut chunk = String::with_capacity(per_chunk + 32);
+        while chunk.len() < per_chunk {
+            n += 1;
+            chunk.push_str(&format!("flood {n}\n"));
+        }
+        let mut out = std::io::stdout().lock();
+        if out
+            .write_all(chunk.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            return;
+        }
+        drop(out);
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

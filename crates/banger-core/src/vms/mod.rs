@@ -24,6 +24,7 @@ pub mod vmm;
 mod agent;
 mod boot;
 mod commands;
+pub mod console;
 mod create;
 mod disks;
 mod error;
@@ -87,6 +88,8 @@ pub struct VmsConfig {
     pub cpus: u32,
     pub memory_mib: u32,
     pub work_disk_bytes: u64,
+    /// A console log's limit before it is rotated (vms/console.rs).
+    pub console_log_bytes: u64,
     /// `auto`, `kvm` or `tcg`.
     pub accel: String,
     /// The firecracker binary (name on PATH or path).

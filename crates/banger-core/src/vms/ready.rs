@@ -69,6 +69,13 @@ impl ReadyScan {
         let Ok(mut f) = std::fs::File::open(console) else {
             return false;
         };
+        // Shorter than what was read: rotated (vms/console.rs), read on
+        // from its start.
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
+            self.offset = 0;
+            self.partial.clear();
+        }
         if f.seek(SeekFrom::Start(self.offset)).is_err() {
             return false;
         }
@@ -219,6 +226,17 @@ mod tests {
         assert_eq!(s.offset, 5);
         std::fs::write(&p, b"boot\nbanger-ready b\n").unwrap();
         assert!(s.poll(&p));
+    }
+
+    #[test]
+    fn poll_starts_again_when_the_log_was_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("console.log");
+        let mut s = ReadyScan::default();
+        std::fs::write(&p, "noise\n".repeat(100)).unwrap();
+        assert!(!s.poll(&p));
+        std::fs::write(&p, b"banger-ready b\n").unwrap();
+        assert!(s.poll(&p), "the marker after a rotation is seen");
     }
 
     #[test]

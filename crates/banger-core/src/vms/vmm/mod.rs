@@ -191,9 +191,11 @@ fn spawn(
     };
     std::fs::create_dir_all(&spec.run_dir).map_err(io(&spec.run_dir))?;
     let _ = std::fs::remove_file(&spec.console_log);
+    let _ = std::fs::remove_file(super::console::rotated(&spec.console_log));
     let stderr = std::fs::File::create(&spec.stderr_log).map_err(io(&spec.stderr_log))?;
     let stdout = if stdout_to_console {
-        Stdio::from(std::fs::File::create(&spec.console_log).map_err(io(&spec.console_log))?)
+        let f = super::console::create_for_append(&spec.console_log);
+        Stdio::from(f.map_err(io(&spec.console_log))?)
     } else {
         Stdio::null()
     };

@@ -113,8 +113,15 @@ fn machine_args(s: &QemuSpec) -> Vec<String> {
     ] {
         push(x);
     }
+    // The console is appended to (O_APPEND), so the console keeper can
+    // truncate it under QEMU (vms/console.rs).
+    push("-chardev");
+    push(&format!(
+        "file,id=console,path={},append=on",
+        s.console_log.display().to_string().replace(',', ",,")
+    ));
     push("-serial");
-    push(&format!("file:{}", s.console_log.display()));
+    push("chardev:console");
     push("-qmp");
     push(&format!(
         "unix:{},server=on,wait=off",
@@ -552,10 +559,13 @@ mod tests {
             ["tap,id=n0,ifname=bg-abc123,script=no,downscript=no"]
         );
         assert!(after(&a, "-append")[0].contains("init=/usr/lib/banger/init"));
-        assert_eq!(after(&a, "-serial"), ["file:/v/console.log"]);
+        assert_eq!(after(&a, "-serial"), ["chardev:console"]);
         assert_eq!(
             after(&a, "-chardev"),
-            ["socket,id=agent,path=/r/agent.sock,server=on,wait=off"]
+            [
+                "file,id=console,path=/v/console.log,append=on",
+                "socket,id=agent,path=/r/agent.sock,server=on,wait=off"
+            ]
         );
         assert!(after(&a, "-device")
             .contains(&"virtserialport,bus=vser0.0,chardev=agent,name=org.banger.agent"));
