@@ -1046,3 +1046,57 @@ fn a_guest_flooding_its_console_stays_under_the_log_limit() {
     let out = d.banger(&["vm", "rm", "--force", "noisy"]);
     assert!(out.status.success(), "rm: {}", stderr(&out));
 }
+
+#[test]
+fn a_guest_port_sends_only_ipv4_and_arp_and_the_vm_network_has_no_ipv6() {
+    require_kvm();
+    let img = test_image();
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let d = daemon(&ns, &log, &[]);
+    d.import_test_image(&img, "default");
+    for name in ["a", "b"] {
+        let out = d.banger(&["vm", "create", name, "--backend", "firecracker"]);
+        assert!(out.status.success(), "create {name}: {}", stderr(&out));
+    }
+    let a: Vm = d.banger_json(&["vm", "show", "a"]);
+    let b: Vm = d.banger_json(&["vm", "show", "b"]);
+    let tap_of = |vm: &Vm| {
+        requests(&log)
+            .iter()
+            .filter(|r| r["path"] == "/network-interfaces/eth0")
+            .filter(|r| r["body"]["guest_mac"] == vm.mac.as_str())
+            .filter_map(|r| r["body"]["host_dev_name"].as_str().map(String::from))
+            .last()
+            .expect("the VM's TAP")
+    };
+    let (tap_a, tap_b) = (tap_of(&a), tap_of(&b));
+
+    // No IPv6 address on the bridge or a TAP (lo keeps ::1).
+    let v6 = stdout(&ns.ip(&["-6", "-br", "addr"]));
+    let v6: Vec<&str> = v6.lines().filter(|l| !l.starts_with("lo ")).collect();
+    assert!(v6.is_empty(), "IPv6 on the VM network: {v6:?}");
+
+    // A router advert, a VLAN-tagged frame and a spoofed IPv6 packet from
+    // a's port do not reach b; a's ARP (sent last) does.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/tap-frames.py");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "python3", script])
+        .args([&tap_a, &tap_b, &a.mac, &a.ip, &b.mac])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let seen: Vec<&str> = seen["seen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        seen.contains(&"0x806"),
+        "the control frame got through: {seen:?}"
+    );
+    assert_eq!(seen, ["0x806"], "only ARP from a reached b");
+}

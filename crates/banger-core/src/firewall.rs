@@ -10,7 +10,8 @@
 //! - `ip banger`: masquerade for guest traffic leaving the subnet; forward
 //!   with a per-VM egress allow-list (`vm_egress` verdict map); input with
 //!   per-VM host isolation (`vm_host`: only DNS and ping to the gateway).
-//! - `bridge banger`: anti-spoofing (a port may only send its VM's address)
+//! - `bridge banger`: anti-spoofing (a port may only send IPv4 and ARP, with
+//!   its VM's MAC and address)
 //!   and isolation between VMs on the bridge (bridged traffic never reaches
 //!   the `ip` family's hooks).
 
@@ -193,6 +194,9 @@ pub fn ruleset(bridge: &str, subnet: &Subnet, vms: &[VmNet]) -> String {
         let c = chain_id(&vm.id);
         let _ = writeln!(s, "\tchain port-{c} {{");
         let _ = writeln!(s, "\t\tether saddr != {} drop", vm.mac);
+        // IPv4 and ARP only: no IPv6 (router adverts, spoofed sources),
+        // no VLAN-tagged frames slipping past the rules below.
+        s.push_str("\t\tether type != { ip, arp } drop\n");
         let _ = writeln!(s, "\t\tether type ip ip saddr != {} drop", vm.ip);
         let _ = writeln!(s, "\t\tether type arp arp saddr ip != {} drop", vm.ip);
         let _ = writeln!(s, "\t\tether type arp arp saddr ether != {} drop", vm.mac);
@@ -350,6 +354,7 @@ mod tests {
         // Every VM's port is pinned to its address; only bbbb is isolated.
         assert!(text.contains("\"bg-aaaa\" : jump port-aaaa"));
         assert!(text.contains("ether type ip ip saddr != 172.30.0.2 drop"));
+        assert!(text.contains("ether type != { ip, arp } drop"));
         assert!(text.contains("ether saddr != 52:54:00:00:00:02 drop"));
         assert!(text.contains("arp saddr ether != 52:54:00:00:00:02 drop"));
         assert!(text.contains("hook prerouting"));

@@ -8,6 +8,11 @@
 //! `network.netns`, bangerd enters that namespace before anything else
 //! (see bangerd's main), so the bridge, TAPs and VMM processes all live
 //! there and the host's namespace is left untouched.
+//!
+//! The VM network is IPv4 only: IPv6 is off on the bridge and every TAP (no
+//! link-local address the guests could reach the host's `::` services
+//! through), and the bridge firewall lets a VM's port send only IPv4 and
+//! ARP (`firewall::ruleset`).
 
 use std::net::Ipv4Addr;
 
@@ -25,6 +30,13 @@ pub enum NetworkError {
     Tool(#[from] ToolError),
     #[error(transparent)]
     Netlink(#[from] crate::netlink::NetlinkError),
+    #[error("Cannot turn IPv6 off on {link} ({path}): {source}")]
+    Ipv6Off {
+        link: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl crate::ToApiError for NetworkError {
@@ -33,7 +45,9 @@ impl crate::ToApiError for NetworkError {
             NetworkError::BadSubnet(_) => banger_api::ErrorCode::InvalidRequest,
             NetworkError::Exhausted(_) => banger_api::ErrorCode::Conflict,
             NetworkError::Tool(t) => t.code(),
-            NetworkError::Netlink(_) => banger_api::ErrorCode::Internal,
+            NetworkError::Netlink(_) | NetworkError::Ipv6Off { .. } => {
+                banger_api::ErrorCode::Internal
+            }
         }
     }
     fn hint(&self) -> Option<String> {
@@ -126,13 +140,28 @@ pub fn ensure_bridge(bridge: &str, subnet: &Subnet) -> Result<(), NetworkError> 
     static BRIDGE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _held = BRIDGE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     crate::netlink::ensure_bridge(bridge, subnet.gateway(), subnet.prefix)?;
-    Ok(())
+    ipv6_off(bridge)
+}
+
+/// Turns IPv6 off on `link` (its addresses go with it). A kernel without
+/// IPv6 has nothing to turn off.
+pub fn ipv6_off(link: &str) -> Result<(), NetworkError> {
+    let path = format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6");
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        return Ok(());
+    }
+    std::fs::write(&path, "1").map_err(|source| NetworkError::Ipv6Off {
+        link: link.to_string(),
+        path,
+        source,
+    })
 }
 
 /// Creates a TAP attached to the bridge, up (replacing a stale one).
 pub fn create_tap(tap: &str, bridge: &str, owner: Option<(u32, u32)>) -> Result<(), NetworkError> {
     delete_tap(tap);
     crate::netlink::create_tap(tap, owner)?;
+    ipv6_off(tap)?;
     crate::netlink::attach_up(tap, bridge)?;
     Ok(())
 }

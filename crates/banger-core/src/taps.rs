@@ -86,7 +86,9 @@ impl TapPool {
         while self.lock().deficit() > 0 {
             let name = pool_name();
             let made = crate::netlink::create_tap(&name, None)
-                .and_then(|_| crate::netlink::attach_up(&name, &self.bridge));
+                .map_err(crate::network::NetworkError::from)
+                .and_then(|_| crate::network::ipv6_off(&name))
+                .and_then(|_| Ok(crate::netlink::attach_up(&name, &self.bridge)?));
             match made {
                 Ok(()) => self.lock().put(name),
                 Err(e) => {
