@@ -1068,7 +1068,7 @@ fn a_guest_port_sends_only_ipv4_and_arp_and_the_vm_network_has_no_ipv6() {
             .filter(|r| r["path"] == "/network-interfaces/eth0")
             .filter(|r| r["body"]["guest_mac"] == vm.mac.as_str())
             .filter_map(|r| r["body"]["host_dev_name"].as_str().map(String::from))
-            .last()
+            .next_back()
             .expect("the VM's TAP")
     };
     let (tap_a, tap_b) = (tap_of(&a), tap_of(&b));
