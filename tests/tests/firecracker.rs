@@ -1100,3 +1100,93 @@ fn a_guest_port_sends_only_ipv4_and_arp_and_the_vm_network_has_no_ipv6() {
     );
     assert_eq!(seen, ["0x806"], "only ARP from a reached b");
 }
+
+/// The TAP the fake Firecracker was given for the VM with `mac`.
+fn tap_in(log: &Path, mac: &str) -> String {
+    requests(log)
+        .iter()
+        .filter(|r| r["path"] == "/network-interfaces/eth0")
+        .filter(|r| r["body"]["guest_mac"] == mac)
+        .filter_map(|r| r["body"]["host_dev_name"].as_str().map(String::from))
+        .next_back()
+        .expect("the VM's TAP")
+}
+
+#[test]
+fn a_second_daemon_in_the_namespace_leaves_the_first_one_s_network_alone() {
+    let mut fc = daemon_with_vm("first");
+    let log_a = fc.dir.path().join("requests.jsonl");
+    let tap_a = tap_in(&log_a, &fc.vm.mac);
+    let rules = |ns: &TestNetns| {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &ns.name, "nft", "list", "table", "bridge", "banger",
+            ])
+            .output()
+            .unwrap();
+        stdout(&out)
+    };
+    let before = rules(&fc.ns);
+    assert!(before.contains(&tap_a), "{before}");
+    let pid_a = fc.d.pid();
+
+    // Another daemon (its own state dir) in the same namespace starts, as
+    // it has no VMs, and touches nothing of the first one's.
+    let dir_b = tempfile::tempdir().unwrap();
+    let b = daemon(&fc.ns, &dir_b.path().join("requests.jsonl"), &[]);
+    assert!(
+        fc.ns.links().contains(&tap_a),
+        "the first daemon's TAP is kept"
+    );
+    assert_eq!(rules(&fc.ns), before, "the first daemon's rules are kept");
+    // Its first VM needs the network: refused, naming the owner.
+    b.import_test_image(&test_image(), "default");
+    let out = b.banger(&["vm", "create", "second", "--backend", "firecracker"]);
+    assert!(!out.status.success(), "a second owner was let in");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "Another bangerd (pid {pid_a}, state dir {}",
+            fc.d.state_dir.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("network.netns"), "the hint: {err}");
+    assert!(fc.ns.links().contains(&tap_a));
+    assert_eq!(rules(&fc.ns), before);
+    let first: Vm = fc.d.banger_json(&["vm", "show", "first"]);
+    assert_eq!(first.state, VmState::Running);
+
+    // The first daemon stops (its VM runs on); the second takes the
+    // network for a VM of its own; the first, back, refuses to start.
+    assert!(fc.d.terminate().success());
+    let out = b.banger(&["vm", "create", "second", "--backend", "firecracker"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(fc.ns.links().contains(&tap_a), "not taken for a stray");
+    let mut again = std::process::Command::new(bin("bangerd"))
+        .arg("--config")
+        .arg(&fc.d.config)
+        .envs(fc.d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = poll(
+        "the first daemon to refuse",
+        Duration::from_secs(20),
+        || again.try_wait().ok().flatten(),
+    );
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut again.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "it started: {err}");
+    assert!(
+        err.contains(&format!("Another bangerd (pid {}", b.pid())),
+        "{err}"
+    );
+    assert!(fc.ns.links().contains(&tap_a));
+    // Its VM is still there for it once the other is gone.
+    drop(b);
+    fc.d.spawn();
+    let first: Vm = fc.d.banger_json(&["vm", "show", "first"]);
+    assert_eq!(first.state, VmState::Running, "adopted");
+}

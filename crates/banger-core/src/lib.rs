@@ -39,6 +39,7 @@ pub mod guests;
 pub mod images;
 pub mod names;
 pub mod netlink;
+pub mod netns_lock;
 pub mod network;
 pub mod ops;
 pub mod paths;

@@ -119,7 +119,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let snapshots = banger_core::vms::Snapshots::new(vms.clone());
     let guests = banger_core::guests::Guests::new(vms.clone());
     let pool = banger_core::vms::WarmPool::new(vms.clone());
-    vms.reconcile()?;
+    vms.reconcile().map_err(|e| {
+        use banger_core::ToApiError as _;
+        with_hint(e.hint().as_deref(), e)
+    })?;
     snapshots.reconcile()?;
     // After reconcile: only the VMs and snapshots that stay keep files.
     images.remove_orphans(&vms.digests_in_use()?)?;

@@ -68,6 +68,7 @@ impl Vms {
         let this = self.clone();
         let id = vm.id.clone();
         blocking(move || {
+            this.own_network()?;
             network::ensure_bridge(&bridge, &subnet)?;
             network::flush_neighbor(&vm_ip, &bridge);
             let pooled = match tap_owner {

@@ -55,6 +55,8 @@ pub enum VmError {
     #[error(transparent)]
     Network(#[from] NetworkError),
     #[error(transparent)]
+    Netns(#[from] crate::netns_lock::NetnsLockError),
+    #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
     Tool(#[from] ToolError),
@@ -117,6 +119,7 @@ impl ToApiError for VmError {
             VmError::Agent(e) => e.code(),
             VmError::Firewall(e) => e.code(),
             VmError::Network(e) => e.code(),
+            VmError::Netns(e) => e.code(),
             VmError::Tool(e) => e.code(),
             VmError::Guest(e) => e.code(),
             VmError::AgentConn(e) => e.code(),
@@ -150,6 +153,7 @@ impl ToApiError for VmError {
             VmError::Agent(e) => e.hint(),
             VmError::Firewall(e) => e.hint(),
             VmError::Network(e) => e.hint(),
+            VmError::Netns(e) => e.hint(),
             VmError::Tool(e) => e.hint(),
             VmError::Guest(e) => e.hint(),
             VmError::AgentConn(e) => e.hint(),

@@ -128,6 +128,8 @@ struct VmsInner {
     ssh: GuestSsh,
     /// Each VM's agent connection slot, by VM id.
     agents: Mutex<HashMap<String, agent::Slot>>,
+    /// Held while this daemon owns its namespace's network (net.rs).
+    netns: Mutex<Option<crate::netns_lock::NetnsLock>>,
 }
 
 /// The VMs subsystem. Cheap to clone.
@@ -160,6 +162,7 @@ impl Vms {
                 pool,
                 ssh,
                 agents: Mutex::new(HashMap::new()),
+                netns: Mutex::new(None),
             }),
         }
     }

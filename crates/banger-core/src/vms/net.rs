@@ -15,6 +15,29 @@ impl Vms {
         self.inner.net_up.subscribe()
     }
 
+    /// Takes this namespace's network for this daemon, unless it has it
+    /// already (netns_lock.rs); fails naming the daemon that owns it. True
+    /// when what banger left in the namespace is this daemon's own.
+    pub(super) fn own_network(&self) -> Result<bool, VmError> {
+        let mut held = self.inner.netns.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_none() {
+            let lock = crate::netns_lock::acquire(&self.inner.layout.state_dir)?;
+            tracing::info!(previous = ?lock.previous, "this daemon owns banger's network in its namespace");
+            *held = Some(lock);
+        }
+        let state_dir = &self.inner.layout.state_dir;
+        Ok(held
+            .as_ref()
+            .is_some_and(|l| l.leftovers_are_ours(state_dir)))
+    }
+
+    /// Lets another daemon have this namespace's network (when this one
+    /// has no VMs).
+    pub(super) fn release_network(&self) {
+        let mut held = self.inner.netns.lock().unwrap_or_else(|p| p.into_inner());
+        *held = None;
+    }
+
     /// Whether banger's network (bridge, rules) is set up in this namespace.
     pub(super) fn network_active(&self) -> bool {
         network::link_exists(&self.inner.config.bridge) || crate::firewall::installed()
@@ -67,6 +90,7 @@ impl Vms {
     pub(super) fn sync_firewall(&self) -> Result<(), VmError> {
         static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _held = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        self.own_network()?;
         let nets = self.vm_nets()?;
         let cfg = &self.inner.config;
         crate::firewall::apply(&crate::firewall::ruleset(&cfg.bridge, &cfg.subnet, &nets))?;
@@ -100,6 +124,7 @@ impl Vms {
                 what: "stop every VM before removing banger's network",
             });
         }
+        self.own_network()?;
         crate::firewall::apply(crate::firewall::teardown())?;
         for link in network::list_links() {
             if link.starts_with("bg-") || link.starts_with("bgp-") {

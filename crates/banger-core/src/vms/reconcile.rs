@@ -10,9 +10,10 @@ use super::Vms;
 
 impl Vms {
     /// Removes VM directories and `bg-` TAPs that no row claims (left by a
-    /// daemon killed in the middle of `rm` or of a rollback). One daemon owns
-    /// the TAPs of its network namespace.
-    pub(super) fn remove_orphans(&self) -> Result<(), VmError> {
+    /// daemon killed in the middle of `rm` or of a rollback). TAPs only when
+    /// `taps_are_ours`: one daemon owns a namespace's network, and what it
+    /// left is no other's to clean (netns_lock.rs).
+    pub(super) fn remove_orphans(&self, taps_are_ours: bool) -> Result<(), VmError> {
         let vms = self.list()?;
         let ids: std::collections::HashSet<String> = vms.iter().map(|v| v.id.clone()).collect();
         for base in [self.inner.layout.vms_dir(), self.inner.layout.vms_run_dir()] {
@@ -46,6 +47,9 @@ impl Vms {
                 }
             }
         }
+        if !taps_are_ours {
+            return Ok(());
+        }
         let taps: std::collections::HashSet<String> = self.inner.store.read(|c| {
             let mut stmt = c.prepare("SELECT tap FROM vms")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
@@ -63,16 +67,38 @@ impl Vms {
 
     /// Converges stored state with reality after a daemon (re)start.
     pub fn reconcile(&self) -> Result<(), VmError> {
-        self.remove_orphans()?;
+        // A daemon with VMs must own its namespace's network (or refuse to
+        // start); one without takes it only to clean up what is its own.
+        let has_vms = !self.list()?.is_empty();
+        let active = self.network_active();
+        let owned = if has_vms {
+            Some(self.own_network()?)
+        } else if active {
+            match self.own_network() {
+                Ok(ours) => Some(ours),
+                Err(e) => {
+                    tracing::info!(error = %e, "leaving this namespace's network alone");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        self.remove_orphans(owned == Some(true))?;
         // Rules for VMs that no longer exist go; missing ones come back.
-        if self.network_active() {
-            if network::link_exists(&self.inner.config.bridge) {
+        // Not those of another daemon's VMs, by one that has none.
+        if owned.is_some_and(|ours| has_vms || ours) && active {
+            if has_vms && network::link_exists(&self.inner.config.bridge) {
                 self.inner.net_up.send_replace(true);
                 self.inner.pool.refill_later();
             }
             if let Err(e) = self.sync_firewall() {
                 tracing::warn!(error = %e, "cannot reconcile the firewall");
             }
+        }
+        if !has_vms {
+            // Taken again by the first VM that needs the network.
+            self.release_network();
         }
         for vm in self.list()? {
             match vm.state {
