@@ -47,4 +47,4 @@ check "$out/snapshot.json" bench runs cold from_snapshot fork snapshot_take rati
 ./$bin/fleet $mode > "$out/fleet.json"
 check "$out/fleet.json" bench vm_ls_latency_ms daemon_rss_kib concurrent_creates_s machine
 ./$bin/agent $mode > "$out/agent.json"
-check "$out/agent.json" bench exec agent_round_trip guest_program_start_s vm_ssh ssh_controlmaster ratio_exec_over_vm_ssh ratio_exec_over_controlmaster in_a_row concurrent_8 copy_in create_to_first_exec agent targets machine
+check "$out/agent.json" bench exec agent_round_trip guest_program_start_s vm_ssh ssh_controlmaster ratio_exec_over_vm_ssh ratio_exec_over_controlmaster in_a_row concurrent_8 copy_in create_to_first_exec agent vmm_rss_over_vm_ssh targets machine

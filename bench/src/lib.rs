@@ -84,7 +84,12 @@ pub fn create_to_ssh(d: &banger_tests::TestDaemon, name: &str, extra: &[&str]) -
     );
     let created = t0.elapsed().as_secs_f64();
     let ssh = d.banger(&["vm", "ssh", name, "--", "true"]);
-    assert!(ssh.status.success());
+    assert!(
+        ssh.status.success(),
+        "the first vm ssh to {name} failed ({}): {}",
+        ssh.status,
+        String::from_utf8_lossy(&ssh.stderr)
+    );
     (created, t0.elapsed().as_secs_f64())
 }
 

@@ -85,6 +85,10 @@ pub fn qemu_args(s: &QemuSpec) -> Vec<String> {
     a
 }
 
+/// The TCG translation cache, MiB: what a guest's QEMU may spend on
+/// translated code (measured: see docs/vms.md).
+pub const TCG_TB_MIB: u32 = 128;
+
 /// The machine, its control and log files, and the kernel. Pure.
 fn machine_args(s: &QemuSpec) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
@@ -92,7 +96,12 @@ fn machine_args(s: &QemuSpec) -> Vec<String> {
     push("-name");
     push(&format!("banger-{},process=banger-vm-{}", s.name, s.vm_id));
     push("-accel");
-    push(s.accel.as_str());
+    push(&match s.accel {
+        Accel::Kvm => "kvm".to_string(),
+        // QEMU's translation cache defaults to 1 GiB and fills as the guest
+        // runs new code (each `vm ssh` grew QEMU by ~30 MB): bounded.
+        Accel::Tcg => format!("tcg,tb-size={TCG_TB_MIB}"),
+    });
     push("-M");
     push("q35");
     push("-cpu");
@@ -546,7 +555,7 @@ mod tests {
     #[test]
     fn tcg_command_line() {
         let a = qemu_args(&spec());
-        assert_eq!(after(&a, "-accel"), ["tcg"]);
+        assert_eq!(after(&a, "-accel"), ["tcg,tb-size=128"]);
         assert_eq!(after(&a, "-cpu"), ["max"]);
         assert_eq!(after(&a, "-M"), ["q35"]);
         assert_eq!(after(&a, "-name"), ["banger-dev,process=banger-vm-abc123"]);
