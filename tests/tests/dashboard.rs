@@ -165,7 +165,7 @@ async fn shot(c: &Client, name: &str) {
 }
 
 #[test]
-fn guest_dashboard_token_origin_create_stop_and_live_session_logs() {
+fn guest_dashboard_login_origin_create_stop_and_live_session_logs() {
     let img = test_image();
     let ns = TestNetns::new();
     let port = free_port();

@@ -427,3 +427,80 @@ fn guest_session_on_a_terminal_attaches_as_a_real_terminal_and_long_logs_come_wh
     let out = d.banger(&["session", "kill", "sh1"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Where a daemon has no banger-agent to ship, guest commands go over SSH.
+/// Nothing of them is an argument of the daemon's `ssh` (every local user
+/// reads `/proc/PID/cmdline`): not a session's environment, not its
+/// command; and a command past the kernel's 128 KiB argument limit runs.
+#[test]
+fn guest_commands_over_ssh_keep_secrets_and_big_scripts_off_command_lines() {
+    use std::os::unix::fs::PermissionsExt;
+    let img = test_image();
+    let ns = TestNetns::new();
+    // An ssh that writes down its arguments, then is the real one.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let argv_log = dir.path().join("ssh-argv");
+    let real = banger_core::tools::require("ssh").unwrap();
+    let wrapper = bin.join("ssh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" >> {}\nexec {} \"$@\"\n",
+            argv_log.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let d = TestDaemon::start_in_with(
+        &ns,
+        "[vm]\nguest_agent = \"/nonexistent/banger-agent\"\n",
+        &[("PATH", &path)],
+    );
+    d.import_test_image(&img, "default");
+    assert!(d.banger(&["vm", "create", "plain"]).status.success());
+
+    let secret = "s3cret-9f2e61d0";
+    // Each under the kernel's limit for one string, together past it: the
+    // session's script is over 200 KiB.
+    let big = "z".repeat(100 << 10);
+    let big2 = "w".repeat(100 << 10);
+    let out = d.banger(&[
+        "session",
+        "start",
+        "plain",
+        "--name",
+        "quiet",
+        "--env",
+        &format!("API_KEY={secret}"),
+        "--env",
+        &format!("BIG={big}"),
+        "--env",
+        &format!("BIG2={big2}"),
+        "--",
+        "sh",
+        "-c",
+        "echo \"key=$API_KEY big=${#BIG} ${#BIG2}\"",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    poll("the session's output", Duration::from_secs(60), || {
+        let logs = stdout(&d.banger(&["session", "logs", "quiet"]));
+        logs.contains("key=").then_some(logs)
+    });
+    let logs = stdout(&d.banger(&["session", "logs", "quiet"]));
+    assert_eq!(
+        logs,
+        format!("key={secret} big={} {}\n", big.len(), big2.len())
+    );
+    let argv = std::fs::read_to_string(&argv_log).unwrap();
+    assert!(argv.contains("head -c"), "the daemon went over SSH: {argv}");
+    assert!(!argv.contains(secret), "a secret on ssh's command line");
+    assert!(!argv.contains("zzzz"), "the command on ssh's command line");
+    assert!(
+        !argv.contains("API_KEY"),
+        "the environment on ssh's command line"
+    );
+}

@@ -136,10 +136,7 @@ impl AgentRuns {
                 .vms
                 .commands(&vm)
                 .await?
-                .run(
-                    &format!("sh -c {}", crate::shell::quote(&script)),
-                    Some(f.content.clone().into_bytes()),
-                )
+                .run(&script, Some(f.content.clone().into_bytes()))
                 .await?;
             if !out.status.success() {
                 return Err(AgentRunError::File {

@@ -223,7 +223,7 @@ impl Credentials {
                 .commands(&vm)
                 .await?
                 .exec(
-                    &format!("sh -c {}", quote(&script)),
+                    &script,
                     input.map_or(GuestInput::None, GuestInput::Bytes),
                     Duration::from_secs(60),
                 )

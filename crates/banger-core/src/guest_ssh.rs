@@ -206,6 +206,30 @@ fn ssh_options(
     v
 }
 
+/// What runs a guest script: bash when it starts with `#!/bin/bash`, else
+/// sh. Pure.
+pub fn interpreter(script: &str) -> &'static str {
+    if script.starts_with("#!/bin/bash\n") {
+        "bash"
+    } else {
+        "sh"
+    }
+}
+
+/// The fixed command line that runs `script`: its [`interpreter`] reads
+/// it, `len` bytes, from the front of its input (`head -c` reads no
+/// further) and evaluates it, the rest of the input being the script's. So
+/// a script, and the secrets in it, never is an argument, neither of the
+/// daemon's `ssh` (every local user can read `/proc/PID/cmdline`) nor of a
+/// process in the guest (where the kernel caps one at 128 KiB: E2BIG). Pure.
+pub fn remote_command(script: &str) -> String {
+    format!(
+        "exec {} -c 'eval \"$(head -c {})\"'",
+        interpreter(script),
+        script.len()
+    )
+}
+
 impl Guest {
     /// Runs `command` (a shell command line) over the VM's shared SSH
     /// connection (started on first use), with `stdin` as its input; at
@@ -251,17 +275,18 @@ impl Guest {
         let args = self.ssh.args(&self.target)?;
         let (opts, target) = args.split_at(args.len() - 1);
         self.ensure_master(&ssh, opts, target).await;
+        let script = if command.trim().is_empty() {
+            ":".to_string()
+        } else {
+            command.to_string()
+        };
         let mut child = tokio::process::Command::new(&ssh)
             .args(opts)
             .args(["-o", "ControlMaster=no"])
             .args(target)
             .arg("--")
-            .arg(command)
-            .stdin(if matches!(input, GuestInput::None) {
-                Stdio::null()
-            } else {
-                Stdio::piped()
-            })
+            .arg(remote_command(&script))
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -273,12 +298,15 @@ impl Guest {
         let writer = child.stdin.take().map(|mut sin| {
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
-                let r = match input {
-                    GuestInput::None => Ok(()),
-                    GuestInput::Bytes(b) => sin.write_all(&b).await,
-                    GuestInput::Reader(mut r) => {
-                        tokio::io::copy(&mut r, &mut sin).await.map(|_| ())
-                    }
+                let r = match sin.write_all(script.as_bytes()).await {
+                    Err(e) => Err(e),
+                    Ok(()) => match input {
+                        GuestInput::None => Ok(()),
+                        GuestInput::Bytes(b) => sin.write_all(&b).await,
+                        GuestInput::Reader(mut r) => {
+                            tokio::io::copy(&mut r, &mut sin).await.map(|_| ())
+                        }
+                    },
                 };
                 let _ = sin.shutdown().await;
                 r
@@ -347,6 +375,43 @@ impl Guest {
 
 #[cfg(test)]
 mod tests {
+
+    /// What ssh runs in the guest, run here by sh: the script comes from
+    /// the input's front, and the rest of the input is the script's; a
+    /// script far past the argument limit works.
+    #[test]
+    fn the_remote_command_runs_the_script_from_the_input_and_passes_the_rest_on() {
+        use std::io::Write;
+        let run = |script: &str, rest: &[u8]| {
+            let mut c = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(remote_command(script))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("sh");
+            let mut sin = c.stdin.take().expect("stdin");
+            sin.write_all(script.as_bytes()).expect("write");
+            sin.write_all(rest).expect("write");
+            drop(sin);
+            c.wait_with_output().expect("wait").stdout
+        };
+        assert!(!remote_command("cat").contains("cat"));
+        assert!(remote_command("echo").starts_with("exec sh -c"));
+        assert!(remote_command("#!/bin/bash\necho").starts_with("exec bash -c"));
+        assert_eq!(
+            run("#!/bin/bash\n[[ -n $BASH_VERSION ]] && echo bash", b""),
+            b"bash\n"
+        );
+        assert_eq!(run("tr a-z A-Z", b"secret input"), b"SECRET INPUT");
+        let big = format!("X={}; echo ${{#X}}; wc -c", "y".repeat(300 << 10));
+        assert_eq!(
+            String::from_utf8_lossy(&run(&big, b"abc"))
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["307200", "3"]
+        );
+    }
     use super::*;
 
     #[test]

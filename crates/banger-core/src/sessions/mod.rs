@@ -162,7 +162,7 @@ impl Sessions {
         script: &str,
         stdin: Option<Vec<u8>>,
     ) -> Result<std::process::Output, SessionError> {
-        let command = format!("bash -c {}", crate::shell::quote(script));
+        let command = format!("#!/bin/bash\n{script}");
         Ok(self.vms.commands(vm).await?.run(&command, stdin).await?)
     }
 

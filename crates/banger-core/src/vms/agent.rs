@@ -10,7 +10,6 @@ use banger_agent_proto::msg::Request;
 use banger_api::{Vm, VmState};
 
 use crate::guest_agent::{legacy, link, AgentConn, AgentConnError};
-use crate::shell::quote;
 
 use super::{blocking, VmError, Vms};
 
@@ -146,10 +145,7 @@ impl Vms {
         let Err(e) = by_agent else { return Ok(()) };
         tracing::info!(vm = %vm.name, error = %crate::error::error_chain(&e), "renaming over SSH");
         let script = super::pool::rename_script(&vm.name);
-        let out = self
-            .guest(vm)?
-            .run(&format!("sh -c {}", quote(&script)), None)
-            .await?;
+        let out = self.guest(vm)?.run(&script, None).await?;
         if !out.status.success() {
             return Err(VmError::Internal {
                 what: "pool VM",

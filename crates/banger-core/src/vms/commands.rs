@@ -103,15 +103,24 @@ impl GuestCmd {
         match self {
             GuestCmd::Ssh(g) => Ok(g.exec(command, input, limit).await?),
             GuestCmd::Agent { conn, vm } => {
+                // The script goes in front of the input, as over SSH: no
+                // argument of 128 KiB or more (E2BIG) in the guest.
+                use tokio::io::AsyncReadExt as _;
+                let script = std::io::Cursor::new(command.as_bytes().to_vec());
                 let req = ExecRequest {
-                    argv: vec!["sh".into(), "-c".into(), command.into()],
+                    argv: vec![
+                        crate::guest_ssh::interpreter(command).into(),
+                        "-c".into(),
+                        format!("eval \"$(head -c {})\"", command.len()),
+                    ],
                     ..ExecRequest::default()
                 };
-                let input: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>> = match input {
-                    GuestInput::None => None,
-                    GuestInput::Bytes(b) => Some(Box::new(std::io::Cursor::new(b))),
-                    GuestInput::Reader(r) => Some(r),
+                let input: Box<dyn tokio::io::AsyncRead + Send + Unpin> = match input {
+                    GuestInput::None => Box::new(script),
+                    GuestInput::Bytes(b) => Box::new(script.chain(std::io::Cursor::new(b))),
+                    GuestInput::Reader(r) => Box::new(script.chain(r)),
                 };
+                let input = Some(input);
                 let out = conn.exec_input(req, input, OUTPUT_LIMIT, limit).await?;
                 if out.timed_out {
                     return Err(GuestCmdError::Timeout {

@@ -254,7 +254,7 @@ impl Workspaces {
             });
         }
         let text = script::push_script(&dest, &p.base, p.branch.as_deref(), p.force);
-        let command = format!("bash -c {}", crate::shell::quote(&text));
+        let command = format!("#!/bin/bash\n{text}");
         let out = self
             .vms
             .commands(&vm)
@@ -365,7 +365,7 @@ impl Workspaces {
             .commands(&vm)
             .await?
             .exec(
-                &format!("bash -c {}", crate::shell::quote(&text)),
+                &format!("#!/bin/bash\n{text}"),
                 GuestInput::None,
                 Duration::from_secs(300),
             )
@@ -453,7 +453,7 @@ impl Workspaces {
             .commands(&vm)
             .await?
             .exec(
-                &format!("bash -c {}", crate::shell::quote(&text)),
+                &format!("#!/bin/bash\n{text}"),
                 GuestInput::None,
                 Duration::from_secs(1800),
             )
