@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use banger_api::{OpState, Operation, Vm, VmList, VmState};
@@ -932,12 +932,11 @@ fn rm_racing_start_or_create_leaves_no_vmm_without_a_row() {
     }
 }
 
-/// A guest whose agent starts sending junk mid-session (the fake's
-/// `<vsock>.junk` switch) has its channel closed, with a log line naming
-/// it and a clear error for the caller; another VM keeps working, and the
-/// bad one is reconnected once it behaves.
-#[test]
-fn a_guest_sending_junk_is_cut_off_and_logged_and_others_are_unaffected() {
+/// A daemon on the fake Firecracker in a namespace of its own, with a
+/// running VM for each of `names`; its request log's path. Bound in this
+/// order (`let (ns, log, dir, d)`), the daemon drops first and the
+/// namespace last.
+fn daemon_with_vms(names: &[&str]) -> (TestNetns, PathBuf, tempfile::TempDir, TestDaemon) {
     require_kvm();
     let img = test_image();
     let ns = TestNetns::new();
@@ -945,10 +944,20 @@ fn a_guest_sending_junk_is_cut_off_and_logged_and_others_are_unaffected() {
     let log = dir.path().join("requests.jsonl");
     let d = daemon(&ns, &log, &[]);
     d.import_test_image(&img, "default");
-    for name in ["bad", "good"] {
+    for name in names {
         let out = d.banger(&["vm", "create", name, "--backend", "firecracker"]);
         assert!(out.status.success(), "create {name}: {}", stderr(&out));
     }
+    (ns, log, dir, d)
+}
+
+/// A guest whose agent starts sending junk mid-session (the fake's
+/// `<vsock>.junk` switch) has its channel closed, with a log line naming
+/// it and a clear error for the caller; another VM keeps working, and the
+/// bad one is reconnected once it behaves.
+#[test]
+fn a_guest_sending_junk_is_cut_off_and_logged_and_others_are_unaffected() {
+    let (_ns, log, _dir, d) = daemon_with_vms(&["bad", "good"]);
     let bad: Vm = d.banger_json(&["vm", "show", "bad"]);
     let vsock = requests(&log)
         .iter()
@@ -1049,29 +1058,10 @@ fn a_guest_flooding_its_console_stays_under_the_log_limit() {
 
 #[test]
 fn a_guest_port_sends_only_ipv4_and_arp_and_the_vm_network_has_no_ipv6() {
-    require_kvm();
-    let img = test_image();
-    let ns = TestNetns::new();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("requests.jsonl");
-    let d = daemon(&ns, &log, &[]);
-    d.import_test_image(&img, "default");
-    for name in ["a", "b"] {
-        let out = d.banger(&["vm", "create", name, "--backend", "firecracker"]);
-        assert!(out.status.success(), "create {name}: {}", stderr(&out));
-    }
+    let (ns, log, _dir, d) = daemon_with_vms(&["a", "b"]);
     let a: Vm = d.banger_json(&["vm", "show", "a"]);
     let b: Vm = d.banger_json(&["vm", "show", "b"]);
-    let tap_of = |vm: &Vm| {
-        requests(&log)
-            .iter()
-            .filter(|r| r["path"] == "/network-interfaces/eth0")
-            .filter(|r| r["body"]["guest_mac"] == vm.mac.as_str())
-            .filter_map(|r| r["body"]["host_dev_name"].as_str().map(String::from))
-            .next_back()
-            .expect("the VM's TAP")
-    };
-    let (tap_a, tap_b) = (tap_of(&a), tap_of(&b));
+    let (tap_a, tap_b) = (tap_in(&log, &a.mac), tap_in(&log, &b.mac));
 
     // No IPv6 address on the bridge or a TAP (lo keeps ::1).
     let v6 = stdout(&ns.ip(&["-6", "-br", "addr"]));
