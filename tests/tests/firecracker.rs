@@ -1180,3 +1180,33 @@ fn a_second_daemon_in_the_namespace_leaves_the_first_one_s_network_alone() {
     let first: Vm = fc.d.banger_json(&["vm", "show", "first"]);
     assert_eq!(first.state, VmState::Running, "adopted");
 }
+
+/// A VMM of this daemon that no row owns (here: its row deleted while the
+/// daemon was down, as a crash between rm's steps leaves it) is killed at
+/// the next start; another daemon's VMMs are not.
+#[test]
+fn a_vmm_no_row_owns_is_killed_at_start_and_others_are_left() {
+    let (_ns2, _log2, _dir2, other) = daemon_with_vms(&["kept"]);
+    let kept: Vm = other.banger_json(&["vm", "show", "kept"]);
+    let (_ns, _log, _dir, mut d) = daemon_with_vms(&["lost"]);
+    let lost: Vm = d.banger_json(&["vm", "show", "lost"]);
+    d.kill9();
+    assert!(
+        !vmm_pids(&lost.id).is_empty(),
+        "the VMM outlives the daemon"
+    );
+    let store = banger_core::store::Store::open(&d.state_dir.join("banger.db")).unwrap();
+    store
+        .write(|tx| tx.execute("DELETE FROM vms WHERE id = ?1", [&lost.id]))
+        .unwrap();
+    drop(store);
+    d.spawn();
+    poll("the orphan VMM to go", Duration::from_secs(10), || {
+        vmm_pids(&lost.id).is_empty().then_some(())
+    });
+    assert!(d.stderr().contains("killing a VMM that no VM owns"));
+    assert!(
+        !vmm_pids(&kept.id).is_empty(),
+        "another daemon's VMM is left"
+    );
+}

@@ -28,6 +28,18 @@ impl Vms {
                 }
             }
         }
+        // VMMs of this daemon that no row owns (killed mid-rm, or a crash
+        // anywhere the pid was not yet recorded): nothing else would ever
+        // stop them.
+        for (pid, id) in super::procs::vmms_under(&self.inner.layout.vms_run_dir()) {
+            if !ids
+                .iter()
+                .any(|known| known.starts_with(&id) || id.starts_with(known.as_str()))
+            {
+                tracing::warn!(pid, vm = %id, "killing a VMM that no VM owns");
+                super::procs::kill_vmm(pid, &id);
+            }
+        }
         // Snapshot devices of VMs that are gone or not running.
         let running: std::collections::HashSet<String> = vms
             .into_iter()
