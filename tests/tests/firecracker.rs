@@ -1210,3 +1210,39 @@ fn a_vmm_no_row_owns_is_killed_at_start_and_others_are_left() {
         "another daemon's VMM is left"
     );
 }
+
+/// A work disk larger than the host can hold is refused at create and at
+/// `vm set`, changing nothing (it is sparse, but once the guest filled it
+/// the host's filesystem, every VM's disks with it, would be full).
+#[test]
+fn a_work_disk_the_host_cannot_hold_is_refused() {
+    let fc = daemon_with_vm("small");
+    let d = &fc.d;
+    let out = d.banger(&[
+        "vm",
+        "create",
+        "huge",
+        "--backend",
+        "firecracker",
+        "--work-disk-size",
+        "16T",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("free in the state dir"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(d.banger(&["vm", "show", "huge"]).status.code() == Some(1));
+    let out = d.banger(&["vm", "stop", "small"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = d.banger(&["vm", "set", "small", "--work-disk-size", "16T"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("free in the state dir"),
+        "{}",
+        stderr(&out)
+    );
+    let small: Vm = d.banger_json(&["vm", "show", "small"]);
+    assert_eq!(small.work_disk_bytes, fc.vm.work_disk_bytes, "unchanged");
+}

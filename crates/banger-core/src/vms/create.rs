@@ -108,7 +108,12 @@ impl Vms {
                 .unwrap_or(0),
             Backend::Qemu => 0,
         };
-        (512u64 << 20) + raw_copy
+        // The work disk is sparse, but one the host cannot hold would fail
+        // the guest with I/O errors once full, and fill the filesystem that
+        // holds every other VM's disks: it must fit in what is free.
+        (512u64 << 20)
+            .saturating_add(raw_copy)
+            .saturating_add(spec.resources.work_bytes)
     }
 
     /// Reserves name and address in one transaction: the `creating` row is

@@ -90,6 +90,13 @@ impl Vms {
             root_bytes: None,
         };
         let new = now.update(&req.resources, Floor::Existing { root: current_root })?;
+        let growth = new
+            .work_bytes
+            .saturating_sub(now.work_bytes)
+            .saturating_add(new.root_bytes.map_or(0, |r| r.saturating_sub(current_root)));
+        if growth > 0 {
+            self.check_free_space(growth.saturating_add(256 << 20))?;
+        }
         if new.work_bytes > now.work_bytes {
             grow_ext4_file(&p.work(), new.work_bytes)?;
         }
