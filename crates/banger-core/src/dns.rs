@@ -2,8 +2,8 @@
 //! port 53) that answers `NAME.vm` (A) and the subnet's reverse names (PTR)
 //! from the store, and forwards every other question to the host's
 //! upstream resolvers (from the host's namespace, so it works when bangerd
-//! lives in its own). Answering is pure ([`respond`]); the server is a thin
-//! loop around it.
+//! lives in its own; see `dns_upstream`). Answering is pure ([`respond`]);
+//! the server is a thin loop around it.
 //!
 //! When systemd-resolved runs and the bridge is in its namespace, the
 //! `.vm` domain is routed to this server on the bridge link
@@ -18,6 +18,7 @@ use hickory_proto::rr::rdata::{A, PTR};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::dns_upstream::Upstream;
 use crate::network::Subnet;
 
 /// Seconds answers may be cached (VMs come and go).
@@ -198,96 +199,6 @@ impl Zone for crate::vms::Vms {
     }
 }
 
-/// The upstream resolvers, asked through one UDP socket made in the host's
-/// namespace at start. Forwarded queries get a fresh id (so concurrent ones
-/// cannot be confused), a receiver task hands each answer to its waiter,
-/// and the client's id is put back.
-#[derive(Clone)]
-struct Upstream {
-    servers: Arc<Vec<SocketAddr>>,
-    sock: Arc<tokio::net::UdpSocket>,
-    pending: Arc<Mutex<std::collections::HashMap<u16, tokio::sync::oneshot::Sender<Vec<u8>>>>>,
-    next: Arc<std::sync::atomic::AtomicU16>,
-}
-
-impl Upstream {
-    fn start(
-        servers: Vec<SocketAddr>,
-        stop: tokio_util::sync::CancellationToken,
-    ) -> Result<Upstream, std::io::Error> {
-        let sock = crate::network::in_host_netns(|| {
-            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-            s.set_nonblocking(true)?;
-            Ok::<_, std::io::Error>(s)
-        })
-        .map_err(|e| std::io::Error::other(e.to_string()))??;
-        let up = Upstream {
-            servers: Arc::new(servers),
-            sock: Arc::new(tokio::net::UdpSocket::from_std(sock)?),
-            pending: Arc::default(),
-            next: Arc::default(),
-        };
-        let rx = up.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            loop {
-                let got = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    r = rx.sock.recv_from(&mut buf) => r,
-                };
-                let Ok((n, from)) = got else { continue };
-                if n < 2 || !rx.servers.contains(&from) {
-                    continue;
-                }
-                let id = u16::from_be_bytes([buf[0], buf[1]]);
-                let waiter = rx
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                if let Some(w) = waiter {
-                    let _ = w.send(buf[..n].to_vec());
-                }
-            }
-        });
-        Ok(up)
-    }
-
-    /// The first upstream answer to `query` (2 s per server), with the
-    /// client's id.
-    async fn forward(&self, query: &[u8]) -> Option<Vec<u8>> {
-        if query.len() < 12 {
-            return None;
-        }
-        for server in self.servers.iter() {
-            let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, tx);
-            let mut q = query.to_vec();
-            q[..2].copy_from_slice(&id.to_be_bytes());
-            let answer = match self.sock.send_to(&q, server).await {
-                Ok(_) => tokio::time::timeout(Duration::from_secs(2), rx)
-                    .await
-                    .ok()
-                    .and_then(Result::ok),
-                Err(_) => None,
-            };
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-            if let Some(mut a) = answer {
-                a[..2].copy_from_slice(&query[..2]);
-                return Some(a);
-            }
-        }
-        None
-    }
-}
-
 /// The DNS server: started once the bridge exists.
 #[derive(Clone)]
 pub struct Dns {
@@ -362,7 +273,7 @@ impl Dns {
         let udp = Arc::new(tokio::net::UdpSocket::bind(addr).await?);
         let tcp = tokio::net::TcpListener::bind(addr).await?;
         let upstreams = self.upstreams();
-        let upstream = Upstream::start(upstreams.clone(), stop.clone())?;
+        let upstream = Upstream::new(upstreams.clone());
         let resolved = if self.in_netns {
             "not routed through systemd-resolved (the bridge is in another network namespace)"
                 .to_string()
@@ -567,39 +478,6 @@ mod tests {
         let a = Message::from_vec(&respond(&[0x12, 0x34, 0xff], &z, &s).expect("answered"))
             .expect("parse");
         assert_eq!((a.id(), a.response_code()), (0x1234, ResponseCode::FormErr));
-    }
-
-    #[tokio::test]
-    async fn forwards_through_one_socket_and_gives_back_each_clients_id() {
-        // A fake upstream on the loopback that answers "query + its last byte".
-        let server = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = server.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let mut buf = [0u8; 512];
-            while let Ok((n, from)) = server.recv_from(&mut buf).await {
-                let mut a = buf[..n].to_vec();
-                a.push(buf[n - 1]);
-                let _ = server.send_to(&a, from).await;
-            }
-        });
-        let stop = tokio_util::sync::CancellationToken::new();
-        let up = Upstream::start(vec![addr], stop.clone()).expect("upstream");
-        // Two clients with the same id at once each get their own answer.
-        let q = |tag: u8| {
-            let mut v = vec![0xab, 0xcd];
-            v.extend_from_slice(&[0; 9]);
-            v.push(tag);
-            v
-        };
-        let (q1, q2) = (q(1), q(2));
-        let (a, b) = tokio::join!(up.forward(&q1), up.forward(&q2));
-        let (a, b) = (a.expect("answer a"), b.expect("answer b"));
-        assert_eq!((&a[..2], a[a.len() - 1]), (&[0xab, 0xcd][..], 1));
-        assert_eq!((&b[..2], b[b.len() - 1]), (&[0xab, 0xcd][..], 2));
-        assert!(up.pending.lock().expect("lock").is_empty());
-        stop.cancel();
     }
 
     #[test]

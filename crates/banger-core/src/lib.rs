@@ -28,6 +28,7 @@ pub mod carried_workspaces;
 pub mod config;
 pub mod credentials;
 pub mod dns;
+pub mod dns_upstream;
 pub mod doctor;
 pub mod error;
 pub mod firewall;
