@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::serve::{error, reply, Frames};
+use crate::reply::{error, reply, Frames};
 use crate::users::{self, User};
 
 /// How long the output of a program that has exited may still come (its
@@ -126,7 +126,7 @@ pub async fn run(f: &mut Frames, req: ExecRequest) -> Result<(), Reply> {
     };
     become_user(&mut cmd, &user, pty.is_some());
     let mut child = cmd.spawn().map_err(|e| {
-        let mut r = crate::serve::io_error(&format!("cannot run {program:?}"), &e);
+        let mut r = crate::reply::io_error(&format!("cannot run {program:?}"), &e);
         if let Reply::Error { kind, .. } = &mut r {
             if e.kind() == std::io::ErrorKind::NotFound {
                 *kind = ErrorKind::NotFound;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use crate::serve::{error, io_error, reply, Frames};
+use crate::reply::{error, io_error, reply, Frames};
 
 /// Entries per `entries` reply (each reply is one bounded frame).
 const ENTRIES_PER_REPLY: usize = 200;

@@ -14,6 +14,7 @@ mod channel;
 mod exec;
 mod fdio;
 mod files;
+mod reply;
 mod serve;
 mod system;
 mod users;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use banger_agent_proto::frame::{Frame, FrameCodec, Kind};
+use banger_agent_proto::frame::{FrameCodec, Kind};
 use banger_agent_proto::handshake::{self, Lines};
 use banger_agent_proto::msg::{ErrorKind, Reply, Request};
 use futures::{SinkExt, StreamExt};
@@ -13,9 +13,7 @@ use tokio_util::codec::Framed;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
 use crate::channel::Io;
-
-/// A stream as frames.
-pub type Frames = Framed<tokio_util::compat::Compat<yamux::Stream>, FrameCodec>;
+use crate::reply::{error, reply, Frames};
 
 /// The most streams one session may have open at once.
 const MAX_STREAMS: usize = 256;
@@ -122,35 +120,4 @@ async fn dispatch(f: &mut Frames, req: Request) -> Result<(), Reply> {
         other => crate::files::simple(other).await?,
     };
     reply(f, answer).await
-}
-
-/// Sends one JSON reply.
-pub async fn reply(f: &mut Frames, r: Reply) -> Result<(), Reply> {
-    let frame = Frame::json(&r).map_err(|e| error(ErrorKind::Failed, e.to_string()))?;
-    f.send(frame)
-        .await
-        .map_err(|e| error(ErrorKind::Failed, e.to_string()))
-}
-
-/// A failure as a reply.
-pub fn error(kind: ErrorKind, message: impl Into<String>) -> Reply {
-    Reply::Error {
-        kind,
-        message: message.into(),
-    }
-}
-
-/// An I/O error as a reply, with what was being done.
-pub fn io_error(what: &str, e: &std::io::Error) -> Reply {
-    use std::io::ErrorKind as K;
-    let kind = match e.kind() {
-        K::NotFound => ErrorKind::NotFound,
-        K::PermissionDenied => ErrorKind::Denied,
-        K::AlreadyExists | K::DirectoryNotEmpty | K::NotADirectory | K::IsADirectory => {
-            ErrorKind::Conflict
-        }
-        K::InvalidInput => ErrorKind::Invalid,
-        _ => ErrorKind::Failed,
-    };
-    error(kind, format!("{what}: {e}"))
 }

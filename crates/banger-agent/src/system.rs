@@ -9,7 +9,7 @@ use std::path::Path;
 
 use banger_agent_proto::msg::{ErrorKind, GuestMetrics, ListenPort, Reply};
 
-use crate::serve::error;
+use crate::reply::error;
 
 /// Where the guest init mounts the config disk.
 pub const CONFIG_DIR: &str = "/run/banger/config";
@@ -236,9 +236,9 @@ pub fn port_changes(old: &[ListenPort], new: &[ListenPort]) -> Vec<(&'static str
 /// per socket opened or closed (looked for every 250 ms; the owners are
 /// looked up only when something changed), until the daemon closes the
 /// stream.
-pub async fn watch_ports(f: &mut crate::serve::Frames) -> Result<(), Reply> {
+pub async fn watch_ports(f: &mut crate::reply::Frames) -> Result<(), Reply> {
     use futures::StreamExt;
-    crate::serve::reply(f, Reply::Ok).await?;
+    crate::reply::reply(f, Reply::Ok).await?;
     let mut seen: Vec<ListenPort> = Vec::new();
     let mut raw: Vec<(String, String, u16)> = vec![(String::new(), String::new(), 0)];
     let mut tick = tokio::time::interval(PORT_POLL);
@@ -268,7 +268,7 @@ pub async fn watch_ports(f: &mut crate::serve::Frames) -> Result<(), Reply> {
                 event: event.into(),
                 port,
             };
-            crate::serve::reply(f, ev).await?;
+            crate::reply::reply(f, ev).await?;
         }
         seen = ports;
     }

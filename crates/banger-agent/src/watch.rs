@@ -10,7 +10,7 @@ use futures::StreamExt;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
 
-use crate::serve::{error, reply, Frames};
+use crate::reply::{error, reply, Frames};
 
 const MAX_WATCHES: usize = 8192;
 
