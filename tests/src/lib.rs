@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod architecture;
+pub mod audit;
 pub mod fakefc;
 
 use std::os::unix::fs::PermissionsExt;

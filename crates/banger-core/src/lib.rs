@@ -51,6 +51,7 @@ pub mod shell;
 pub mod storage;
 pub mod store;
 pub mod taps;
+pub mod testhold;
 pub mod tools;
 pub mod vms;
 pub mod workspaces;

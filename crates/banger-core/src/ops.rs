@@ -28,6 +28,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::store::{Store, StoreError};
 use crate::ToApiError;
@@ -286,9 +287,11 @@ impl Ops {
         );
         Ok(OpHandle {
             id,
+            kind: kind.into(),
             ops: self.clone(),
             cancel,
             progress: Arc::new(Mutex::new(HashMap::new())),
+            blocking: TaskTracker::new(),
         })
     }
 
@@ -309,7 +312,7 @@ impl Ops {
     {
         let handle = self.begin(kind, target, steps)?;
         let snapshot = self.get(handle.id())?;
-        let fut = work(handle.clone());
+        let fut = BLOCKING.scope(handle.blocking.clone(), work(handle.clone()));
         tokio::spawn(async move {
             let result = fut.await;
             handle.finish(result.map_err(|e| e.to_api_error()));
@@ -482,9 +485,13 @@ impl OpsInner {
 #[derive(Clone)]
 pub struct OpHandle {
     id: String,
+    kind: String,
     ops: Ops,
     cancel: CancellationToken,
     progress: Arc<Mutex<HashMap<String, ProgressState>>>,
+    /// The operation's blocking work ([`blocking`]): a cancelled step ends
+    /// only once it has, so a rollback never races work still running.
+    blocking: TaskTracker,
 }
 
 struct ProgressState {
@@ -522,11 +529,36 @@ impl OpHandle {
             .emit(&self.id, OpEventBody::StepStarted { step: name.into() });
         let r = tokio::select! {
             biased;
-            _ = self.cancel.cancelled() => Err(OpsError::Cancelled.into()),
-            r = fut => r,
+            _ = self.cancel.cancelled() => None,
+            r = fut => Some(r),
+        };
+        let r = match r {
+            Some(r) => {
+                self.hold(name).await;
+                r
+            }
+            None => {
+                // The step's future is dropped; blocking work it started
+                // cannot be: wait for it, so what it makes (a VMM, a TAP)
+                // exists before the rollback looks for it.
+                self.settle().await;
+                Err(OpsError::Cancelled.into())
+            }
         };
         self.end_step(name, &r);
         r
+    }
+
+    /// Waits until the operation's blocking work has all ended.
+    pub async fn settle(&self) {
+        self.blocking.close();
+        self.blocking.wait().await;
+        self.blocking.reopen();
+    }
+
+    /// The test hold after a step's work (testhold.rs).
+    async fn hold(&self, step: &str) {
+        crate::testhold::point(&format!("op:{}:{step}", self.kind)).await;
     }
 
     /// Reports a step's end from its result.
@@ -559,6 +591,7 @@ impl OpHandle {
             .inner
             .emit(&self.id, OpEventBody::StepStarted { step: name.into() });
         let r = fut.await;
+        self.hold(name).await;
         self.end_step(name, &r);
         r
     }
@@ -656,15 +689,24 @@ impl OpHandle {
     }
 }
 
+tokio::task_local! {
+    /// The blocking work of the operation this task runs.
+    static BLOCKING: TaskTracker;
+}
+
 /// Runs blocking work (processes, file copies, hashing) of an operation's
-/// step on the blocking pool, so cancellation of the step can drop it.
+/// step on the blocking pool. Inside an operation it is tracked: a
+/// cancelled step waits for it to end ([`OpHandle::step`]).
 pub async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, E>
 where
     T: Send + 'static,
     E: From<OpsError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
+    let task = match BLOCKING.try_with(Clone::clone) {
+        Ok(tracker) => tracker.spawn_blocking(f),
+        Err(_) => tokio::task::spawn_blocking(f),
+    };
+    task.await
         .map_err(|e| E::from(OpsError::Task(e.to_string())))?
 }
 

@@ -89,6 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     create_dir(&layout.runtime_dir, 0o755)?;
     let _lock = lock::acquire(&layout.lock_file(), &layout.state_dir)?;
     let _log_guard = logging::init(&layout.log_dir(), &config.daemon.log_level)?;
+    banger_core::testhold::configure(config.debug.test_endpoints);
 
     let store = Arc::new(Store::open(&layout.db())?);
     let ops = Ops::new(store.clone());

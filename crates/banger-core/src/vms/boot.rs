@@ -130,6 +130,7 @@ impl Vms {
     ) -> Result<u32, VmError> {
         let (vmm, spec2) = (self.vmm(vm.backend), spec.clone());
         let child = blocking(move || {
+            crate::testhold::point_blocking("vmm.launch");
             match &restore {
                 Some(dir) => vmm.restore(&spec2, dir),
                 None => vmm.launch(&spec2),
@@ -336,10 +337,21 @@ impl Vms {
                         serde_json::json!({ "vm": vm.name, "state": "running", "boot_seconds": t }),
                     ),
                     Err(e) => {
-                        if let Ok(Some(pid)) = this.get(&vm.name).map(|v| v.pid) {
-                            kill_vmm(pid, &vm.id);
-                        }
-                        network::delete_tap(&this.tap_of(&vm.id));
+                        let pid = this.get(&vm.name).ok().and_then(|v| v.pid);
+                        let (t2, id) = (this.clone(), vm.id.clone());
+                        let _ = blocking(move || {
+                            if let Some(pid) = pid {
+                                kill_vmm(pid, &id);
+                            }
+                            // A VMM launched but not recorded (cancelled).
+                            super::procs::kill_vmms_of(&id);
+                            network::delete_tap(&t2.tap_of(&id));
+                            crate::storage::dm::teardown(&id);
+                            t2.vmm(Backend::Firecracker).cleanup(&id);
+                            t2.paths(&id).remove_sockets();
+                            Ok(())
+                        })
+                        .await;
                         let _ = this.set_state(
                             &vm.id,
                             VmState::Stopped,

@@ -87,7 +87,7 @@ impl Vms {
                 if let Err(e) = &r {
                     let chain = crate::error::error_chain(e);
                     tracing::warn!(vm = %vm.name, error = %chain, "create failed; rolling back");
-                    this.rollback(&vm.id, &vm.name);
+                    this.rollback_off_thread(&vm.id, &vm.name).await;
                 }
                 r
             })?)

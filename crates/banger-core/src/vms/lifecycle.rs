@@ -9,7 +9,7 @@ use crate::network;
 
 use super::error::VmError;
 use super::procs::{kill_vmm, kill_vmms_of, pid_alive};
-use super::{Vms, POLL};
+use super::{blocking, Vms, POLL};
 
 impl Vms {
     /// Stops a running VM: guest power-off (Ctrl-Alt-Del over QMP), then a
@@ -32,6 +32,7 @@ impl Vms {
         // that fails leaves the VM running, not stuck in `stopping`.
         let spec = self.launch_spec(&vm)?;
         self.set_state(&vm.id, VmState::Stopping, Some(pid), None)?;
+        crate::testhold::point("vm.stop:stopping").await;
         let vmm = self.vmm(vm.backend);
         if !force {
             let asked = tokio::task::spawn_blocking(move || vmm.request_poweroff(&spec)).await;
@@ -50,20 +51,23 @@ impl Vms {
         while pid_alive(pid) && Instant::now() < deadline {
             tokio::time::sleep(POLL).await;
         }
-        self.set_state(
-            &vm.id,
-            VmState::Stopped,
-            None,
-            Some(if force {
-                "killed by user"
-            } else {
-                "stopped by user"
-            }),
-        )?;
-        network::delete_tap(&self.tap_of(&vm.id));
-        crate::storage::dm::teardown(&vm.id);
-        self.vmm(vm.backend).cleanup(&vm.id);
-        self.paths(&vm.id).remove_sockets();
+        crate::testhold::point("vm.stop:killed").await;
+        let why = if force {
+            "killed by user"
+        } else {
+            "stopped by user"
+        };
+        self.set_state(&vm.id, VmState::Stopped, None, Some(why))?;
+        // netlink, dmsetup and file removal: off the async threads.
+        let this = self.clone();
+        blocking(move || {
+            network::delete_tap(&this.tap_of(&vm.id));
+            crate::storage::dm::teardown(&vm.id);
+            this.vmm(vm.backend).cleanup(&vm.id);
+            this.paths(&vm.id).remove_sockets();
+            Ok(())
+        })
+        .await?;
         self.get(name)
     }
 
@@ -91,7 +95,8 @@ impl Vms {
             if matches!(vm.state, VmState::Running | VmState::Starting) {
                 continue;
             }
-            return self.remove_locked(&vm);
+            let this = self.clone();
+            return blocking(move || this.remove_locked(&vm)).await;
         }
         Err(VmError::WrongState {
             name: name.into(),
@@ -113,8 +118,10 @@ impl Vms {
             tx.execute("DELETE FROM vms WHERE id = ?1", [&vm.id])
                 .map(|_| ())
         })?;
+        crate::testhold::point_blocking("vm.rm:row");
         kill_vmms_of(&vm.id);
         network::delete_tap(&tap);
+        crate::testhold::point_blocking("vm.rm:tap");
         crate::storage::dm::teardown(&vm.id);
         self.vmm(vm.backend).cleanup(&vm.id);
         let p = self.paths(&vm.id);
@@ -133,6 +140,13 @@ impl Vms {
         }
         tracing::info!(vm = name, "removed");
         Ok(())
+    }
+
+    /// [`Vms::rollback`] off the async threads (it kills, deletes and
+    /// removes files).
+    pub(super) async fn rollback_off_thread(&self, id: &str, name: &str) {
+        let (this, id, name) = (self.clone(), id.to_string(), name.to_string());
+        let _ = tokio::task::spawn_blocking(move || this.rollback(&id, &name)).await;
     }
 
     /// Removes everything a failed create left.

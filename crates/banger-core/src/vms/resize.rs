@@ -22,7 +22,9 @@ impl Vms {
             self.set_policy(&vm, &req).await?;
         }
         if req.resources.any() || !policy {
-            self.set_resources(&self.get(name)?, &req)?;
+            // e2fsck, resize2fs and qemu-img run long: off the async threads.
+            let (this, vm) = (self.clone(), self.get(name)?);
+            super::blocking(move || this.set_resources(&vm, &req)).await?;
         }
         self.get(name)
     }
@@ -54,12 +56,7 @@ impl Vms {
         })?;
         if self.network_active() {
             let this = self.clone();
-            tokio::task::spawn_blocking(move || this.sync_firewall())
-                .await
-                .map_err(|e| VmError::Internal {
-                    what: "firewall",
-                    reason: format!("task failed: {e}"),
-                })??;
+            super::blocking(move || this.sync_firewall()).await?;
         }
         tracing::info!(vm = %vm.name, isolated = ?req.isolated, egress = ?req.egress_allow,
             all = req.egress_all, "network policy changed");
@@ -97,6 +94,7 @@ impl Vms {
         if growth > 0 {
             self.check_free_space(growth.saturating_add(256 << 20))?;
         }
+        crate::testhold::point_blocking("vm.set:grow");
         if new.work_bytes > now.work_bytes {
             grow_ext4_file(&p.work(), new.work_bytes)?;
         }

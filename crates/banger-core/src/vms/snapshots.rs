@@ -532,7 +532,7 @@ impl Vms {
                 let r = this.restore_into(&h, &vm, &snap, &dir, false).await;
                 if let Err(e) = &r {
                     tracing::warn!(vm = %vm.name, error = %crate::error::error_chain(e), "restore failed; rolling back");
-                    this.rollback(&vm.id, &vm.name);
+                    this.rollback_off_thread(&vm.id, &vm.name).await;
                 }
                 r
             })
@@ -711,7 +711,7 @@ impl Vms {
                 let _ = this.drop_snapshot(&snap2.id);
                 if let Err(e) = &r {
                     tracing::warn!(vm = %vm2.name, error = %crate::error::error_chain(e), "fork failed; rolling back");
-                    this.rollback(&vm2.id, &vm2.name);
+                    this.rollback_off_thread(&vm2.id, &vm2.name).await;
                 }
                 r
             })

@@ -134,5 +134,8 @@ pub async fn remove(
     Query(q): Query<RemoveQuery>,
 ) -> ApiResult<Json<ImageRemoved>> {
     let users = d.vms.users_of_image(&name)?;
-    Ok(Json(d.images.remove(&name, q.force, users)?))
+    let images = d.images.clone();
+    Ok(Json(
+        super::off_thread(move || images.remove(&name, q.force, users)).await?,
+    ))
 }

@@ -50,6 +50,22 @@ impl<E: ToApiError> From<E> for AppError {
 
 pub type ApiResult<T> = Result<T, AppError>;
 
+/// Runs a subsystem call that blocks (files removed, tools run) on the
+/// blocking pool, so other API calls never wait behind it.
+pub async fn off_thread<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> ApiResult<T>
+where
+    T: Send + 'static,
+    E: ToApiError + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(AppError::from),
+        Err(e) => Err(AppError(
+            ApiError::new(ErrorCode::Internal, format!("The request's worker failed: {e}"))
+                .with_hint("See bangerd's log (journalctl -u bangerd)"),
+        )),
+    }
+}
+
 /// A plain-text answer with the byte offset to continue from in
 /// `X-Log-Offset` (VM console logs, session output).
 pub fn text_with_offset(text: String, next: u64) -> Response {

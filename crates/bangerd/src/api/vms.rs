@@ -248,7 +248,8 @@ pub async fn snapshot_remove(
     State(d): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    d.snapshots.remove(&name)?;
+    let snapshots = d.snapshots.clone();
+    super::off_thread(move || snapshots.remove(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
