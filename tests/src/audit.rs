@@ -138,12 +138,16 @@ pub fn leak_audit(d: &TestDaemon, ns: &TestNetns) -> Vec<String> {
         }
     }
     for r in &running {
-        if !links.iter().any(|l| l.split('@').next() == Some(r.tap.as_str())) {
+        if !links
+            .iter()
+            .any(|l| l.split('@').next() == Some(r.tap.as_str()))
+        {
             leaks.push(format!("running VM {} has no TAP {}", r.name, r.tap));
         }
     }
     // nft chains per VM (egress-, host-, port- + the id's first 12).
-    let ruleset = out(Command::new("ip").args(["netns", "exec", &ns.name, "nft", "list", "ruleset"]));
+    let ruleset =
+        out(Command::new("ip").args(["netns", "exec", &ns.name, "nft", "list", "ruleset"]));
     for line in ruleset.lines() {
         let Some(chain) = line.trim().strip_prefix("chain ") else {
             continue;
@@ -191,7 +195,10 @@ pub fn leak_audit(d: &TestDaemon, ns: &TestNetns) -> Vec<String> {
         let name = line.split_whitespace().next().unwrap_or("");
         for r in &rows {
             if name.contains(&r.id) && r.state != "running" {
-                leaks.push(format!("device-mapper device {name} of stopped VM {}", r.name));
+                leaks.push(format!(
+                    "device-mapper device {name} of stopped VM {}",
+                    r.name
+                ));
             }
         }
     }
@@ -205,10 +212,15 @@ pub fn leak_audit(d: &TestDaemon, ns: &TestNetns) -> Vec<String> {
 /// Panics naming every leak `leak_audit` finds, with `after` saying when.
 pub fn assert_no_leaks(d: &TestDaemon, ns: &TestNetns, after: &str) {
     let leaks = leak_audit(d, ns);
-    assert!(
-        leaks.is_empty(),
-        "after {after}, the leak audit found {}:\n  {}",
+    if leaks.is_empty() {
+        return;
+    }
+    let log = d.stderr();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    panic!(
+        "after {after}, the leak audit found {}:\n  {}\nthe daemon's log ends:\n{}",
         leaks.len(),
-        leaks.join("\n  ")
+        leaks.join("\n  "),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     );
 }

@@ -5,6 +5,8 @@
 //! until the test kills it there. Needs root; uses the fake Firecracker in
 //! a network namespace of its own.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ const POINTS: &[&str] = &[
     "op:vm.create:disks",
     "op:vm.create:config",
     "op:vm.create:network",
+    "network.tap",
     "vmm.launch",
     "op:vm.create:spawn",
     "op:vm.create:boot",
@@ -167,7 +170,10 @@ fn sigkill_at_every_step_of_every_vm_operation_leaves_nothing_behind() {
         c.crash_at(&["vm", "create", "c1", "--backend", "firecracker"], point);
         assert!(c.vm("c1").is_none(), "the killed create of c1 was undone");
     }
-    c.crash_at(&["vm", "create", "c1", "--backend", "firecracker"], "vmm.launch");
+    c.crash_at(
+        &["vm", "create", "c1", "--backend", "firecracker"],
+        "vmm.launch",
+    );
     for point in POINTS.iter().filter(|p| p.starts_with("op:vm.start:")) {
         c.ensure("s1", false);
         c.crash_at(&["vm", "start", "s1"], point);
@@ -202,37 +208,46 @@ fn sigkill_at_every_step_of_every_vm_operation_leaves_nothing_behind() {
     }
 }
 
-/// A create cancelled while its VMM launch runs (held in the blocking
-/// launch): the cancelled step waits for the launch to end, so the
-/// rollback finds and stops the VMM it made (before, the launch finished
-/// after the rollback into a VMM no row owned).
+/// A create cancelled while its blocking work runs (held making the TAP,
+/// or in the VMM launch): the cancelled step waits for that work to end,
+/// so the rollback finds and removes what it made (before, the TAP was
+/// made after the rollback deleted it, and kept).
 #[test]
-fn a_create_cancelled_during_the_vmm_launch_leaves_no_vmm() {
+fn a_create_cancelled_during_blocking_work_leaves_nothing() {
     let c = Crashes::new();
-    let out = c
-        .d
-        .banger_cmd()
-        .args(["--json", "vm", "create", "k1", "--backend", "firecracker", "--wait", "none"])
-        .output()
-        .unwrap();
-    let op: Operation = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("create ({e}): {}", stderr(&out)));
-    let want = c.holds.join(marker("vmm.launch"));
-    poll("the launch to hold", Duration::from_secs(60), || {
-        if !want.exists() {
-            c.release_all();
-        }
-        want.exists().then_some(())
-    });
-    let vm: Vm = c.d.banger_json(&["vm", "show", "k1"]);
-    let cancel = c.d.banger(&["ops", "cancel", &op.id]);
-    assert!(cancel.status.success(), "cancel: {}", stderr(&cancel));
-    c.release_all();
-    let done = banger_tests::wait_op(&c.d, &op.id);
-    assert_eq!(done.state, banger_api::OpState::Cancelled);
-    poll("no VMM of the cancelled VM", Duration::from_secs(10), || {
-        vmm_pids(&vm.id).is_empty().then_some(())
-    });
-    assert!(c.vm("k1").is_none(), "the cancelled create was undone");
-    assert_no_leaks(&c.d, &c.ns, "a cancel during the launch");
+    for (i, point) in ["network.tap", "vmm.launch"].iter().enumerate() {
+        let name = format!("k{i}");
+        let out =
+            c.d.banger_cmd()
+                .args(["--json", "vm", "create", &name])
+                .args(["--backend", "firecracker", "--wait", "none"])
+                .output()
+                .unwrap();
+        let op: Operation = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("create ({e}): {}", stderr(&out)));
+        let want = c.holds.join(marker(point));
+        poll(
+            &format!("the create to hold at {point}"),
+            Duration::from_secs(60),
+            || {
+                if !want.exists() {
+                    c.release_all();
+                }
+                want.exists().then_some(())
+            },
+        );
+        let vm: Vm = c.d.banger_json(&["vm", "show", &name]);
+        let cancel = c.d.banger(&["ops", "cancel", &op.id]);
+        assert!(cancel.status.success(), "cancel: {}", stderr(&cancel));
+        c.release_all();
+        let done = banger_tests::wait_op(&c.d, &op.id);
+        assert_eq!(done.state, banger_api::OpState::Cancelled);
+        poll(
+            "no VMM of the cancelled VM",
+            Duration::from_secs(10),
+            || vmm_pids(&vm.id).is_empty().then_some(()),
+        );
+        assert!(c.vm(&name).is_none(), "the cancelled create was undone");
+        assert_no_leaks(&c.d, &c.ns, &format!("a cancel at {point}"));
+    }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use banger_api::{OpState, Operation, Vm, VmList, VmState};
+use banger_tests::audit::assert_no_leaks;
 use banger_tests::fakefc::{daemon, daemon_with_vm, daemon_with_vm_env, require_kvm};
 use banger_tests::{bin, poll, stderr, stdout, test_image, vmm_pids, TestDaemon, TestNetns};
 use serde_json::Value;
@@ -668,6 +669,7 @@ fn a_snapshot_cancelled_or_cut_by_a_daemon_crash_while_the_vm_is_paused_resumes_
     );
     let vm: Vm = d.banger_json(&["vm", "show", "fc1"]);
     assert_eq!(vm.state, VmState::Running, "adopted, still running");
+    assert_no_leaks(&d, &ns, "SIGKILL while a VM was paused for a snapshot");
     // Snapshots work again.
     let out = d.banger(&["vm", "snapshot", "fc1", "s2"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -694,6 +696,7 @@ fn sigterm_with_a_running_vm_exits_in_the_grace_period_and_the_vm_is_adopted() {
     let after: Vm = d.banger_json(&["vm", "show", "term1"]);
     assert_eq!(after.state, VmState::Running, "adopted: {after:?}");
     assert_eq!(after.pid, before.pid, "the same VMM process");
+    assert_no_leaks(d, &fc.ns, "SIGTERM with a running VM");
     let stopped: Vm = d.banger_json(&["vm", "stop", "term1"]);
     assert_eq!(stopped.state, VmState::Stopped);
 }
@@ -930,6 +933,7 @@ fn rm_racing_start_or_create_leaves_no_vmm_without_a_row() {
             );
         }
     }
+    assert_no_leaks(d, ns, "rm racing start and create");
 }
 
 /// A daemon on the fake Firecracker in a namespace of its own, with a
@@ -1188,7 +1192,7 @@ fn a_second_daemon_in_the_namespace_leaves_the_first_one_s_network_alone() {
 fn a_vmm_no_row_owns_is_killed_at_start_and_others_are_left() {
     let (_ns2, _log2, _dir2, other) = daemon_with_vms(&["kept"]);
     let kept: Vm = other.banger_json(&["vm", "show", "kept"]);
-    let (_ns, _log, _dir, mut d) = daemon_with_vms(&["lost"]);
+    let (ns, _log, _dir, mut d) = daemon_with_vms(&["lost"]);
     let lost: Vm = d.banger_json(&["vm", "show", "lost"]);
     d.kill9();
     assert!(
@@ -1205,6 +1209,7 @@ fn a_vmm_no_row_owns_is_killed_at_start_and_others_are_left() {
         vmm_pids(&lost.id).is_empty().then_some(())
     });
     assert!(d.stderr().contains("killing a VMM that no VM owns"));
+    assert_no_leaks(&d, &ns, "a restart with a VMM no row owns");
     assert!(
         !vmm_pids(&kept.id).is_empty(),
         "another daemon's VMM is left"

@@ -75,6 +75,7 @@ impl Vms {
                 None => this.inner.pool.take(),
                 Some(_) => None,
             };
+            crate::testhold::point_blocking("network.tap");
             let tap = match pooled {
                 Some(t) => t,
                 None => {

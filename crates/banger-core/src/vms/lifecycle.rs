@@ -178,6 +178,12 @@ impl Vms {
             tx.execute("DELETE FROM vms WHERE id = ?1", [id])
                 .map(|_| ())
         });
+        // Its chains go now, not at the next change of some other VM.
+        if self.network_active() {
+            if let Err(e) = self.sync_firewall() {
+                tracing::warn!(vm = name, error = %e, "cannot update the firewall after a rollback");
+            }
+        }
         tracing::info!(vm = name, "rolled back");
     }
 }

@@ -136,6 +136,11 @@ pub async fn remove(
     let users = d.vms.users_of_image(&name)?;
     let images = d.images.clone();
     Ok(Json(
-        super::off_thread(move || images.remove(&name, q.force, users)).await?,
+        super::off_thread(move || {
+            images
+                .remove(&name, q.force, users)
+                .map_err(|e| banger_core::ToApiError::to_api_error(&e))
+        })
+        .await?,
     ))
 }

@@ -60,8 +60,11 @@ where
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(AppError::from),
         Err(e) => Err(AppError(
-            ApiError::new(ErrorCode::Internal, format!("The request's worker failed: {e}"))
-                .with_hint("See bangerd's log (journalctl -u bangerd)"),
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("The request's worker failed: {e}"),
+            )
+            .with_hint("See bangerd's log (journalctl -u bangerd)"),
         )),
     }
 }

@@ -249,7 +249,12 @@ pub async fn snapshot_remove(
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     let snapshots = d.snapshots.clone();
-    super::off_thread(move || snapshots.remove(&name)).await?;
+    super::off_thread(move || {
+        snapshots
+            .remove(&name)
+            .map_err(|e| banger_core::ToApiError::to_api_error(&e))
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
