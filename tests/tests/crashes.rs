@@ -32,6 +32,7 @@ const POINTS: &[&str] = &[
     "vm.stop:killed",
     "vm.rm:row",
     "vm.rm:tap",
+    "vm.set:grow",
     "op:vm.snapshot:save",
     "op:vm.snapshot:copy",
     "op:vm.snapshot:resume",
@@ -250,4 +251,39 @@ fn a_create_cancelled_during_blocking_work_leaves_nothing() {
         assert!(c.vm(&name).is_none(), "the cancelled create was undone");
         assert_no_leaks(&c.d, &c.ns, &format!("a cancel at {point}"));
     }
+}
+
+/// Two `vm set --work-disk-size` held inside their disk work (where
+/// e2fsck and resize2fs run) do not stall the API: that work runs on the
+/// blocking pool, not on the daemon's async threads (as many as cores,
+/// two here, which two held resizes used to fill).
+#[test]
+fn disk_work_of_vm_set_never_stalls_other_api_calls() {
+    let c = Crashes::new();
+    for name in ["g1", "g2"] {
+        c.ensure(name, false);
+    }
+    let sets: Vec<Child> = ["g1", "g2"]
+        .iter()
+        .map(|n| c.spawn(&["vm", "set", n, "--work-disk-size", "9G"]))
+        .collect();
+    poll("both resizes to hold", Duration::from_secs(30), || {
+        let held = c.d.stderr().matches("point=\"vm.set:grow\"").count();
+        (held == 2).then_some(())
+    });
+    // The holds stay until released: `vm ls` must answer meanwhile.
+    let mut ls = c.spawn(&["vm", "ls"]);
+    let st = poll(
+        "vm ls while two resizes hold",
+        Duration::from_secs(20),
+        || ls.try_wait().unwrap(),
+    );
+    assert!(st.success(), "vm ls failed");
+    c.release_all();
+    for mut s in sets {
+        let st = s.wait().unwrap();
+        assert!(st.success(), "vm set failed");
+    }
+    let g1: Vm = c.d.banger_json(&["vm", "show", "g1"]);
+    assert_eq!(g1.work_disk_bytes, 9 << 30);
 }
