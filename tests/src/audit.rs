@@ -69,6 +69,13 @@ fn entries(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A process's command line (NULs as spaces), empty when it is gone.
+fn cmdline(pid: i64) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
 /// VMM processes of this daemon: they name its runtime dir's `vms/`.
 fn vmms(d: &TestDaemon) -> HashMap<i64, String> {
     let pattern = format!("{}/run/vms/", d.dir.display());
@@ -105,7 +112,7 @@ pub fn leak_audit(d: &TestDaemon, ns: &TestNetns) -> Vec<String> {
     for r in &rows {
         match r.state.as_str() {
             "running" => match r.pid {
-                Some(pid) if procs.get(&pid).is_some_and(|c| c.contains(&r.id)) => {}
+                Some(pid) if cmdline(pid).contains(&r.id[..16]) => {}
                 pid => leaks.push(format!("running VM {} has no VMM (pid {pid:?})", r.name)),
             },
             "stopped" => {

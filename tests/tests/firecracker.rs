@@ -430,6 +430,59 @@ fn firecracker_backend_through_the_jailer_uses_chroot_paths_and_cleans_the_jail(
     assert!(!root.exists(), "jail left after rm");
 }
 
+/// A jailed VMM that leaves a symlink to a host file where its snapshot's
+/// memory should be (the jail is the VMM's to write) gets no host file
+/// copied out: the snapshot fails naming the file, and neither the
+/// snapshot dir nor any jail holds the host file's content.
+#[test]
+fn a_jailed_vmm_s_symlinked_snapshot_file_is_not_followed() {
+    require_kvm();
+    let img = test_image();
+    let ns = TestNetns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("host-secret");
+    std::fs::write(&secret, "host secret 7d1c\n").unwrap();
+    let fake = bin("fake-firecracker");
+    let log = dir.path().join("requests.jsonl");
+    let d = TestDaemon::start_in_with(
+        &ns,
+        &format!(
+            "[firecracker]\nbinary = \"{}\"\njailer = \"{}\"\nuid = 4242\ngid = 4343\n",
+            fake.display(),
+            bin("fake-jailer").display()
+        ),
+        &[
+            ("FAKE_FC_REQUEST_LOG", log.to_str().unwrap()),
+            ("FAKE_FC_HOSTILE_SNAPSHOT", secret.to_str().unwrap()),
+        ],
+    );
+    d.import_test_image(&img, "default");
+    let out = d.banger(&["vm", "create", "j1", "--backend", "firecracker"]);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let out = d.banger(&["vm", "snapshot", "j1", "s1"]);
+    assert!(!out.status.success(), "a linked memory file was taken");
+    assert!(
+        stderr(&out).contains("not a plain file") || stderr(&out).contains("plain file"),
+        "{}",
+        stderr(&out)
+    );
+    let found = std::process::Command::new("grep")
+        .args(["-rl", "host secret 7d1c"])
+        .arg(&d.state_dir)
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&found).trim().is_empty(),
+        "the host file was copied: {}",
+        stdout(&found)
+    );
+    let l: banger_api::SnapshotList = d.banger_json(&["snapshot", "ls"]);
+    assert!(l.snapshots.is_empty());
+    let vm: Vm = d.banger_json(&["vm", "show", "j1"]);
+    assert_eq!(vm.state, VmState::Running, "resumed after the refusal");
+    assert_no_leaks(&d, &ns, "a refused snapshot");
+}
+
 fn config_file(d: &TestDaemon, vm: &Vm, file: &str) -> String {
     let disk = d.state_dir.join("vms").join(&vm.id).join("config.ext4");
     let out = std::process::Command::new("debugfs")

@@ -303,6 +303,16 @@ async fn handle(f: Arc<Fake>, req: Request) -> Reply {
                 ),
             ] {
                 if let Some(p) = body.get(key).and_then(Value::as_str) {
+                    // A compromised VMM: the memory file is a link to a
+                    // host file of the test's choosing.
+                    if let (Ok(target), "mem_file_path") =
+                        (std::env::var("FAKE_FC_HOSTILE_SNAPSHOT"), key)
+                    {
+                        if let Err(e) = std::os::unix::fs::symlink(target, host_path(p)) {
+                            return fault(format!("Cannot link {p}: {e}"));
+                        }
+                        continue;
+                    }
                     if let Err(e) = std::fs::write(host_path(p), text) {
                         return fault(format!("Cannot write {p}: {e}"));
                     }
