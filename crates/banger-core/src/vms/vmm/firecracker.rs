@@ -505,6 +505,49 @@ impl Vmm for FirecrackerVmm {
     }
 }
 
+/// Moves a file the jailed VMM wrote out of its jail into `dst`. The jail
+/// is the VMM's to write: what is there may be a symlink or a hard link to
+/// any host file, which must never be followed or copied. The entry is
+/// moved first (rename does not follow links) and checked where the jail
+/// cannot reach it; a copy across filesystems reads it through a
+/// descriptor opened without following links.
+fn take_from_jail(src: &Path, dst: &Path) -> Result<(), VmmError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| VmmError::Io { path, source }
+    };
+    let not_plain = |path: &Path| VmmError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the jailed VMM left something other than a plain file of its own \
+             there (a link?); it was not taken",
+        ),
+    };
+    let plain = |m: &std::fs::Metadata| m.file_type().is_file() && m.nlink() == 1;
+    if std::fs::rename(src, dst).is_ok() {
+        let m = std::fs::symlink_metadata(dst).map_err(io(dst))?;
+        if !plain(&m) {
+            let _ = std::fs::remove_file(dst);
+            return Err(not_plain(src));
+        }
+        return Ok(());
+    }
+    let mut from = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(src)
+        .map_err(|_| not_plain(src))?;
+    if !plain(&from.metadata().map_err(io(src))?) {
+        return Err(not_plain(src));
+    }
+    let mut to = std::fs::File::create(dst).map_err(io(dst))?;
+    std::io::copy(&mut from, &mut to).map_err(io(dst))?;
+    let _ = std::fs::remove_file(src);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,47 +646,4 @@ mod tests {
             PathBuf::from("/dev/mapper/banger-x")
         );
     }
-}
-
-/// Moves a file the jailed VMM wrote out of its jail into `dst`. The jail
-/// is the VMM's to write: what is there may be a symlink or a hard link to
-/// any host file, which must never be followed or copied. The entry is
-/// moved first (rename does not follow links) and checked where the jail
-/// cannot reach it; a copy across filesystems reads it through a
-/// descriptor opened without following links.
-fn take_from_jail(src: &Path, dst: &Path) -> Result<(), VmmError> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| VmmError::Io { path, source }
-    };
-    let not_plain = |path: &Path| VmmError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "the jailed VMM left something other than a plain file of its own \
-             there (a link?); it was not taken",
-        ),
-    };
-    let plain = |m: &std::fs::Metadata| m.file_type().is_file() && m.nlink() == 1;
-    if std::fs::rename(src, dst).is_ok() {
-        let m = std::fs::symlink_metadata(dst).map_err(io(dst))?;
-        if !plain(&m) {
-            let _ = std::fs::remove_file(dst);
-            return Err(not_plain(src));
-        }
-        return Ok(());
-    }
-    let mut from = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(src)
-        .map_err(|_| not_plain(src))?;
-    if !plain(&from.metadata().map_err(io(src))?) {
-        return Err(not_plain(src));
-    }
-    let mut to = std::fs::File::create(dst).map_err(io(dst))?;
-    std::io::copy(&mut from, &mut to).map_err(io(dst))?;
-    let _ = std::fs::remove_file(src);
-    Ok(())
 }
