@@ -41,6 +41,15 @@ fn rows(db: &Path) -> Result<Vec<Row>, String> {
     rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
 }
 
+/// The TAP a VM's row names.
+pub fn tap_of(d: &TestDaemon, id: &str) -> String {
+    rows(&d.state_dir.join("banger.db"))
+        .ok()
+        .and_then(|r| r.into_iter().find(|r| r.id == id))
+        .map(|r| r.tap)
+        .unwrap_or_default()
+}
+
 fn column(db: &Path, sql: &str) -> Vec<String> {
     rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .and_then(|c| {

@@ -1304,3 +1304,43 @@ fn a_work_disk_the_host_cannot_hold_is_refused() {
     let small: Vm = d.banger_json(&["vm", "show", "small"]);
     assert_eq!(small.work_disk_bytes, fc.vm.work_disk_bytes, "unchanged");
 }
+
+/// A running VM whose TAP disappears (deleted behind the daemon's back) is
+/// noticed: `vm show` gives the problem with what to do, `doctor` fails its
+/// VM check, and a stop and start give it a TAP again.
+#[test]
+fn a_running_vm_whose_tap_is_deleted_is_reported_until_restarted() {
+    let fc = daemon_with_vm("lost");
+    let (d, ns) = (&fc.d, &fc.ns);
+    let tap = banger_tests::audit::tap_of(d, &fc.vm.id);
+    assert!(ns.links().contains(&tap));
+    let del = ns.ip(&["link", "del", &tap]);
+    assert!(del.status.success(), "{}", stderr(&del));
+    let vm = poll(
+        "the lost TAP to be noticed",
+        Duration::from_secs(20),
+        || {
+            let v: Vm = d.banger_json(&["vm", "show", "lost"]);
+            v.problem.is_some().then_some(v)
+        },
+    );
+    let problem = vm.problem.unwrap();
+    assert!(
+        problem.contains(&tap) && problem.contains("vm start lost"),
+        "{problem}"
+    );
+    let out = d.banger(&["vm", "show", "lost"]);
+    assert!(stdout(&out).contains("problem:"), "{}", stdout(&out));
+    let report: banger_api::DoctorReport = d.banger_json(&["doctor"]);
+    let check = report.checks.iter().find(|c| c.id == "vm_health").unwrap();
+    assert_eq!(check.status, banger_api::CheckStatus::Fail, "{check:?}");
+    assert!(check.detail.starts_with("lost: "), "{}", check.detail);
+    assert!(d.banger(&["vm", "stop", "lost"]).status.success());
+    assert!(d.banger(&["vm", "start", "lost"]).status.success());
+    let v: Vm = d.banger_json(&["vm", "show", "lost"]);
+    assert!(v.problem.is_none(), "{v:?}");
+    assert!(ns
+        .links()
+        .contains(&banger_tests::audit::tap_of(d, &fc.vm.id)));
+    assert_no_leaks(d, ns, "a restart after a lost TAP");
+}

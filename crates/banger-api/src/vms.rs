@@ -148,6 +148,10 @@ pub struct Vm {
     /// Outbound traffic only to these IPv4 networks (absent: anywhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_allow: Option<Vec<String>>,
+    /// What is wrong with this running VM, and what to do (e.g. its TAP
+    /// is gone); absent when nothing is known to be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -43,6 +43,8 @@ pub struct HostFacts {
     pub kvm_probes: Vec<(String, bool, String)>,
     /// The `.vm` DNS server's state (filled in by the daemon); `None`: not started.
     pub dns: Option<String>,
+    /// Running VMs with a problem, as "NAME: problem" (filled in by the daemon).
+    pub vm_problems: Vec<String>,
 }
 
 impl HostFacts {
@@ -81,6 +83,7 @@ impl HostFacts {
                     .collect()
             },
             dns: None,
+            vm_problems: Vec::new(),
         }
     }
 }
@@ -376,6 +379,27 @@ pub fn evaluate(f: &HostFacts) -> DoctorReport {
         ),
     });
 
+    let vms = Check {
+        id: "vm_health",
+        title: "Running VMs",
+        required: false,
+    };
+    checks.push(if f.vm_problems.is_empty() {
+        check(
+            vms,
+            CheckStatus::Ok,
+            "no running VM has a known problem",
+            None,
+        )
+    } else {
+        check(
+            vms,
+            CheckStatus::Fail,
+            f.vm_problems.join("; "),
+            Some("Each problem says what to do; `banger vm show NAME` repeats it".into()),
+        )
+    });
+
     let dm = Check {
         id: "device_mapper",
         title: "device-mapper (snapshot clones)",
@@ -571,6 +595,7 @@ mod tests {
             state_dir: "/var/lib/banger".into(),
             kvm_probes: vec![],
             dns: None,
+            vm_problems: Vec::new(),
         }
     }
 

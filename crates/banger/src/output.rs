@@ -62,6 +62,41 @@ pub fn visible_width(s: &str) -> usize {
     n
 }
 
+/// `s` made safe for a terminal: text from a guest (commit subjects,
+/// process names, console output) could carry escape sequences that move
+/// the cursor, set the title or write to the clipboard (OSC 52). Colour
+/// sequences (`ESC [ digits ; m`) and newlines and tabs stay; every other
+/// control character is shown escaped (`\u{1b}`). Pure.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let safe_sgr = |rest: &str| -> Option<usize> {
+        let body = rest.strip_prefix('[')?;
+        let end = body.find(|c: char| !(c.is_ascii_digit() || c == ';'))?;
+        (body[end..].starts_with('m')).then_some(end + 2)
+    };
+    if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    let mut i = 0;
+    while let Some(c) = s[i..].chars().next() {
+        let len = c.len_utf8();
+        if c == '\x1b' {
+            if let Some(n) = safe_sgr(&s[i + 1..]) {
+                out.push_str(&s[i..i + 1 + n]);
+                i += 1 + n;
+                continue;
+            }
+        }
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        i += len;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Renders rows as space-aligned columns under an upper-case header.
 /// Widths count what a terminal shows: colour codes take no room.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -77,7 +112,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         let last = cells.len().saturating_sub(1);
         let mut s = String::new();
         for (i, c) in cells.into_iter().enumerate() {
-            s.push_str(&c);
+            s.push_str(&printable(&c));
             if i < last {
                 let pad = widths[i].saturating_sub(visible_width(&c)) + 2;
                 s.extend(std::iter::repeat_n(' ', pad));
@@ -159,6 +194,20 @@ pub fn print_json<T: serde::Serialize>(v: &T) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_controls_but_keeps_colours_and_lines() {
+        assert!(matches!(
+            printable("plain\ttext\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(printable("\x1b[1;32mok\x1b[0m"), "\x1b[1;32mok\x1b[0m");
+        // OSC 52 (clipboard), a title and a cursor move are shown escaped.
+        assert_eq!(printable("\x1b]52;c;AAAA\x07x"), "\\u{1b}]52;c;AAAA\\u{7}x");
+        assert_eq!(printable("a\x1b[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(printable("\r\x08é"), "\\r\\u{8}é");
+        assert_eq!(printable("end\x1b"), "end\\u{1b}");
+    }
 
     #[test]
     fn table_aligns_columns() {

@@ -219,7 +219,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
 
-    daemon.vms.keep_consoles(daemon.shutdown.clone());
+    daemon.vms.housekeeping(daemon.shutdown.clone());
 
     // The .vm DNS server, once the bridge exists.
     {

@@ -65,9 +65,10 @@ pub fn create_for_append(console: &Path) -> io::Result<File> {
 }
 
 impl Vms {
-    /// Keeps every VM's console log under `vm.console_log_size` until
-    /// `stop`. Runs for the daemon's life.
-    pub fn keep_consoles(&self, stop: tokio_util::sync::CancellationToken) {
+    /// Housekeeping until `stop`, for the daemon's life: keeps every VM's
+    /// console log under `vm.console_log_size`, notes running VMs whose
+    /// TAP is gone and drops unused per-VM locks (health.rs).
+    pub fn housekeeping(&self, stop: tokio_util::sync::CancellationToken) {
         let vms = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(KEEP_EVERY);
@@ -78,7 +79,12 @@ impl Vms {
                     _ = tick.tick() => {}
                 }
                 let v = vms.clone();
-                let _ = tokio::task::spawn_blocking(move || v.rotate_consoles()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    v.rotate_consoles();
+                    v.check_taps();
+                    v.prune_locks();
+                })
+                .await;
             }
         });
     }

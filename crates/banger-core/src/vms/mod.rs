@@ -28,6 +28,7 @@ pub mod console;
 mod create;
 mod disks;
 mod error;
+mod health;
 mod identity;
 mod lifecycle;
 mod net;
@@ -130,6 +131,9 @@ struct VmsInner {
     agents: Mutex<HashMap<String, agent::Slot>>,
     /// Held while this daemon owns its namespace's network (net.rs).
     netns: Mutex<Option<crate::netns_lock::NetnsLock>>,
+    /// What is wrong with running VMs, by id, with the VMM's pid then
+    /// (health.rs).
+    problems: Mutex<HashMap<String, (Option<u32>, String)>>,
 }
 
 /// The VMs subsystem. Cheap to clone.
@@ -163,6 +167,7 @@ impl Vms {
                 ssh,
                 agents: Mutex::new(HashMap::new()),
                 netns: Mutex::new(None),
+                problems: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -232,6 +237,7 @@ impl Vms {
                 .optional()
             })?
             .transpose()?
+            .map(|vm| self.annotate(vm))
             .ok_or_else(|| VmError::NotFound {
                 name: name.into(),
                 close: self.closest_name(name),

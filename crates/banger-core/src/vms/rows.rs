@@ -28,7 +28,7 @@ impl Vms {
             let rows = stmt.query_map([], vm_from_row)?;
             let mut v = Vec::new();
             for r in rows {
-                v.push(r??);
+                v.push(self.annotate(r??));
             }
             Ok(v)
         })
@@ -190,6 +190,7 @@ pub(super) fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Vm, VmError>> 
         egress_allow: r
             .get::<_, Option<String>>(20)?
             .and_then(|e| serde_json::from_str(&e).ok()),
+        problem: None,
     };
     Ok((|| {
         vm.state = VmState::parse(&state).ok_or_else(|| corrupt("VM state", state.clone()))?;

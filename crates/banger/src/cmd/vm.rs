@@ -530,7 +530,13 @@ async fn logs(ctx: &Ctx, name: &str, follow: bool) -> CmdResult {
     let mut offset = 0u64;
     loop {
         let (text, next) = ctx.client.vm_logs(name, offset).await?;
-        print!("{text}");
+        // The console is the guest's: on a terminal, no escape sequences
+        // but colours reach it.
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            print!("{}", banger::output::printable(&text));
+        } else {
+            print!("{text}");
+        }
         let _ = std::io::stdout().flush();
         offset = next;
         if !follow {
@@ -572,6 +578,9 @@ fn print_vm(style: &Style, v: &Vm) {
     }
     if let Some(r) = &v.stop_reason {
         println!("stopped:   {r}");
+    }
+    if let Some(p) = &v.problem {
+        println!("problem:   {}", banger::output::printable(p));
     }
 }
 

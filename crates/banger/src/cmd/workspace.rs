@@ -215,7 +215,8 @@ fn print_changes(c: &WorkspaceChanges) {
         c.deletions
     );
     for commit in &c.commits {
-        println!("  {} {}", short(&commit.id), commit.subject);
+        let subject = banger::output::printable(&commit.subject);
+        println!("  {} {subject}", short(&commit.id));
     }
     if c.dirty_files > 0 {
         eprintln!(

@@ -26,8 +26,15 @@ async fn probe(d: &AppState) -> ApiResult<HostFacts> {
     let dir = d.layout.state_dir.clone();
     let fc = d.config.firecracker.binary.clone();
     let dns = d.dns.status();
+    let vm_problems = d
+        .vms
+        .list_user()?
+        .into_iter()
+        .filter_map(|v| Some(format!("{}: {}", v.name, v.problem?)))
+        .collect();
     tokio::task::spawn_blocking(move || HostFacts {
         dns,
+        vm_problems,
         ..HostFacts::probe(&dir, &fc)
     })
     .await
