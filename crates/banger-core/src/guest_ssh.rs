@@ -46,6 +46,29 @@ pub enum GuestSshError {
         #[source]
         source: std::io::Error,
     },
+    #[error("A command in VM {vm:?} wrote more than {} MiB to one stream; it was killed", limit >> 20)]
+    TooMuchOutput { vm: String, limit: usize },
+}
+
+/// The most a command's stdout or stderr may bring into the daemon (the
+/// guest is untrusted; banger-agent's path has the same bound).
+pub const OUTPUT_LIMIT: usize = 64 << 20;
+
+/// Reads `r` to its end, keeping at most `limit` bytes; true when it had
+/// more (reading stops there).
+async fn read_bounded<R>(r: Option<R>, limit: usize) -> std::io::Result<(Vec<u8>, bool)>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let Some(r) = r else {
+        return Ok((buf, false));
+    };
+    r.take(limit as u64 + 1).read_to_end(&mut buf).await?;
+    let over = buf.len() > limit;
+    buf.truncate(limit);
+    Ok((buf, over))
 }
 
 impl ToApiError for GuestSshError {
@@ -312,7 +335,27 @@ impl Guest {
                 r
             })
         });
-        let out = tokio::time::timeout(limit, child.wait_with_output())
+        let (so, se) = (child.stdout.take(), child.stderr.take());
+        let run = async {
+            let (o, e) = tokio::join!(
+                read_bounded(so, OUTPUT_LIMIT),
+                read_bounded(se, OUTPUT_LIMIT)
+            );
+            let ((stdout, o_over), (stderr, e_over)) = (o?, e?);
+            if o_over || e_over {
+                let _ = child.start_kill();
+            }
+            let status = child.wait().await?;
+            Ok::<_, std::io::Error>((
+                std::process::Output {
+                    status,
+                    stdout,
+                    stderr,
+                },
+                o_over || e_over,
+            ))
+        };
+        let (out, over) = tokio::time::timeout(limit, run)
             .await
             .map_err(|_| GuestSshError::Timeout {
                 vm: self.target.name.clone(),
@@ -322,6 +365,12 @@ impl Guest {
                 path: ssh.clone(),
                 source,
             })?;
+        if over {
+            return Err(GuestSshError::TooMuchOutput {
+                vm: self.target.name.clone(),
+                limit: OUTPUT_LIMIT,
+            });
+        }
         if let Some(w) = writer {
             if let Ok(Err(source)) = w.await {
                 if out.status.success() {
@@ -375,6 +424,27 @@ impl Guest {
 
 #[cfg(test)]
 mod tests {
+
+    /// A stream past the bound is cut there and flagged; one at the bound
+    /// is whole (a guest's output never grows the daemon past it).
+    #[test]
+    fn output_is_read_up_to_the_bound_and_flagged_past_it() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let big = [7u8; 100];
+            let (b, over) = super::read_bounded(Some(&big[..]), 10).await.expect("read");
+            assert_eq!((b.len(), over), (10, true));
+            let (b, over) = super::read_bounded(Some(&big[..]), 100)
+                .await
+                .expect("read");
+            assert_eq!((b.len(), over), (100, false));
+            let none: Option<&[u8]> = None;
+            let (b, over) = super::read_bounded(none, 10).await.expect("read");
+            assert!(b.is_empty() && !over);
+        });
+    }
 
     /// What ssh runs in the guest, run here by sh: the script comes from
     /// the input's front, and the rest of the input is the script's; a

@@ -16,8 +16,8 @@ use crate::guest_ssh::{Guest, GuestInput, GuestSshError};
 
 use super::{VmError, Vms};
 
-/// The most output a command line keeps per stream over the agent.
-const OUTPUT_LIMIT: usize = 64 << 20;
+/// The most output a command line keeps per stream (as over SSH).
+const OUTPUT_LIMIT: usize = crate::guest_ssh::OUTPUT_LIMIT;
 /// A command line's time limit when its caller gives none.
 const RUN_LIMIT: Duration = Duration::from_secs(600);
 
@@ -29,6 +29,8 @@ pub enum GuestCmdError {
     Agent(#[from] AgentConnError),
     #[error("The command in VM {vm:?} did not finish within {secs} s (it was killed)")]
     Timeout { vm: String, secs: u64 },
+    #[error("A command in VM {vm:?} wrote more than {} MiB to one stream", OUTPUT_LIMIT >> 20)]
+    TooMuchOutput { vm: String },
     #[error("`{command}` failed in VM {vm:?} ({status}): {stderr}")]
     Failed {
         vm: String,
@@ -44,7 +46,9 @@ impl crate::ToApiError for GuestCmdError {
             GuestCmdError::Ssh(e) => e.code(),
             GuestCmdError::Agent(e) => e.code(),
             GuestCmdError::Timeout { .. } => banger_api::ErrorCode::Unavailable,
-            GuestCmdError::Failed { .. } => banger_api::ErrorCode::Internal,
+            GuestCmdError::Failed { .. } | GuestCmdError::TooMuchOutput { .. } => {
+                banger_api::ErrorCode::Internal
+            }
         }
     }
     fn hint(&self) -> Option<String> {
@@ -55,7 +59,7 @@ impl crate::ToApiError for GuestCmdError {
                 "The guest may be overloaded or hung: see `banger vm stats {vm}` and \
                  `banger vm logs {vm}`"
             )),
-            GuestCmdError::Failed { .. } => None,
+            GuestCmdError::Failed { .. } | GuestCmdError::TooMuchOutput { .. } => None,
         }
     }
 }
@@ -127,6 +131,9 @@ impl GuestCmd {
                         vm: vm.clone(),
                         secs: limit.as_secs(),
                     });
+                }
+                if out.dropped != (0, 0) {
+                    return Err(GuestCmdError::TooMuchOutput { vm: vm.clone() });
                 }
                 Ok(Output {
                     status: status(out.code, out.signal),

@@ -138,6 +138,46 @@ pub struct PushParams {
 /// The guest directory workspaces go to by default (the work disk).
 pub const DEFAULT_ROOT: &str = "/work";
 
+/// The most of an export bundle read from the guest at once.
+pub const BUNDLE_CHUNK: u64 = 4 << 20;
+
+/// An export bundle: its size, and its bytes as they are read.
+pub struct Bundle {
+    pub size: u64,
+    pub chunks: futures::stream::BoxStream<'static, Result<bytes::Bytes, WorkspaceError>>,
+}
+
+/// The guest file `path` (`size` bytes) read in chunks; removed once read.
+fn bundle_chunks(
+    cmd: crate::vms::GuestCmd,
+    path: String,
+    size: u64,
+) -> futures::stream::BoxStream<'static, Result<bytes::Bytes, WorkspaceError>> {
+    use futures::StreamExt;
+    let cmd = std::sync::Arc::new(cmd);
+    futures::stream::try_unfold(0u64, move |offset| {
+        let (cmd, path) = (cmd.clone(), path.clone());
+        async move {
+            if offset >= size {
+                let rm = format!("rm -f -- {}", crate::shell::quote(&path));
+                let _ = cmd.run(&rm, None).await;
+                return Ok(None);
+            }
+            let want = BUNDLE_CHUNK.min(size - offset);
+            let data = cmd.read_range(&path, offset, want).await?;
+            if data.is_empty() || data.len() as u64 > want {
+                return Err(WorkspaceError::Guest(format!(
+                    "the export bundle changed while it was read ({} bytes at {offset} of {size})",
+                    data.len()
+                )));
+            }
+            let next = offset + data.len() as u64;
+            Ok(Some((bytes::Bytes::from(data), next)))
+        }
+    })
+    .boxed()
+}
+
 fn is_commit_id(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.chars().all(|c| c.is_ascii_hexdigit())
 }
@@ -426,13 +466,15 @@ impl Workspaces {
     }
 
     /// A git bundle of the guest's commits from the base to `head` (which
-    /// must descend from the base), under `refs/banger/export`.
+    /// must descend from the base), under `refs/banger/export`: written to
+    /// a file in the guest, then streamed from it in chunks of at most
+    /// [`BUNDLE_CHUNK`] (the daemon never holds it whole).
     pub async fn bundle(
         &self,
         vm_name: &str,
         name: Option<&str>,
         head: &str,
-    ) -> Result<Vec<u8>, WorkspaceError> {
+    ) -> Result<Bundle, WorkspaceError> {
         if !is_commit_id(head) {
             return Err(WorkspaceError::Invalid {
                 what: "head",
@@ -447,11 +489,10 @@ impl Workspaces {
                 reason: "it is the base commit: there is nothing to export".into(),
             });
         }
-        let text = script::bundle_script(&ws.dest, &ws.base_commit, head);
-        let out = self
-            .vms
-            .commands(&vm)
-            .await?
+        let path = script::bundle_path(&ws.name);
+        let text = script::bundle_script(&ws.dest, &ws.base_commit, head, &path);
+        let cmd = self.vms.commands(&vm).await?;
+        let out = cmd
             .exec(
                 &format!("#!/bin/bash\n{text}"),
                 GuestInput::None,
@@ -465,7 +506,12 @@ impl Workspaces {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        Ok(out.stdout)
+        let size = script::parse_bundle_size(&String::from_utf8_lossy(&out.stdout))
+            .map_err(WorkspaceError::Guest)?;
+        Ok(Bundle {
+            size,
+            chunks: bundle_chunks(cmd, path, size),
+        })
     }
 
     /// Records that the client brought `commit` back.

@@ -94,20 +94,48 @@ git log --reverse --format='commit %H %s' "$from..$head"
     )
 }
 
-/// The script that writes a git bundle of `base..head` to stdout, under
-/// the ref `refs/banger/export`.
-pub fn bundle_script(dest: &str, base: &str, head: &str) -> String {
+/// The script that writes a git bundle of `base..head` (tip under the ref
+/// `refs/banger/export`) to the guest file `out` and prints its size: the
+/// daemon then streams the file in chunks, never holding it whole.
+pub fn bundle_script(dest: &str, base: &str, head: &str, out: &str) -> String {
     format!(
         r#"set -euo pipefail
 cd -- {dest}
 git update-ref refs/banger/export {head}
 trap 'git update-ref -d refs/banger/export' EXIT
-git bundle create -q - refs/banger/export ^{base}
+mkdir -p -- "$(dirname -- {out})"
+rm -f -- {out}
+git bundle create -q {out} refs/banger/export ^{base}
+stat -c %s -- {out}
 "#,
         dest = quote(dest),
         base = quote(base),
         head = quote(head),
+        out = quote(out),
     )
+}
+
+/// Where a workspace's export bundle is written in the guest (one per
+/// workspace: a later export replaces one a broken download left).
+pub fn bundle_path(workspace: &str) -> String {
+    format!("/var/tmp/banger-export/{workspace}.bundle")
+}
+
+/// The bundle's size, as [`bundle_script`] printed it (strict). Pure.
+pub fn parse_bundle_size(out: &str) -> Result<u64, String> {
+    let line = out.strip_suffix('\n').unwrap_or(out);
+    if line.is_empty() || line.len() > 20 || !line.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "expected the bundle's size, got {:?}",
+            truncate(out)
+        ));
+    }
+    line.parse()
+        .map_err(|e| format!("bad bundle size {line:?}: {e}"))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(80).collect()
 }
 
 /// What [`changes_script`] printed.
@@ -206,5 +234,69 @@ mod tests {
         ] {
             assert!(parse_changes(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_bundle_size_is_parsed_strictly() {
+        assert_eq!(parse_bundle_size("1234\n"), Ok(1234));
+        for bad in [
+            "",
+            "\n",
+            "12 34\n",
+            "-1\n",
+            "12\n13\n",
+            "99999999999999999999999\n",
+            "x",
+        ] {
+            assert!(parse_bundle_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The script against a local repository: the bundle lands in the
+    /// file, its size is printed, and the export ref is gone afterwards.
+    #[test]
+    fn the_bundle_script_writes_the_file_and_prints_its_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        let git = |args: &[&str]| {
+            let st = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args)
+                .output()
+                .expect("git");
+            assert!(
+                st.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&st.stderr)
+            );
+            String::from_utf8_lossy(&st.stdout).trim().to_string()
+        };
+        std::fs::create_dir_all(&repo).expect("mkdir");
+        git(&["init", "-q"]);
+        git(&["commit", "-q", "--allow-empty", "-m", "base"]);
+        let base = git(&["rev-parse", "HEAD"]);
+        git(&["commit", "-q", "--allow-empty", "-m", "work"]);
+        let head = git(&["rev-parse", "HEAD"]);
+        let out = dir.path().join("exports/w.bundle");
+        let text = bundle_script(
+            &repo.display().to_string(),
+            &base,
+            &head,
+            &out.display().to_string(),
+        );
+        let run = std::process::Command::new("bash")
+            .args(["-c", &text])
+            .output()
+            .expect("bash");
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let size = parse_bundle_size(&String::from_utf8_lossy(&run.stdout)).expect("size");
+        assert_eq!(size, std::fs::metadata(&out).expect("bundle").len());
+        assert!(git(&["for-each-ref", "refs/banger"]).is_empty());
     }
 }

@@ -131,10 +131,26 @@ pub async fn bundle(
     Path((name, ws)): Path<(String, String)>,
     Query(q): Query<BundleQuery>,
 ) -> ApiResult<Response> {
-    let bytes = d.workspaces.bundle(&name, Some(&ws), &q.head).await?;
+    use futures::StreamExt;
+    let bundle = d.workspaces.bundle(&name, Some(&ws), &q.head).await?;
+    // Streamed as read from the guest; a failure mid-way cuts the body
+    // short of its Content-Length, which the client reports.
+    let body = axum::body::Body::from_stream(bundle.chunks.map(|r| {
+        r.map_err(|e| {
+            let chain = banger_core::error::error_chain(&e);
+            tracing::warn!(error = %chain, "export bundle stream failed");
+            std::io::Error::other(chain)
+        })
+    }));
     Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
-        bytes,
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, bundle.size.to_string()),
+        ],
+        body,
     )
         .into_response())
 }
