@@ -31,6 +31,23 @@ fn bash(script: &str, stdin: &[u8]) -> std::process::Output {
 
 /// A host repository with a committed change, a staged change, a modified
 /// file, a deleted file, an untracked file and an ignored file.
+/// The export bundle of `base..head` in `dest`, as the daemon would read
+/// it from the file the script writes (whose size it prints).
+fn bundle_of(dest: &str, base: &str, head: &str) -> Vec<u8> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let path = file.path().display().to_string();
+    let out = bash(&script::bundle_script(dest, base, head, &path), b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let size = script::parse_bundle_size(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len() as u64, size);
+    bytes
+}
+
 fn host_repo(dir: &Path) {
     git(dir, &["init", "-q", "-b", "main"]);
     std::fs::write(dir.join("a.txt"), "one\n").unwrap();
@@ -117,15 +134,10 @@ fn push_commit_export_and_export_again() {
             String::from_utf8_lossy(&out.stderr)
         );
         let c = script::parse_changes(&String::from_utf8_lossy(&out.stdout)).unwrap();
-        let bundle = bash(&script::bundle_script(&dest_s, &packed.head, &c.head), b"");
-        assert!(
-            bundle.status.success(),
-            "{}",
-            String::from_utf8_lossy(&bundle.stderr)
-        );
+        let bundle = bundle_of(&dest_s, &packed.head, &c.head);
         ws::import_bundle(
             host.path(),
-            &bundle.stdout,
+            &bundle,
             &c.head,
             &c.from,
             Some("banger/dev"),
@@ -170,10 +182,10 @@ fn push_commit_export_and_export_again() {
 
     // Patches of the new commits.
     let pdir = tempfile::tempdir().unwrap();
-    let bundle = bash(&script::bundle_script(&dest_s, &packed.head, &c2.head), b"");
+    let bundle = bundle_of(&dest_s, &packed.head, &c2.head);
     let written = ws::import_bundle(
         host.path(),
-        &bundle.stdout,
+        &bundle,
         &c2.head,
         &c.head,
         None,
