@@ -30,6 +30,14 @@ log_level = "info"
 # after they were asked to cancel. VMs keep running either way.
 shutdown_grace_secs = 10
 
+[access]
+# Every member of socket_group can reach every VM: the socket is one door.
+# With confine_users = true, a member who is not root sees and uses only
+# the VMs, snapshots, sessions, workspaces and forwards of VMs they made
+# (others answer "not found"), and cannot open the web dashboard (it shows
+# every VM). Root and the daemon's own user see everything.
+confine_users = false
+
 [images]
 # Package mirror for image builds. Empty: the mirror the host's apt uses,
 # or http://deb.debian.org/debian when none is found.
@@ -129,6 +137,7 @@ test_endpoints = false
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub daemon: DaemonConfig,
+    pub access: AccessConfig,
     pub images: ImagesConfig,
     pub network: NetworkConfig,
     pub vm: VmConfig,
@@ -389,6 +398,12 @@ impl Default for DaemonConfig {
             shutdown_grace_secs: 10,
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    pub confine_users: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]

@@ -22,6 +22,7 @@
 //! - [`shell`]: quoting for sh (sizes are `banger_api::units`); [`resources`]: a VM's
 //!   resources, their bounds and the one update step (pure).
 
+pub mod access;
 pub mod agent_runs;
 pub mod agents;
 pub mod carried_workspaces;

@@ -171,6 +171,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE sessions ADD COLUMN tty INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 10: who made each VM and snapshot (access.confine_users); NULL: made
+    // before, or by root, so only root and the daemon's admins reach it.
+    r#"
+    ALTER TABLE vms ADD COLUMN owner_uid INTEGER;
+    ALTER TABLE snapshots ADD COLUMN owner_uid INTEGER;
+    "#,
 ];
 
 #[derive(Debug, Error)]

@@ -189,7 +189,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let gid = socket::group_gid(&config.daemon.socket_group).map_err(|e| with_hint(e.hint(), e))?;
     let listener = socket::bind(&socket_path, gid).map_err(|e| with_hint(e.hint(), e))?;
 
+    let access = banger_core::access::Access::new(store.clone(), config.access.confine_users);
     let daemon = Arc::new(Daemon {
+        access,
         config,
         layout,
         store,

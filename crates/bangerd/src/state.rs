@@ -30,6 +30,8 @@ pub struct Daemon {
     pub agent_runs: banger_core::agent_runs::AgentRuns,
     pub forwards: banger_core::forwards::Forwards,
     pub dns: banger_core::dns::Dns,
+    /// Who may reach which VM (access.confine_users).
+    pub access: banger_core::access::Access,
     pub ui: UiState,
     pub socket_gid: u32,
     pub started_at: chrono::DateTime<chrono::Utc>,

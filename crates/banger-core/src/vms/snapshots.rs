@@ -280,9 +280,11 @@ impl Vms {
             tx.execute(
                 "INSERT INTO snapshots (id, name, state, source_vm, source_id, \
                 image, image_digest, backend, accel, cpus, memory_mib, \
-                work_bytes, agent, with_memory, hidden, created_at, workspaces) \
+                work_bytes, agent, with_memory, hidden, created_at, workspaces, \
+                owner_uid) \
                 VALUES (?1, ?2, 'creating', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-                ?11, ?12, ?13, ?14, ?15, ?16)",
+                ?11, ?12, ?13, ?14, ?15, ?16, \
+                (SELECT owner_uid FROM vms WHERE id = ?4))",
                 params![
                     id,
                     name,

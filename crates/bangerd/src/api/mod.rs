@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use banger_api::{ApiError, ErrorCode};
+use banger_core::access::{Caller, Target};
 use banger_core::ToApiError;
 use utoipa::OpenApi;
 
@@ -368,6 +369,12 @@ async fn authorize(
         )
         .into_response();
     }
+    let caller = daemon.access.caller(peer.uid);
+    if let Some(refused) = confine(&daemon, caller, &path) {
+        return refused.into_response();
+    }
+    let mut req = req;
+    req.extensions_mut().insert(caller);
     let resp = next.run(req).await;
     tracing::info!(
         uid = peer.uid,
@@ -379,6 +386,34 @@ async fn authorize(
         "request"
     );
     resp
+}
+
+/// Under `access.confine_users`, a request about a VM, session or snapshot
+/// the caller did not make is answered as if it did not exist.
+fn confine(daemon: &AppState, caller: Caller, path: &str) -> Option<AppError> {
+    if caller.all {
+        return None;
+    }
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let target = Target::of_path(&decoded)?;
+    match daemon.access.may(caller, &target) {
+        Ok(true) => None,
+        Ok(false) => {
+            let what = match target {
+                Target::Vm(_) => "VM",
+                Target::Session(_) => "session",
+                Target::Snapshot(_) => "snapshot",
+            };
+            Some(AppError(
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("No {what} named {:?}", target.name()),
+                )
+                .with_hint("`banger vm ls` lists the VMs you can use"),
+            ))
+        }
+        Err(e) => Some(AppError::from(e)),
+    }
 }
 
 #[cfg(test)]

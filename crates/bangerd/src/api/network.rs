@@ -3,8 +3,10 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
 use banger_api::{ApiError, Forward, ForwardList, ForwardRequest, VmPortList};
+use banger_core::access::Caller;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -75,10 +77,15 @@ pub async fn vm_forwards(
 
 /// Every forward.
 #[utoipa::path(get, path = "/v1/forwards", tag = "vms", responses((status = 200, body = ForwardList)))]
-pub async fn forwards(State(d): State<AppState>) -> ApiResult<Json<ForwardList>> {
-    Ok(Json(ForwardList {
-        forwards: d.forwards.list(None)?,
-    }))
+pub async fn forwards(
+    State(d): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<ForwardList>> {
+    let mut forwards = d.forwards.list(None)?;
+    if let Some(mine) = d.access.vm_names(caller)? {
+        forwards.retain(|f| mine.contains(&f.vm));
+    }
+    Ok(Json(ForwardList { forwards }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -7,8 +7,10 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Extension;
 use axum::Json;
 use banger_api::{ApiError, DebugOpRequest, ErrorCode, OpEvent, OpEventBody, OpList, Operation};
+use banger_core::access::Caller;
 use banger_core::ops::{Ops, StepSpec};
 use futures::Stream;
 use serde::Deserialize;
@@ -33,6 +35,7 @@ pub struct ListQuery {
     responses((status = 200, body = OpList)))]
 pub async fn list(
     State(d): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<OpList>> {
     let limit = q.limit.unwrap_or(50);
@@ -42,9 +45,12 @@ pub async fn list(
             format!("limit {limit} is not in 1..=1000"),
         )));
     }
-    Ok(Json(OpList {
-        ops: d.ops.list(limit, q.all)?,
-    }))
+    let mut ops = d.ops.list(limit, q.all)?;
+    // A confined caller sees the operations on VMs they reach.
+    if let Some(mine) = d.access.vm_names(caller)? {
+        ops.retain(|o| o.kind.starts_with("vm.") && mine.contains(&o.target));
+    }
+    Ok(Json(OpList { ops }))
 }
 
 /// One operation's snapshot.

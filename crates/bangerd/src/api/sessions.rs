@@ -3,11 +3,13 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use axum::Extension;
 use axum::Json;
 use banger_api::{
     ApiError, Session, SessionList, SessionSendRequest, SessionSignalRequest, SessionStartRequest,
     TermSize,
 };
+use banger_core::access::Caller;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -41,11 +43,14 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(ListQuery), responses((status = 200, body = SessionList)))]
 pub async fn list(
     State(d): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<SessionList>> {
-    Ok(Json(SessionList {
-        sessions: d.sessions.list(q.vm.as_deref()).await?,
-    }))
+    let mut sessions = d.sessions.list(q.vm.as_deref()).await?;
+    if let Some(mine) = d.access.vm_names(caller)? {
+        sessions.retain(|s| mine.contains(&s.vm));
+    }
+    Ok(Json(SessionList { sessions }))
 }
 
 /// One session.

@@ -3,8 +3,10 @@
 
 use axum::extract::State;
 use axum::response::IntoResponse;
+use axum::Extension;
 use axum::Json;
 use banger_api::{ApiError, Capabilities, DoctorReport, ErrorCode, VersionInfo};
+use banger_core::access::Caller;
 use banger_core::doctor::{self, HostFacts};
 
 use super::{ApiResult, AppError, AppState};
@@ -93,13 +95,26 @@ pub async fn ui(State(d): State<AppState>) -> Json<banger_api::UiInfo> {
 /// and gives the browser that opens it a session of 12 hours.
 #[utoipa::path(post, path = "/v1/ui/login", tag = "system",
     responses((status = 200, body = banger_api::UiInfo)))]
-pub async fn ui_login(State(d): State<AppState>) -> Json<banger_api::UiInfo> {
+pub async fn ui_login(
+    State(d): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<banger_api::UiInfo>> {
+    if !caller.all {
+        return Err(AppError(
+            ApiError::new(
+                ErrorCode::Forbidden,
+                "The web dashboard shows every VM, and this daemon confines users to their own \
+                 (access.confine_users)",
+            )
+            .with_hint("Use the CLI, or ask an admin (root) to open the dashboard"),
+        ));
+    }
     let url = d.ui.login_url();
-    Json(banger_api::UiInfo {
+    Ok(Json(banger_api::UiInfo {
         expires_in_secs: url.as_ref().map(|_| crate::ui_login::CODE_TTL.as_secs()),
         url,
         error: d.ui.error.clone(),
-    })
+    }))
 }
 
 /// Logs every browser out of the dashboard (and voids unused links).

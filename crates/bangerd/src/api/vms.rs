@@ -2,11 +2,15 @@
 
 use std::time::Duration;
 
+use super::AppError;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use axum::Json;
+use banger_api::ErrorCode;
 use banger_api::{ApiError, Operation, Vm, VmCreateRequest, VmList, VmSshInfo, VmStopRequest};
+use banger_core::access::{Caller, Target};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -15,10 +19,15 @@ use super::{ApiJson, ApiResult, AppState};
 
 /// All VMs, by name.
 #[utoipa::path(get, path = "/v1/vms", tag = "vms", responses((status = 200, body = VmList)))]
-pub async fn list(State(d): State<AppState>) -> ApiResult<Json<VmList>> {
-    Ok(Json(VmList {
-        vms: d.vms.list_user()?,
-    }))
+pub async fn list(
+    State(d): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<VmList>> {
+    let mut vms = d.vms.list_user()?;
+    if let Some(mine) = d.access.vm_names(caller)? {
+        vms.retain(|v| mine.contains(&v.name));
+    }
+    Ok(Json(VmList { vms }))
 }
 
 /// One VM.
@@ -36,9 +45,22 @@ pub async fn show(State(d): State<AppState>, Path(name): Path<String>) -> ApiRes
     responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
 pub async fn create(
     State(d): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<VmCreateRequest>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    Ok((StatusCode::ACCEPTED, Json(d.vms.start_create(req).await?)))
+    if let Some(snap) = &req.from_snapshot {
+        let target = Target::Snapshot(snap.clone());
+        if !d.access.may(caller, &target)? {
+            return Err(AppError(
+                ApiError::new(ErrorCode::NotFound, format!("No snapshot named {snap:?}"))
+                    .with_hint("`banger snapshot ls` lists the snapshots you can use"),
+            ));
+        }
+    }
+    let name = req.name.clone();
+    let op = d.vms.start_create(req).await?;
+    d.access.record_vm_owner(&name, caller.uid)?;
+    Ok((StatusCode::ACCEPTED, Json(op)))
 }
 
 /// Boots a stopped VM (an operation, `vm.start`).
@@ -184,6 +206,7 @@ pub async fn proxy(
     responses((status = 200, description = "text/event-stream of FleetSnapshot", content_type = "text/event-stream")))]
 pub async fn stream(
     State(d): State<AppState>,
+    Extension(caller): Extension<Caller>,
 ) -> axum::response::sse::Sse<
     impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
 > {
@@ -198,7 +221,10 @@ pub async fn stream(
                     _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 }
             }
-            let snap = d.vms.fleet(&mut meter);
+            let mut snap = d.vms.fleet(&mut meter);
+            if let Ok(Some(mine)) = d.access.vm_names(caller) {
+                snap.vms.retain(|v| mine.contains(&v.vm.name));
+            }
             let ev = Event::default()
                 .event("vms")
                 .data(serde_json::to_string(&snap).unwrap_or_default());
@@ -229,16 +255,27 @@ pub async fn snapshot(
     responses((status = 202, body = Operation), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub async fn fork(
     State(d): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<banger_api::VmForkRequest>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    Ok((StatusCode::ACCEPTED, Json(d.snapshots.fork(&name, req)?)))
+    let new = req.name.clone();
+    let op = d.snapshots.fork(&name, req)?;
+    d.access.record_vm_owner(&new, caller.uid)?;
+    Ok((StatusCode::ACCEPTED, Json(op)))
 }
 
 /// Snapshots, by name.
 #[utoipa::path(get, path = "/v1/snapshots", tag = "vms", responses((status = 200, body = banger_api::SnapshotList)))]
-pub async fn snapshots(State(d): State<AppState>) -> ApiResult<Json<banger_api::SnapshotList>> {
-    Ok(Json(d.snapshots.list()?))
+pub async fn snapshots(
+    State(d): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<banger_api::SnapshotList>> {
+    let mut list = d.snapshots.list()?;
+    if let Some(mine) = d.access.snapshot_names(caller)? {
+        list.snapshots.retain(|s| mine.contains(&s.name));
+    }
+    Ok(Json(list))
 }
 
 /// Removes a snapshot and its files.

@@ -5,11 +5,13 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use banger_api::{
     AgentList, AgentRunRequest, ApiError, AuthItemList, AuthSyncReport, AuthSyncRequest, Session,
     Workspace, WorkspaceChanges, WorkspaceExported, WorkspaceList,
 };
+use banger_core::access::Caller;
 use banger_core::workspaces::PushParams;
 use futures::TryStreamExt;
 use serde::Deserialize;
@@ -77,10 +79,15 @@ pub async fn list_vm(
 
 /// Every workspace.
 #[utoipa::path(get, path = "/v1/workspaces", tag = "workspaces", responses((status = 200, body = WorkspaceList)))]
-pub async fn list(State(d): State<AppState>) -> ApiResult<Json<WorkspaceList>> {
-    Ok(Json(WorkspaceList {
-        workspaces: d.workspaces.list(None)?,
-    }))
+pub async fn list(
+    State(d): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<WorkspaceList>> {
+    let mut workspaces = d.workspaces.list(None)?;
+    if let Some(mine) = d.access.vm_names(caller)? {
+        workspaces.retain(|w| mine.contains(&w.vm));
+    }
+    Ok(Json(WorkspaceList { workspaces }))
 }
 
 /// One workspace.
