@@ -1395,7 +1395,11 @@ fn confined_users_reach_only_their_own_vms_and_snapshots() {
     ] {
         let out = banger_as(&d, alice, args);
         assert!(!out.status.success(), "{args:?} worked for another's VM");
-        assert!(stderr(&out).contains("No VM named \"b1\""), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("No VM named \"b1\""),
+            "{args:?}: {}",
+            stderr(&out)
+        );
     }
     let root: VmList = d.banger_json(&["vm", "ls"]);
     assert_eq!(root.vms.len(), 2, "root sees every VM");
@@ -1408,7 +1412,11 @@ fn confined_users_reach_only_their_own_vms_and_snapshots() {
     let snaps: banger_api::SnapshotList = serde_json::from_slice(&snaps.stdout).unwrap();
     assert!(snaps.snapshots.is_empty(), "{snaps:?}");
     let out = banger_as(&d, bob, &["vm", "create", "bx", "--from-snapshot", "sa"]);
-    assert!(stderr(&out).contains("No snapshot named"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("No snapshot named"),
+        "{}",
+        stderr(&out)
+    );
     let out = banger_as(&d, bob, &["snapshot", "rm", "sa"]);
     assert!(!out.status.success(), "bob removed alice's snapshot");
     // The dashboard shows every VM: not for confined users.

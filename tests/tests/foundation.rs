@@ -492,3 +492,58 @@ fn completions_are_generated_for_each_shell() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
 }
+
+/// `curl` on the daemon's socket: (status, body).
+fn curl(d: &TestDaemon, args: &[&str], path: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(&d.socket)
+        .args(args)
+        .arg(format!("http://banger{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+/// Every rejection is `{code, message, hint}` JSON with its own status: a
+/// bad query (400), a body without a JSON content type (415), one past the
+/// size limit (413), a path that is no endpoint (404). They were text, and
+/// 413 and 415 were 400.
+#[test]
+fn rejections_are_json_with_their_own_status() {
+    let d = TestDaemon::start();
+    let big = format!("{{\"name\":\"{}\"}}", "a".repeat(3 << 20));
+    let big_file = d.dir.join("big.json");
+    std::fs::write(&big_file, big).unwrap();
+    let at_big = format!("@{}", big_file.display());
+    let cases: [(&[&str], &str, u16); 4] = [
+        (&[], "/v1/ops?limit=many", 400),
+        (
+            &["-X", "POST", "-H", "Content-Type: text/plain", "-d", "{}"],
+            "/v1/vms",
+            415,
+        ),
+        (
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &at_big,
+            ],
+            "/v1/vms",
+            413,
+        ),
+        (&[], "/v1/no-such-thing", 404),
+    ];
+    for (args, path, want) in cases {
+        let (status, body) = curl(&d, args, path);
+        assert_eq!(status, want, "{path}: {body}");
+        let err: banger_api::ApiError = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{path}: not an API error ({e}): {body}"));
+        assert!(!err.message.is_empty());
+    }
+}

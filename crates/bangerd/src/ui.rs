@@ -202,7 +202,10 @@ pub fn router(daemon: AppState) -> Router {
             "/app.css",
             get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
         )
-        .nest("/v1", api::v1_routes(&daemon))
+        .nest(
+            "/v1",
+            api::v1_routes(&daemon).layer(axum::middleware::from_fn(api::json_errors)),
+        )
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(daemon.clone(), guard))

@@ -41,7 +41,10 @@ pub async fn exec(
 ) -> ApiResult<Response> {
     let upgrade = wants_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let ApiJson(body) = ApiJson::<VmExecRequest>::from_request(req, &d).await?;
+    let body = match ApiJson::<VmExecRequest>::from_request(req, &d).await {
+        Ok(ApiJson(body)) => body,
+        Err(rejected) => return Ok(rejected),
+    };
     let Some(on_upgrade) = on_upgrade else {
         let r = d.guests.exec(&name, body).await?;
         return Ok(axum::response::IntoResponse::into_response(Json(r)));

@@ -97,18 +97,26 @@ where
     Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
     S: Send + Sync,
 {
-    type Rejection = AppError;
+    type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(AppError(
-                ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("Invalid request body: {}", rejection.body_text()),
+            Err(rejection) => {
+                // Its own status: 415 without a JSON content type, 413
+                // past the size limit, 400/422 for what is in it.
+                let status = rejection.status();
+                let mut r = AppError(
+                    ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("Invalid request body: {}", rejection.body_text()),
+                    )
+                    .with_hint("See the API document at /v1/openapi.json for the expected fields"),
                 )
-                .with_hint("See the API document at /v1/openapi.json for the expected fields"),
-            )),
+                .into_response();
+                *r.status_mut() = status;
+                Err(r)
+            }
         }
     }
 }
@@ -210,8 +218,63 @@ pub struct ApiDoc;
 pub fn openapi_json() -> String {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    document_errors(&mut doc);
     doc.to_pretty_json()
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// Adds the error answers every endpoint can give, as `ApiError`, where
+/// its own annotation leaves them out: 403 (the caller may not use the
+/// API), 500; 400 with parameters or a body; 404 with a name in the path;
+/// 413 and 415 with a body.
+fn document_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let answer = |what: &str| {
+        ResponseBuilder::new()
+            .description(what)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ApiError")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let named = path.contains('{');
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let body = op.request_body.is_some();
+            let params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            let mut codes = vec![
+                ("403", "The caller may not use the API"),
+                ("500", "Internal failure (the message has the cause)"),
+            ];
+            if body || params {
+                codes.push(("400", "Invalid request"));
+            }
+            if named {
+                codes.push(("404", "Not found"));
+            }
+            if body {
+                codes.push(("413", "The body is too large"));
+                codes.push(("415", "The body is not JSON"));
+            }
+            for (code, what) in codes {
+                op.responses
+                    .responses
+                    .entry(code.to_string())
+                    .or_insert_with(|| answer(what).into());
+            }
+        }
+    }
 }
 
 /// The `/v1` routes, without authorization (each listener adds its own).
@@ -305,10 +368,57 @@ pub fn v1_routes(daemon: &AppState) -> Router<AppState> {
         .route("/snapshots/{name}", delete(vms::snapshot_remove))
 }
 
+/// Every error answer of the API is `{code, message, hint}` JSON: what
+/// axum's extractors reject as text (a bad path or query) is wrapped, its
+/// status kept.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let text = axum::body::to_bytes(resp.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut r = AppError(
+        ApiError::new(error_code_of(status.as_u16()), message)
+            .with_hint("See the API document at /v1/openapi.json"),
+    )
+    .into_response();
+    *r.status_mut() = status;
+    r
+}
+
+/// The error code an HTTP error status stands for. Pure.
+fn error_code_of(status: u16) -> ErrorCode {
+    match status {
+        403 => ErrorCode::Forbidden,
+        404 => ErrorCode::NotFound,
+        409 => ErrorCode::Conflict,
+        499 => ErrorCode::Cancelled,
+        503 => ErrorCode::Unavailable,
+        400..=499 => ErrorCode::InvalidRequest,
+        _ => ErrorCode::Internal,
+    }
+}
+
 /// The API on the Unix socket: every request's peer credentials checked.
 pub fn router(daemon: AppState) -> Router {
     Router::new()
-        .nest("/v1", v1_routes(&daemon))
+        .nest(
+            "/v1",
+            v1_routes(&daemon).layer(axum::middleware::from_fn(json_errors)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -418,6 +528,30 @@ fn confine(daemon: &AppState, caller: Caller, path: &str) -> Option<AppError> {
 
 #[cfg(test)]
 mod tests {
+    /// Every endpoint documents its error answers as ApiError.
+    #[test]
+    fn every_operation_documents_its_errors() {
+        let doc: serde_json::Value = serde_json::from_str(&super::openapi_json()).expect("JSON");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut seen = 0;
+        for (path, item) in paths {
+            for (method, op) in item.as_object().expect("item") {
+                let r = &op["responses"];
+                assert!(r.get("500").is_some(), "{method} {path}: no 500");
+                if path.contains('{') {
+                    assert!(r.get("404").is_some(), "{method} {path}: no 404");
+                }
+                if op.get("requestBody").is_some() {
+                    for code in ["400", "413", "415"] {
+                        assert!(r.get(code).is_some(), "{method} {path}: no {code}");
+                    }
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen > 40, "{seen} operations");
+    }
+
     /// The repo keeps the served OpenAPI document in docs/openapi.json. This
     /// fails when the API changed and the copy did not; regenerate with
     /// `cargo run -p bangerd -- --print-openapi > docs/openapi.json`.
