@@ -48,6 +48,27 @@ pub enum GuestSshError {
     },
     #[error("A command in VM {vm:?} wrote more than {} MiB to one stream; it was killed", limit >> 20)]
     TooMuchOutput { vm: String, limit: usize },
+    #[error("VM {vm:?} cannot be reached over SSH: {stderr}")]
+    Unreachable { vm: String, stderr: String },
+}
+
+/// Whether ssh's exit 255 and stderr say it never reached the guest
+/// (rather than the command exiting 255). Pure.
+pub fn ssh_unreachable(code: Option<i32>, stderr: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(stderr);
+    code == Some(255)
+        && [
+            "ssh: connect to host",
+            "Connection refused",
+            "Connection timed out",
+            "No route to host",
+            "Connection closed by",
+            "Connection reset by",
+            "kex_exchange_identification",
+            "Could not resolve hostname",
+        ]
+        .iter()
+        .any(|m| text.contains(m))
 }
 
 /// The most a command's stdout or stderr may bring into the daemon (the
@@ -75,7 +96,9 @@ impl ToApiError for GuestSshError {
     fn code(&self) -> ErrorCode {
         match self {
             GuestSshError::Tool(t) => t.code(),
-            GuestSshError::Timeout { .. } => ErrorCode::Unavailable,
+            GuestSshError::Timeout { .. } | GuestSshError::Unreachable { .. } => {
+                ErrorCode::Unavailable
+            }
             _ => ErrorCode::Internal,
         }
     }
@@ -85,6 +108,9 @@ impl ToApiError for GuestSshError {
             GuestSshError::Timeout { vm, .. } => Some(format!(
                 "The guest may be overloaded or hung: see `banger vm stats {vm}` and \
                  `banger vm logs {vm}`"
+            )),
+            GuestSshError::Unreachable { vm, .. } => Some(format!(
+                "Is it running and booted? See `banger vm show {vm}` and `banger vm logs {vm}`"
             )),
             _ => None,
         }
@@ -371,6 +397,12 @@ impl Guest {
                 limit: OUTPUT_LIMIT,
             });
         }
+        if out.stdout.is_empty() && ssh_unreachable(out.status.code(), &out.stderr) {
+            return Err(GuestSshError::Unreachable {
+                vm: self.target.name.clone(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
         if let Some(w) = writer {
             if let Ok(Err(source)) = w.await {
                 if out.status.success() {
@@ -424,6 +456,16 @@ impl Guest {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn unreachable_is_exit_255_with_ssh_s_own_words() {
+        assert!(super::ssh_unreachable(
+            Some(255),
+            b"ssh: connect to host 1.2.3.4 port 22: Connection refused\r\n"
+        ));
+        assert!(!super::ssh_unreachable(Some(255), b"the command said so\n"));
+        assert!(!super::ssh_unreachable(Some(1), b"Connection refused"));
+    }
 
     /// A stream past the bound is cut there and flagged; one at the bound
     /// is whole (a guest's output never grows the daemon past it).

@@ -375,7 +375,7 @@ impl Sessions {
         // next read starts there), unless the chunk is nothing but that.
         let keep = utf8_prefix(&bytes);
         let text = String::from_utf8_lossy(&bytes[..keep]).into_owned();
-        Ok((text, offset + keep as u64))
+        Ok((text, offset.saturating_add(keep as u64)))
     }
 
     /// Sets the size of a session's terminal.

@@ -75,29 +75,13 @@ pub fn parse_guest(text: &str) -> Result<GuestStats, String> {
     for l in lines {
         let f: Vec<&str> = l.split_whitespace().collect();
         match f.as_slice() {
-            ["MemTotal:", kb, "kB"] => {
-                total = Some(
-                    kb.parse::<u64>()
-                        .map_err(|e| format!("bad MemTotal: {e}"))?
-                        * 1024,
-                )
-            }
-            ["MemAvailable:", kb, "kB"] => {
-                avail = Some(
-                    kb.parse::<u64>()
-                        .map_err(|e| format!("bad MemAvailable: {e}"))?
-                        * 1024,
-                )
-            }
+            ["MemTotal:", kb, "kB"] => total = Some(kib(kb, "MemTotal")?),
+            ["MemAvailable:", kb, "kB"] => avail = Some(kib(kb, "MemAvailable")?),
             ["Filesystem", ..] => {}
             [_, blocks, used, _avail, _pct, mount] => {
-                let b: u64 = blocks
-                    .parse()
-                    .map_err(|e| format!("bad df line {l:?}: {e}"))?;
-                let u: u64 = used
-                    .parse()
-                    .map_err(|e| format!("bad df line {l:?}: {e}"))?;
-                mounts.push((mount.to_string(), u * 1024, b * 1024));
+                let b = kib(blocks, "df blocks")?;
+                let u = kib(used, "df used")?;
+                mounts.push((mount.to_string(), u, b));
             }
             [] => {}
             _ => return Err(format!("unexpected line {l:?}")),
@@ -119,12 +103,24 @@ pub fn parse_guest(text: &str) -> Result<GuestStats, String> {
     })
 }
 
+/// A guest's count of KiB as bytes; a number that does not fit is an
+/// error, not a wrap (the guest is untrusted). Pure.
+fn kib(text: &str, what: &str) -> Result<u64, String> {
+    text.parse::<u64>()
+        .map_err(|e| format!("bad {what} {text:?}: {e}"))?
+        .checked_mul(1024)
+        .ok_or_else(|| format!("{what} {text} KiB is more than a u64 holds"))
+}
+
 /// utime + stime of a process, in clock ticks (`/proc/PID/stat` fields 14, 15).
 pub fn parse_proc_stat_ticks(stat: &str) -> Option<u64> {
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state is field 3, so utime (14) is index 11.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    f.get(11)?
+        .parse::<u64>()
+        .ok()?
+        .checked_add(f.get(12)?.parse::<u64>().ok()?)
 }
 
 /// VmRSS from `/proc/PID/status`, in bytes.
@@ -133,7 +129,7 @@ pub fn parse_rss(status: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
+        .and_then(|kb| kb.checked_mul(1024))
 }
 
 #[cfg(test)]
@@ -171,6 +167,19 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
+        let huge = format!(
+            "0.1 0.1 0.1 1/1 1\nMemTotal: {} kB\nMemAvailable: 1 kB\n\
+             /dev/vda 1 1 0 1% /\n",
+            u64::MAX
+        );
+        assert!(parse_guest(&huge)
+            .expect_err("overflow")
+            .contains("more than"));
+        assert_eq!(parse_rss(&format!("VmRSS: {} kB\n", u64::MAX)), None);
+        assert_eq!(
+            parse_proc_stat_ticks(&format!("1 (x) S {} {} {}", "0 ".repeat(8), u64::MAX, 1)),
+            None
+        );
         assert!(parse_guest("").is_err());
         assert!(parse_guest("x y z\n").is_err());
         assert!(
