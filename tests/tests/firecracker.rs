@@ -1257,7 +1257,24 @@ fn a_vmm_no_row_owns_is_killed_at_start_and_others_are_left() {
         .write(|tx| tx.execute("DELETE FROM vms WHERE id = ?1", [&lost.id]))
         .unwrap();
     drop(store);
+    let kept_devices = || {
+        let out = std::process::Command::new("dmsetup")
+            .arg("ls")
+            .output()
+            .unwrap();
+        stdout(&out)
+            .lines()
+            .filter(|l| l.contains(&kept.id))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let before = kept_devices();
     d.spawn();
+    assert_eq!(
+        kept_devices(),
+        before,
+        "another daemon's snapshot devices are left"
+    );
     poll("the orphan VMM to go", Duration::from_secs(10), || {
         vmm_pids(&lost.id).is_empty().then_some(())
     });

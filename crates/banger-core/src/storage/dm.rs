@@ -150,6 +150,32 @@ pub fn teardown(vm_id: &str) {
     }
 }
 
+/// The files behind a device's loop devices (origin, then COW).
+pub fn backing_files(vm_id: &str) -> Vec<PathBuf> {
+    let Some(dmsetup) = tools::find("dmsetup") else {
+        return Vec::new();
+    };
+    let table = tools::run(&dmsetup, ["table", &device_name(vm_id)])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    table
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .filter_map(|majmin| {
+            let minor = majmin.strip_prefix("7:")?;
+            let f = std::fs::read_to_string(format!("/sys/block/loop{minor}/loop/backing_file"));
+            f.ok().map(|f| PathBuf::from(f.trim_end()))
+        })
+        .collect()
+}
+
+/// Whether the snapshot device of `vm_id` is over files under `dir` (this
+/// daemon's VMs dir): another daemon's devices are not ours to remove.
+pub fn is_under(vm_id: &str, dir: &Path) -> bool {
+    backing_files(vm_id).iter().any(|f| f.starts_with(dir))
+}
+
 /// `7:3` or `/dev/loop3` -> `/dev/loop3`.
 pub fn loop_for(spec: &str) -> Option<String> {
     if spec.starts_with("/dev/") {

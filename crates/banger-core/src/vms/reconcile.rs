@@ -51,9 +51,11 @@ impl Vms {
             })
             .map(|v| v.id)
             .collect();
+        // Only this daemon's: their files are under its VMs dir.
+        let vms_dir = self.inner.layout.vms_dir();
         for dev in crate::storage::dm::list() {
             if let Some(id) = crate::storage::dm::vm_id_of(&dev) {
-                if !running.contains(id) {
+                if !running.contains(id) && crate::storage::dm::is_under(id, &vms_dir) {
                     tracing::warn!(device = %dev, "removing a stale device-mapper snapshot");
                     crate::storage::dm::teardown(id);
                 }
