@@ -547,3 +547,22 @@ fn rejections_are_json_with_their_own_status() {
         assert!(!err.message.is_empty());
     }
 }
+
+/// The runtime dir keeps the mode its admin gave it (0750 here) across
+/// restarts; one others could write into is made 0755.
+#[test]
+fn the_runtime_dir_keeps_its_admin_s_mode_unless_it_is_loose() {
+    let mut d = TestDaemon::start();
+    let run = d.dir.join("run");
+    d.kill9();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o750)).unwrap();
+    d.spawn();
+    let mode = std::fs::metadata(&run).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o750);
+    d.kill9();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+    d.spawn();
+    let mode = std::fs::metadata(&run).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755);
+    assert!(d.stderr().contains("writable by others"), "{}", d.stderr());
+}

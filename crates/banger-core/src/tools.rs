@@ -203,7 +203,6 @@ pub async fn run_streaming(
     name: &str,
     mut on_line: impl FnMut(&str),
 ) -> Result<(), ToolError> {
-    use tokio::io::AsyncBufReadExt;
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -228,9 +227,13 @@ pub async fn run_streaming(
     {
         let tx = tx.clone();
         tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stream).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                let _ = tx.send(l);
+            // Read to the end whatever it writes: a line that is not UTF-8
+            // is shown lossily (ending the read there made the tool's next
+            // write fail), and a line is kept to MAX_LINE bytes.
+            let mut r = tokio::io::BufReader::new(stream);
+            let mut line = Vec::new();
+            while let Ok(true) = next_line(&mut r, &mut line, MAX_LINE).await {
+                let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
             }
         });
     }
@@ -286,6 +289,39 @@ pub async fn wait_exit(child: &mut std::process::Child) -> String {
     }
 }
 
+/// The most of one output line of a tool that is kept.
+const MAX_LINE: usize = 8 << 10;
+
+/// Reads the next `\n`-ended line of `r` into `line` (without the newline),
+/// keeping at most `max` bytes of it and skipping the rest. False at the
+/// end of the stream with nothing read.
+async fn next_line<R>(r: &mut R, line: &mut Vec<u8>, max: usize) -> std::io::Result<bool>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    use tokio::io::AsyncBufReadExt;
+    line.clear();
+    let mut any = false;
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(any);
+        }
+        any = true;
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        let room = max.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = done.unwrap_or(buf.len());
+        r.consume(used);
+        if done.is_some() {
+            return Ok(true);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -316,6 +352,23 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn lines_are_read_lossily_and_bounded_to_the_end() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let input: &[u8] = b"ok\n\xff\xfebad\nlong-line\nlast";
+            let mut r = tokio::io::BufReader::with_capacity(3, input);
+            let mut line = Vec::new();
+            let mut got = Vec::new();
+            while next_line(&mut r, &mut line, 4).await.expect("read") {
+                got.push(String::from_utf8_lossy(&line).into_owned());
+            }
+            assert_eq!(got, ["ok", "\u{fffd}\u{fffd}ba", "long", "last"]);
+        });
+    }
 
     #[test]
     fn finds_sh_and_not_nonsense() {

@@ -27,6 +27,25 @@ fn create_dir(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("Cannot set the mode of {}", path.display()))
 }
 
+/// The runtime dir: made 0755 when missing. An existing one keeps the mode
+/// its admin gave it (e.g. 0750 to keep others from the socket's path)
+/// unless others could write into it, which is put right with a warning.
+/// Returns the loose mode it put right.
+fn runtime_dir(path: &std::path::Path) -> anyhow::Result<Option<u32>> {
+    use std::os::unix::fs::MetadataExt;
+    if !path.exists() {
+        return create_dir(path, 0o755).map(|()| None);
+    }
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("Cannot read {}", path.display()))?
+        .mode();
+    if mode & 0o022 != 0 {
+        create_dir(path, 0o755)?;
+        return Ok(Some(mode & 0o7777));
+    }
+    Ok(None)
+}
+
 /// `bangerd --uninstall-network`: removes banger's network from the
 /// namespace and restores IPv4 forwarding; the daemon must be stopped.
 pub async fn uninstall_network(config: Config) -> anyhow::Result<()> {
@@ -86,10 +105,14 @@ fn agent_binary(config: &Config) -> Option<std::path::PathBuf> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let layout = Layout::new(&config.daemon.state_dir, &config.daemon.runtime_dir);
     create_dir(&layout.state_dir, 0o700)?;
-    create_dir(&layout.runtime_dir, 0o755)?;
+    let loose = runtime_dir(&layout.runtime_dir)?;
     let _lock = lock::acquire(&layout.lock_file(), &layout.state_dir)?;
     let _log_guard = logging::init(&layout.log_dir(), &config.daemon.log_level)?;
     banger_core::testhold::configure(config.debug.test_endpoints);
+    if let Some(mode) = loose {
+        tracing::warn!(path = %layout.runtime_dir.display(), mode = format!("{mode:o}"),
+            "the runtime dir was writable by others; made 0755");
+    }
 
     let store = Arc::new(Store::open(&layout.db())?);
     let ops = Ops::new(store.clone());
