@@ -24,7 +24,7 @@ socket = ""
 # Group that may use the API socket (socket mode 0660, owner root). The
 # installer creates it; add users with `usermod -aG banger USER`.
 socket_group = "banger"
-# Log level for stderr and <state_dir>/logs/bangerd.log: error, warn, info, debug or trace.
+# Log level for stderr and <state_dir>/logs/bangerd.DATE.log (a file a day, 14 kept): error, warn, info, debug or trace.
 log_level = "info"
 # On SIGTERM, how long to wait (seconds) for running operations to stop
 # after they were asked to cancel. VMs keep running either way.

@@ -212,6 +212,29 @@ impl Ops {
         Ok(ops.into_iter().map(|o| o.id).collect())
     }
 
+    /// Forgets operations that ended before `older_than` ago, with their
+    /// events (the table would otherwise grow with every command ever
+    /// run). Running ones stay. Returns how many went.
+    pub fn prune(&self, older_than: chrono::Duration) -> Result<usize, OpsError> {
+        let cutoff = (Utc::now() - older_than).to_rfc3339();
+        let n = self.inner.store.write(|tx| -> Result<usize, OpsError> {
+            tx.execute(
+                "DELETE FROM op_events WHERE op_id IN \
+                (SELECT id FROM ops WHERE state != 'running' AND created_at < ?1)",
+                [&cutoff],
+            )?;
+            let n = tx.execute(
+                "DELETE FROM ops WHERE state != 'running' AND created_at < ?1",
+                [&cutoff],
+            )?;
+            Ok(n)
+        })?;
+        if n > 0 {
+            tracing::info!(removed = n, "forgot old operations");
+        }
+        Ok(n)
+    }
+
     /// Creates an operation and returns the handle its work reports through.
     pub fn begin(
         &self,
@@ -929,6 +952,22 @@ mod tests {
         );
         assert_eq!(done.steps[0].status, StepStatus::Failed);
         assert_eq!(done.steps[1].status, StepStatus::Skipped);
+    }
+
+    #[tokio::test]
+    async fn prune_forgets_ended_operations_and_keeps_running_ones() {
+        let (_d, _s, ops) = ops();
+        let ended = ops.begin("test.kind", "a", two_steps()).expect("begin");
+        ended.finish(Ok(serde_json::Value::Null));
+        let running = ops.begin("test.kind", "b", two_steps()).expect("begin");
+        assert_eq!(
+            ops.prune(chrono::Duration::days(1)).expect("prune"),
+            0,
+            "too young"
+        );
+        assert_eq!(ops.prune(chrono::Duration::zero()).expect("prune"), 1);
+        assert!(ops.get(ended.id()).is_err(), "forgotten");
+        assert_eq!(ops.get(running.id()).expect("kept").state, OpState::Running);
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 //! STATE_DIR (default /var/lib/banger, mode 0700)
 //!   banger.db            SQLite store (+ -wal, -shm)
 //!   bangerd.lock         flock(2) held by the running daemon; holds its pid
-//!   logs/bangerd.log     JSON logs
+//!   logs/bangerd.DATE.log  JSON logs, a file a day, 14 kept
 //!   images/DIGEST/       rootfs.ext4, vmlinuz, initrd.img, vmlinux, manifest.json
 //!   cache/apt/           downloaded .debs, reused by builds
 //!   cache/kernels/       extracted kernel packages

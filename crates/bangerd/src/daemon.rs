@@ -46,6 +46,31 @@ fn runtime_dir(path: &std::path::Path) -> anyhow::Result<Option<u32>> {
     Ok(None)
 }
 
+/// How long an ended operation is kept (its events with it).
+const OPS_KEEP_DAYS: i64 = 30;
+
+/// Forgets ended operations older than [`OPS_KEEP_DAYS`], at start and
+/// every six hours until `stop`.
+fn forget_old_ops(ops: Ops, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(6 * 3600));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let ops = ops.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                ops.prune(chrono::Duration::days(OPS_KEEP_DAYS))
+            })
+            .await;
+            if let Ok(Err(e)) = r {
+                tracing::warn!(error = %e, "cannot forget old operations");
+            }
+        }
+    });
+}
+
 /// `bangerd --uninstall-network`: removes banger's network from the
 /// namespace and restores IPv4 forwarding; the daemon must be stopped.
 pub async fn uninstall_network(config: Config) -> anyhow::Result<()> {
@@ -245,6 +270,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     daemon.vms.housekeeping(daemon.shutdown.clone());
+    forget_old_ops(daemon.ops.clone(), daemon.shutdown.clone());
 
     // The .vm DNS server, once the bridge exists.
     {

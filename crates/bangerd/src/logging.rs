@@ -1,6 +1,7 @@
 //! Structured logs: human-readable to stderr, JSON lines to
-//! `<state_dir>/logs/bangerd.log`. `BANGER_LOG` (an EnvFilter directive)
-//! overrides the configured level.
+//! `<state_dir>/logs/bangerd.YYYY-MM-DD.log`, a file a day, the last
+//! [`KEEP_DAYS`] kept. `BANGER_LOG` (an EnvFilter directive) overrides the
+//! configured level.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -10,10 +11,18 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// How many daily log files are kept.
+pub const KEEP_DAYS: usize = 14;
+
 /// Keep the guard alive for the daemon's lifetime so buffered lines are written.
 pub fn init(log_dir: &Path, level: &str) -> anyhow::Result<WorkerGuard> {
     std::fs::create_dir_all(log_dir)?;
-    let appender = tracing_appender::rolling::never(log_dir, "bangerd.log");
+    let appender = tracing_appender::rolling::RollingFileAppender::builder()
+        .rotation(tracing_appender::rolling::Rotation::DAILY)
+        .filename_prefix("bangerd")
+        .filename_suffix("log")
+        .max_log_files(KEEP_DAYS)
+        .build(log_dir)?;
     let (file_writer, guard) = tracing_appender::non_blocking(appender);
     let filter = || {
         std::env::var("BANGER_LOG")
