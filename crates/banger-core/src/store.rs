@@ -221,7 +221,11 @@ impl crate::ToApiError for StoreError {
 
 pub struct Store {
     path: PathBuf,
+    /// Writes (and their fsync) go through this one.
     conn: Mutex<Connection>,
+    /// Reads go through this one: with WAL they see every committed write
+    /// and never wait for a write's fsync under the writer's lock.
+    reader: Mutex<Connection>,
 }
 
 impl std::fmt::Debug for Store {
@@ -264,9 +268,17 @@ impl Store {
                 target: MIGRATIONS.len(),
                 source,
             })?;
+        let reader = Connection::open(path).map_err(open_err)?;
+        reader
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
         Ok(Store {
             path: path.into(),
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
         })
     }
 
@@ -294,9 +306,13 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs read-only queries.
+    /// Runs read-only queries (on the reader connection).
     pub fn read<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
-        f(&self.lock())
+        let reader = self
+            .reader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&reader)
     }
 
     /// Runs `f` in one transaction, committed when it returns `Ok`.
