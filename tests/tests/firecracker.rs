@@ -319,14 +319,8 @@ fn firecracker_backend_through_the_jailer_uses_chroot_paths_and_cleans_the_jail(
         dir.path().join("requests.jsonl"),
         dir.path().join("jailer.jsonl"),
     );
-    let fake = bin("fake-firecracker");
-    let d = TestDaemon::start_in_with(
+    let d = jailed_daemon(
         &ns,
-        &format!(
-            "[firecracker]\nbinary = \"{}\"\njailer = \"{}\"\nuid = 4242\ngid = 4343\n",
-            fake.display(),
-            bin("fake-jailer").display()
-        ),
         &[
             ("FAKE_FC_REQUEST_LOG", log.to_str().unwrap()),
             ("FAKE_JAILER_LOG", jlog.to_str().unwrap()),
@@ -346,6 +340,7 @@ fn firecracker_backend_through_the_jailer_uses_chroot_paths_and_cleans_the_jail(
     )
     .unwrap();
     let chroot_base = d.state_dir.join("jail");
+    let fake = bin("fake-firecracker");
     assert_eq!(
         jargs,
         [
@@ -442,15 +437,9 @@ fn a_jailed_vmm_s_symlinked_snapshot_file_is_not_followed() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("host-secret");
     std::fs::write(&secret, "host secret 7d1c\n").unwrap();
-    let fake = bin("fake-firecracker");
     let log = dir.path().join("requests.jsonl");
-    let d = TestDaemon::start_in_with(
+    let d = jailed_daemon(
         &ns,
-        &format!(
-            "[firecracker]\nbinary = \"{}\"\njailer = \"{}\"\nuid = 4242\ngid = 4343\n",
-            fake.display(),
-            bin("fake-jailer").display()
-        ),
         &[
             ("FAKE_FC_REQUEST_LOG", log.to_str().unwrap()),
             ("FAKE_FC_HOSTILE_SNAPSHOT", secret.to_str().unwrap()),
@@ -461,11 +450,7 @@ fn a_jailed_vmm_s_symlinked_snapshot_file_is_not_followed() {
     assert!(out.status.success(), "create: {}", stderr(&out));
     let out = d.banger(&["vm", "snapshot", "j1", "s1"]);
     assert!(!out.status.success(), "a linked memory file was taken");
-    assert!(
-        stderr(&out).contains("not a plain file") || stderr(&out).contains("plain file"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("plain file"), "{}", stderr(&out));
     let found = std::process::Command::new("grep")
         .args(["-rl", "host secret 7d1c"])
         .arg(&d.state_dir)
@@ -481,6 +466,20 @@ fn a_jailed_vmm_s_symlinked_snapshot_file_is_not_followed() {
     let vm: Vm = d.banger_json(&["vm", "show", "j1"]);
     assert_eq!(vm.state, VmState::Running, "resumed after the refusal");
     assert_no_leaks(&d, &ns, "a refused snapshot");
+}
+
+/// A daemon in `ns` on the fake Firecracker through the fake jailer (uid
+/// 4242, gid 4343); `env` goes to the daemon (and so to both fakes).
+fn jailed_daemon(ns: &TestNetns, env: &[(&str, &str)]) -> TestDaemon {
+    TestDaemon::start_in_with(
+        ns,
+        &format!(
+            "[firecracker]\nbinary = \"{}\"\njailer = \"{}\"\nuid = 4242\ngid = 4343\n",
+            bin("fake-firecracker").display(),
+            bin("fake-jailer").display()
+        ),
+        env,
+    )
 }
 
 fn config_file(d: &TestDaemon, vm: &Vm, file: &str) -> String {

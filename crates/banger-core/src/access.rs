@@ -81,6 +81,19 @@ impl Access {
         self.names(caller, "SELECT name FROM vms WHERE owner_uid = ?1")
     }
 
+    /// Keeps the items of `items` whose VM (`vm_of`) `caller` reaches.
+    pub fn retain_reachable<T>(
+        &self,
+        caller: Caller,
+        items: &mut Vec<T>,
+        vm_of: impl Fn(&T) -> &str,
+    ) -> Result<(), AccessError> {
+        if let Some(mine) = self.vm_names(caller)? {
+            items.retain(|i| mine.contains(vm_of(i)));
+        }
+        Ok(())
+    }
+
     /// Names of the snapshots `caller` reaches; `None`: all of them.
     pub fn snapshot_names(&self, caller: Caller) -> Result<Option<HashSet<String>>, AccessError> {
         self.names(caller, "SELECT name FROM snapshots WHERE owner_uid = ?1")

@@ -82,9 +82,8 @@ pub async fn forwards(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<ForwardList>> {
     let mut forwards = d.forwards.list(None)?;
-    if let Some(mine) = d.access.vm_names(caller)? {
-        forwards.retain(|f| mine.contains(&f.vm));
-    }
+    d.access
+        .retain_reachable(caller, &mut forwards, |f| &f.vm)?;
     Ok(Json(ForwardList { forwards }))
 }
 

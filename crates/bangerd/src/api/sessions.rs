@@ -47,9 +47,8 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<SessionList>> {
     let mut sessions = d.sessions.list(q.vm.as_deref()).await?;
-    if let Some(mine) = d.access.vm_names(caller)? {
-        sessions.retain(|s| mine.contains(&s.vm));
-    }
+    d.access
+        .retain_reachable(caller, &mut sessions, |s| &s.vm)?;
     Ok(Json(SessionList { sessions }))
 }
 

@@ -24,9 +24,7 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<VmList>> {
     let mut vms = d.vms.list_user()?;
-    if let Some(mine) = d.access.vm_names(caller)? {
-        vms.retain(|v| mine.contains(&v.name));
-    }
+    d.access.retain_reachable(caller, &mut vms, |v| &v.name)?;
     Ok(Json(VmList { vms }))
 }
 

@@ -84,9 +84,8 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<WorkspaceList>> {
     let mut workspaces = d.workspaces.list(None)?;
-    if let Some(mine) = d.access.vm_names(caller)? {
-        workspaces.retain(|w| mine.contains(&w.vm));
-    }
+    d.access
+        .retain_reachable(caller, &mut workspaces, |w| &w.vm)?;
     Ok(Json(WorkspaceList { workspaces }))
 }
 
