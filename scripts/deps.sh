@@ -41,6 +41,7 @@ if [ "${1:-}" = "--test" ]; then
     dig:bind9-dnsutils                                     # .vm DNS queries
     tmux:tmux bash:bash                                    # the CLI on a terminal, completions
   )
+  PKGS+=(python3-venv)                                     # the E2B SDK's pinned venv
 fi
 
 # The packages whose command is missing, or that are not installed.

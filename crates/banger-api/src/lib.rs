@@ -7,6 +7,7 @@
 //! serves is derived from these types.
 
 pub mod doctor;
+pub mod e2b;
 pub mod error;
 pub mod guest;
 pub mod images;
@@ -19,6 +20,7 @@ pub mod vms;
 pub mod workspaces;
 
 pub use doctor::{Capabilities, CheckStatus, DoctorCheck, DoctorReport};
+pub use e2b::{E2bInfo, E2bKey, E2bKeyCreate, E2bKeyCreated, E2bKeyList};
 pub use error::{ApiError, ErrorCode};
 pub use guest::{
     GuestFile, GuestFileEvent, GuestFileList, GuestFileOp, TermSize, VmExecRequest, VmExecResult,

@@ -104,6 +104,13 @@ memory_budget = "4G"
 # needs the per-daemon token (`banger ui` prints the URL with it).
 listen = "127.0.0.1:7878"
 
+[e2b]
+# The E2B-compatible listener (control plane and envd on one port), so code
+# written for E2B's SDKs runs against this daemon (docs/e2b.md): an address
+# on the loopback and port. Empty: off. Every request needs an API key
+# (`banger e2b key create`) or a sandbox's access token.
+listen = ""
+
 [agents]
 # Agent profiles (NAME.toml) that add to or replace the built-in ones
 # (opencode, claude-code, codex); read at each use, so a new file needs no
@@ -144,6 +151,7 @@ pub struct Config {
     pub firecracker: FirecrackerConfig,
     pub pool: PoolConfig,
     pub ui: UiConfig,
+    pub e2b: E2bConfig,
     pub agents: AgentsConfig,
     pub auth: AuthConfig,
     pub debug: DebugConfig,
@@ -166,6 +174,12 @@ impl Default for PoolConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UiConfig {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct E2bConfig {
     pub listen: String,
 }
 
@@ -588,19 +602,27 @@ impl Config {
                 format!("{cb:?} is not an absolute path"),
             ));
         }
-        if !self.ui.listen.is_empty() {
-            match self.ui.listen.parse::<std::net::SocketAddr>() {
+        for (key, listen, what) in [
+            ("ui.listen", &self.ui.listen, "the dashboard"),
+            ("e2b.listen", &self.e2b.listen, "the E2B listener"),
+        ] {
+            if listen.is_empty() {
+                continue;
+            }
+            match listen.parse::<std::net::SocketAddr>() {
                 Ok(a) if a.ip().is_loopback() => {}
                 Ok(a) => {
                     return Err(invalid(
-                        "ui.listen",
-                        format!("{a} is not a loopback address: the dashboard listens on 127.0.0.1 or ::1 only"),
+                        key,
+                        format!(
+                        "{a} is not a loopback address: {what} listens on 127.0.0.1 or ::1 only"
+                    ),
                     ))
                 }
                 Err(_) => {
                     return Err(invalid(
-                        "ui.listen",
-                        format!("{:?} is not ADDRESS:PORT, e.g. 127.0.0.1:7878", self.ui.listen),
+                        key,
+                        format!("{listen:?} is not ADDRESS:PORT, e.g. 127.0.0.1:7878"),
                     ))
                 }
             }
@@ -747,6 +769,7 @@ mod tests {
             ("[daemon]\nlog_level = \"loud\"\n", "daemon.log_level"),
             ("[ui]\nlisten = \"0.0.0.0:7878\"\n", "ui.listen"),
             ("[ui]\nlisten = \"localhost\"\n", "ui.listen"),
+            ("[e2b]\nlisten = \"0.0.0.0:3000\"\n", "e2b.listen"),
             (
                 "[daemon]\nshutdown_grace_secs = 99999\n",
                 "daemon.shutdown_grace_secs",

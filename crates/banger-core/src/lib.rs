@@ -31,6 +31,7 @@ pub mod credentials;
 pub mod dns;
 pub mod dns_upstream;
 pub mod doctor;
+pub mod e2b;
 pub mod error;
 pub mod firewall;
 pub mod forwards;

@@ -177,6 +177,30 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE vms ADD COLUMN owner_uid INTEGER;
     ALTER TABLE snapshots ADD COLUMN owner_uid INTEGER;
     "#,
+    // 11: E2B: API keys (digests) and the sandbox label of a VM.
+    r#"
+    CREATE TABLE e2b_keys (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        owner_uid   INTEGER NOT NULL,
+        sha256      TEXT NOT NULL UNIQUE,
+        prefix      TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        UNIQUE (name, owner_uid)
+    ) STRICT;
+    CREATE TABLE e2b_sandboxes (
+        vm_id        TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+        owner_uid    INTEGER NOT NULL,
+        key_id       TEXT NOT NULL,
+        template     TEXT NOT NULL,
+        metadata     TEXT NOT NULL,
+        env_vars     TEXT NOT NULL,
+        token_sha256 TEXT NOT NULL,
+        started_at   TEXT NOT NULL,
+        end_at       TEXT NOT NULL,
+        auto_pause   INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    "#,
 ];
 
 #[derive(Debug, Error)]

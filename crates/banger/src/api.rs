@@ -359,6 +359,29 @@ impl Client {
         self.get("/v1/snapshots").await
     }
 
+    // --- e2b
+
+    pub async fn e2b_info(&self) -> Result<banger_api::E2bInfo, ClientError> {
+        self.get("/v1/e2b").await
+    }
+
+    pub async fn e2b_keys(&self) -> Result<banger_api::E2bKeyList, ClientError> {
+        self.get("/v1/e2b/keys").await
+    }
+
+    pub async fn e2b_key_create(
+        &self,
+        name: &str,
+    ) -> Result<banger_api::E2bKeyCreated, ClientError> {
+        let req = banger_api::E2bKeyCreate { name: name.into() };
+        self.post("/v1/e2b/keys", &req).await
+    }
+
+    pub async fn e2b_key_rm(&self, id: &str) -> Result<(), ClientError> {
+        self.delete_empty(&format!("/v1/e2b/keys/{}", seg(id)))
+            .await
+    }
+
     pub async fn snapshot_rm(&self, name: &str) -> Result<(), ClientError> {
         self.delete_empty(&format!("/v1/snapshots/{}", seg(name)))
             .await

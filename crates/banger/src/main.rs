@@ -13,6 +13,7 @@ use banger::exit;
 use banger::output::Style;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use cmd::e2b::E2bCommand;
 use cmd::image::ImageCommand;
 use cmd::ops::OpsCommand;
 use cmd::pool::PoolCommand;
@@ -76,6 +77,9 @@ enum Command {
     /// The warm pool: VMs booted ahead of time so `vm create` is instant.
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// The E2B-compatible listener: API keys, and the SDKs' environment.
+    #[command(subcommand)]
+    E2b(E2bCommand),
     /// Long-running operations (image builds, VM creates, ...).
     #[command(subcommand)]
     Ops(OpsCommand),
@@ -187,6 +191,7 @@ async fn run(ctx: &Ctx, command: Command) -> cmd::CmdResult {
         Command::Agent(c) => cmd::workspace::agent(ctx, c).await,
         Command::Snapshot(c) => cmd::snapshot::run(ctx, c).await,
         Command::Pool(c) => cmd::pool::run(ctx, c).await,
+        Command::E2b(c) => cmd::e2b::run(ctx, c).await,
         Command::Ops(c) => cmd::ops::run(ctx, c).await,
         Command::Ui { open, logout_all } => cmd::system::ui(ctx, open, logout_all).await,
         Command::Completions { shell } => cmd::system::completions(shell),

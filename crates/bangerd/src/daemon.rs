@@ -238,8 +238,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = socket::bind(&socket_path, gid).map_err(|e| with_hint(e.hint(), e))?;
 
     let access = banger_core::access::Access::new(store.clone(), config.access.confine_users);
+    let e2b = banger_core::e2b::E2b::new(
+        store.clone(),
+        vms.clone(),
+        guests.clone(),
+        ops.clone(),
+        access.clone(),
+    );
     let daemon = Arc::new(Daemon {
         access,
+        e2b,
+        e2b_addr: std::sync::OnceLock::new(),
         config,
         layout,
         store,
@@ -271,6 +280,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     daemon.vms.housekeeping(daemon.shutdown.clone());
     forget_old_ops(daemon.ops.clone(), daemon.shutdown.clone());
+    crate::e2b::reap(daemon.clone(), daemon.shutdown.clone());
+    if !daemon.config.e2b.listen.is_empty() {
+        let listen = daemon.config.e2b.listen.clone();
+        match crate::e2b::serve(daemon.clone(), &listen, daemon.shutdown.clone()).await {
+            Ok(addr) => {
+                let _ = daemon.e2b_addr.set(addr);
+            }
+            // Like the dashboard: the daemon runs on without it.
+            Err(e) => tracing::warn!(%listen, error = %e, "cannot start the E2B listener"),
+        }
+    }
 
     // The .vm DNS server, once the bridge exists.
     {

@@ -3,6 +3,7 @@
 
 mod api;
 mod daemon;
+mod e2b;
 mod lock;
 mod logging;
 mod socket;

@@ -32,6 +32,10 @@ pub struct Daemon {
     pub dns: banger_core::dns::Dns,
     /// Who may reach which VM (access.confine_users).
     pub access: banger_core::access::Access,
+    /// E2B keys and sandboxes (the listener is e2b.rs).
+    pub e2b: banger_core::e2b::E2b,
+    /// Where the E2B listener listens, once it does.
+    pub e2b_addr: std::sync::OnceLock<std::net::SocketAddr>,
     pub ui: UiState,
     pub socket_gid: u32,
     pub started_at: chrono::DateTime<chrono::Utc>,

@@ -217,6 +217,23 @@ impl Ops {
         Ok(ops.into_iter().map(|o| o.id).collect())
     }
 
+    /// Waits until the operation `id` ends; its final snapshot.
+    pub async fn wait(&self, id: &str) -> Result<Operation, OpsError> {
+        loop {
+            let rx = self.subscribe(id);
+            let op = self.get(id)?;
+            if op.state != OpState::Running {
+                return Ok(op);
+            }
+            match rx {
+                Some(mut rx) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     /// Forgets operations that ended before `older_than` ago, with their
     /// events (the table would otherwise grow with every command ever
     /// run). Running ones stay. Returns how many went.

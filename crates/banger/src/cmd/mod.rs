@@ -5,6 +5,7 @@
 //! context, following an operation, and how an action ends (a sentence for
 //! people, its result object for programs).
 
+pub mod e2b;
 pub mod image;
 pub mod ops;
 pub mod pool;

@@ -5,6 +5,7 @@
 //! request passes [`authorize`], which checks the caller's peer credentials
 //! and logs the request with its uid and pid.
 
+pub mod e2b;
 pub mod guest;
 pub mod images;
 pub mod network;
@@ -131,6 +132,10 @@ where
     paths(
         system::version,
         system::defaults,
+        e2b::info,
+        e2b::keys,
+        e2b::create_key,
+        e2b::remove_key,
         guest::exec,
         guest::read,
         guest::write,
@@ -209,6 +214,7 @@ where
         (name = "guest", description = "Programs and files in a running VM, through its guest agent"),
         (name = "sessions", description = "Long-running commands in guests"),
         (name = "workspaces", description = "Repositories pushed into guests, credentials, coding agents"),
+        (name = "e2b", description = "The E2B-compatible listener's address and API keys"),
         (name = "debug", description = "Test-only endpoints, served with debug.test_endpoints = true"),
     )
 )]
@@ -366,6 +372,9 @@ pub fn v1_routes(daemon: &AppState) -> Router<AppState> {
         .route("/vms/{name}/fork", post(vms::fork))
         .route("/snapshots", get(vms::snapshots))
         .route("/snapshots/{name}", delete(vms::snapshot_remove))
+        .route("/e2b", get(e2b::info))
+        .route("/e2b/keys", get(e2b::keys).post(e2b::create_key))
+        .route("/e2b/keys/{id}", delete(e2b::remove_key))
 }
 
 /// Every error answer of the API is `{code, message, hint}` JSON: what

@@ -1,0 +1,130 @@
+//! The official E2B Python SDK (`e2b` from PyPI, pinned, unmodified)
+//! against a real bangerd with its E2B listener on, and a real QEMU guest.
+//! Needs root, QEMU and PyPI (the SDK's venv is made once per machine in
+//! the test cache).
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use banger_api::VmList;
+use banger_tests::{free_port, stderr, stdout, test_image, TestDaemon, TestNetns, TEST_CACHE};
+
+/// The SDK version under test (the newest when this was written).
+const E2B_SDK: &str = "2.63.0";
+
+/// A venv with the pinned SDK, made once.
+fn sdk_python() -> PathBuf {
+    let dir = PathBuf::from(TEST_CACHE).join(format!("e2b-py-{E2B_SDK}"));
+    let python = dir.join("bin/python");
+    if python.exists() {
+        return python;
+    }
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let st = Command::new("/usr/bin/python3")
+        .args(["-m", "venv"])
+        .arg(&tmp)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "python3 -m venv failed (python3-venv: scripts/deps.sh --test)"
+    );
+    let out = Command::new(tmp.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("e2b=={E2B_SDK}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pip install e2b=={E2B_SDK}: {}",
+        stderr(&out)
+    );
+    std::fs::rename(&tmp, &dir).unwrap();
+    python
+}
+
+/// Runs `script` with the SDK pointed at `url` with `key`.
+fn run_sdk(url: &str, key: &str, script: &str) -> Output {
+    Command::new(sdk_python())
+        .args(["-c", script])
+        .env("E2B_API_URL", url)
+        .env("E2B_SANDBOX_URL", url)
+        .env("E2B_API_KEY", key)
+        .output()
+        .unwrap()
+}
+
+const QUICKSTART: &str = r#"
+import json
+from e2b import Sandbox
+sbx = Sandbox.create(timeout=600, metadata={"suite": "e2b"})
+r = sbx.commands.run("echo hello $FOO; whoami; echo oops >&2", envs={"FOO": "bar"})
+listed = [s.sandbox_id for s in Sandbox.list().next_items()]
+print(json.dumps({"id": sbx.sandbox_id, "stdout": r.stdout, "stderr": r.stderr,
+                  "exit": r.exit_code, "listed": listed}))
+sbx.kill()
+"#;
+
+const BAD_KEY: &str = r#"
+from e2b import Sandbox
+try:
+    Sandbox.create()
+    print("created")
+except Exception as e:
+    print(type(e).__name__, e)
+"#;
+
+/// Create, a command with env vars as E2B's default user, list, kill; a
+/// wrong key is refused in E2B's shape. The SDK is used as its docs say.
+#[test]
+fn the_e2b_python_sdk_creates_runs_lists_and_kills_a_sandbox() {
+    let img = test_image();
+    let python = sdk_python();
+    assert!(python.exists());
+    let ns = TestNetns::new();
+    let port = free_port();
+    let d = TestDaemon::start_in_with(&ns, &format!("[e2b]\nlisten = \"127.0.0.1:{port}\"\n"), &[]);
+    d.import_test_image(&img, "default");
+    let key = d.banger(&["e2b", "key", "create", "suite"]);
+    assert!(key.status.success(), "{}", stderr(&key));
+    let key = stdout(&key).trim().to_string();
+    assert!(key.starts_with("e2b_"), "{key}");
+    let env = d.banger(&["e2b", "env", "--key", &key]);
+    let url = format!("http://127.0.0.1:{port}");
+    assert!(
+        stdout(&env).contains(&format!("export E2B_API_URL={url}")),
+        "{}",
+        stdout(&env)
+    );
+
+    let out = run_sdk(&url, &key, QUICKSTART);
+    assert!(
+        out.status.success(),
+        "the SDK failed:\n{}\n{}",
+        stderr(&out),
+        d.stderr()
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["stdout"], "hello bar\nuser\n", "{v}");
+    assert_eq!(v["stderr"], "oops\n", "{v}");
+    assert_eq!(v["exit"], 0);
+    let id = v["id"].as_str().unwrap();
+    assert!(
+        v["listed"].as_array().unwrap().iter().any(|l| l == id),
+        "{v}"
+    );
+    // Killed: the VM is gone.
+    let l: VmList = d.banger_json(&["vm", "ls"]);
+    assert!(!l.vms.iter().any(|vm| vm.name == id), "{l:?}");
+
+    let out = run_sdk(&url, "e2b_wrong", BAD_KEY);
+    assert!(
+        stdout(&out).starts_with("AuthenticationException"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
