@@ -58,13 +58,30 @@ fn run_sdk(url: &str, key: &str, script: &str) -> Output {
 }
 
 const QUICKSTART: &str = r#"
-import json
+import json, os
 from e2b import Sandbox
 sbx = Sandbox.create(timeout=600, metadata={"suite": "e2b"})
 r = sbx.commands.run("echo hello $FOO; whoami; echo oops >&2", envs={"FOO": "bar"})
 listed = [s.sandbox_id for s in Sandbox.list().next_items()]
-print(json.dumps({"id": sbx.sandbox_id, "stdout": r.stdout, "stderr": r.stderr,
-                  "exit": r.exit_code, "listed": listed}))
+out = {"id": sbx.sandbox_id, "stdout": r.stdout, "stderr": r.stderr,
+       "exit": r.exit_code, "listed": listed}
+# Files: text and binary, relative to the user's home, then the tree ops.
+sbx.files.write("notes/a.txt", "hi there")
+out["read"] = sbx.files.read("notes/a.txt")
+blob = bytes(range(256)) * 4
+sbx.files.write("/tmp/blob.bin", blob)
+out["binary_ok"] = sbx.files.read("/tmp/blob.bin", format="bytes") == bytes(blob)
+big = os.urandom(10 << 20)
+sbx.files.write("/tmp/big.bin", big)
+out["big_ok"] = bytes(sbx.files.read("/tmp/big.bin", format="bytes")) == big
+out["owner"] = sbx.commands.run("stat -c %U /home/user/notes/a.txt").stdout.strip()
+out["exists"] = [sbx.files.exists("notes/a.txt"), sbx.files.exists("notes/nope")]
+out["mkdir"] = sbx.files.make_dir("notes/sub")
+sbx.files.rename("notes/a.txt", "notes/sub/b.txt")
+out["list"] = sorted(e.name for e in sbx.files.list("notes/sub"))
+sbx.files.remove("notes/sub")
+out["gone"] = sbx.files.exists("notes/sub")
+print(json.dumps(out))
 sbx.kill()
 "#;
 
@@ -77,10 +94,12 @@ except Exception as e:
     print(type(e).__name__, e)
 "#;
 
-/// Create, a command with env vars as E2B's default user, list, kill; a
-/// wrong key is refused in E2B's shape. The SDK is used as its docs say.
+/// Create, a command with env vars as E2B's default user, list; files
+/// (text, binary, 10 MiB both ways, exists, make_dir, rename, list,
+/// remove); kill; a wrong key is refused in E2B's shape. The SDK is used
+/// as its docs say.
 #[test]
-fn the_e2b_python_sdk_creates_runs_lists_and_kills_a_sandbox() {
+fn the_e2b_python_sdk_drives_a_sandbox_commands_files_and_kill() {
     let img = test_image();
     let python = sdk_python();
     assert!(python.exists());
@@ -111,6 +130,14 @@ fn the_e2b_python_sdk_creates_runs_lists_and_kills_a_sandbox() {
     assert_eq!(v["stdout"], "hello bar\nuser\n", "{v}");
     assert_eq!(v["stderr"], "oops\n", "{v}");
     assert_eq!(v["exit"], 0);
+    assert_eq!(v["read"], "hi there", "{v}");
+    assert_eq!(v["binary_ok"], true, "{v}");
+    assert_eq!(v["big_ok"], true, "10 MiB both ways: {v}");
+    assert_eq!(v["owner"], "user", "{v}");
+    assert_eq!(v["exists"], serde_json::json!([true, false]), "{v}");
+    assert_eq!(v["mkdir"], true, "{v}");
+    assert_eq!(v["list"], serde_json::json!(["b.txt"]), "{v}");
+    assert_eq!(v["gone"], false, "{v}");
     let id = v["id"].as_str().unwrap();
     assert!(
         v["listed"].as_array().unwrap().iter().any(|l| l == id),

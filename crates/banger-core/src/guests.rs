@@ -359,6 +359,18 @@ impl Guests {
         mode: Option<u32>,
         parents: bool,
     ) -> Result<Frames, GuestsError> {
+        self.write_as(name, path, mode, parents, None).await
+    }
+
+    /// [`Guests::write`], the file (and parents it makes) owned by `owner`.
+    pub async fn write_as(
+        &self,
+        name: &str,
+        path: &str,
+        mode: Option<u32>,
+        parents: bool,
+        owner: Option<String>,
+    ) -> Result<Frames, GuestsError> {
         check_path(path)?;
         if mode.is_some_and(|m| m > 0o7777) {
             return Err(invalid("mode", "it is above 07777"));
@@ -367,7 +379,7 @@ impl Guests {
         let req = Request::Write {
             path: path.into(),
             mode,
-            owner: None,
+            owner,
             parents,
         };
         Ok(c.open(&req).await?)

@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -27,6 +27,9 @@ use banger_core::ToApiError;
 use serde::Deserialize;
 
 use crate::state::AppState;
+
+/// The largest upload taken (streamed into the guest, never held whole).
+const MAX_UPLOAD: usize = 16 << 30;
 
 /// The header that names the sandbox an envd request is for.
 const SANDBOX_HEADER: &str = "e2b-sandbox-id";
@@ -64,7 +67,13 @@ pub fn router(daemon: AppState, addr: SocketAddr) -> Router {
         .route("/sandboxes/{id}/timeout", post(set_timeout))
         .route("/init", post(envd_init))
         .route("/process.Process/{method}", post(process))
-        .route("/filesystem.Filesystem/{method}", post(unimplemented_rpc))
+        .route("/filesystem.Filesystem/{method}", post(filesystem))
+        .route(
+            "/files",
+            get(download)
+                .post(upload)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
         .fallback(unknown)
         .layer(axum::middleware::from_fn_with_state(
             (daemon.clone(), addr),
@@ -251,11 +260,122 @@ async fn envd_init(State(d): State<AppState>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn unimplemented_rpc(Path(method): Path<String>) -> Response {
-    connect_error(
-        Code::Unimplemented,
-        &format!("banger's envd does not implement filesystem.Filesystem/{method} yet"),
-    )
+/// The user an envd request acts as: `Authorization: Basic` (RPCs) or
+/// `?username=` (files), else E2B's default user.
+fn user_of(headers: &HeaderMap, username: Option<&str>) -> String {
+    username
+        .map(String::from)
+        .or_else(|| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(connect::basic_user)
+        })
+        .unwrap_or_else(|| DEFAULT_USER.to_string())
+}
+
+async fn filesystem(
+    State(d): State<AppState>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let vm = match envd_vm(&d, &headers) {
+        Ok(vm) => vm,
+        Err(r) => return *r,
+    };
+    let user = user_of(&headers, None);
+    match d.e2b.filesystem(&vm, &method, &user, &body).await {
+        Ok(v) => Json(v).into_response(),
+        Err((code, msg)) => connect_error(code, &msg),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct FileQuery {
+    path: Option<String>,
+    username: Option<String>,
+}
+
+/// An envd REST error: `{code, message}` with the status.
+fn envd_error(e: &banger_core::e2b::E2bError) -> Response {
+    let status = e.code().http_status();
+    e2b_error(status, banger_core::error::error_chain(e))
+}
+
+async fn download(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<FileQuery>,
+) -> Response {
+    let vm = match envd_vm(&d, &headers) {
+        Ok(vm) => vm,
+        Err(r) => return *r,
+    };
+    let user = user_of(&headers, q.username.as_deref());
+    let path = q.path.unwrap_or_default();
+    match d.e2b.download(&vm, &path, &user).await {
+        Ok((size, stream)) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (header::CONTENT_LENGTH, size.to_string()),
+            ],
+            Body::from_stream(stream),
+        )
+            .into_response(),
+        Err(e) => envd_error(&e),
+    }
+}
+
+async fn upload(State(d): State<AppState>, Query(q): Query<FileQuery>, req: Request) -> Response {
+    use futures::StreamExt as _;
+    let headers = req.headers().clone();
+    let vm = match envd_vm(&d, &headers) {
+        Ok(vm) => vm,
+        Err(r) => return *r,
+    };
+    let user = user_of(&headers, q.username.as_deref());
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if !ctype.starts_with("multipart/form-data") {
+        let Some(path) = q.path else {
+            return e2b_error(400, "an octet-stream upload needs ?path=");
+        };
+        let body = req
+            .into_body()
+            .into_data_stream()
+            .map(|r| r.map_err(|e| e.to_string()));
+        return match d.e2b.upload(&vm, &path, &user, body).await {
+            Ok(v) => Json(vec![v]).into_response(),
+            Err(e) => envd_error(&e),
+        };
+    }
+    let mut mp = match axum::extract::Multipart::from_request(req, &d).await {
+        Ok(m) => m,
+        Err(e) => return e2b_error(400, format!("bad multipart body: {e}")),
+    };
+    let mut written = Vec::new();
+    loop {
+        let field = match mp.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return e2b_error(400, format!("bad multipart body: {e}")),
+        };
+        let path = match (&q.path, field.file_name()) {
+            (Some(p), _) => p.clone(),
+            (None, Some(f)) => f.to_string(),
+            (None, None) => return e2b_error(400, "a file part has no path"),
+        };
+        let body = field.map(|r| r.map_err(|e| e.to_string()));
+        match d.e2b.upload(&vm, &path, &user, Box::pin(body)).await {
+            Ok(v) => written.push(v),
+            Err(e) => return envd_error(&e),
+        }
+    }
+    Json(written).into_response()
 }
 
 async fn process(

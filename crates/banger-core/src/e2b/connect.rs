@@ -44,6 +44,7 @@ pub fn first_envelope(body: &[u8]) -> Result<(u8, &[u8]), String> {
 pub enum Code {
     InvalidArgument,
     NotFound,
+    AlreadyExists,
     Unauthenticated,
     PermissionDenied,
     Unimplemented,
@@ -56,6 +57,7 @@ impl Code {
         match self {
             Code::InvalidArgument => "invalid_argument",
             Code::NotFound => "not_found",
+            Code::AlreadyExists => "already_exists",
             Code::Unauthenticated => "unauthenticated",
             Code::PermissionDenied => "permission_denied",
             Code::Unimplemented => "unimplemented",
@@ -69,6 +71,7 @@ impl Code {
         match self {
             Code::InvalidArgument => 400,
             Code::NotFound => 404,
+            Code::AlreadyExists => 409,
             Code::Unauthenticated => 401,
             Code::PermissionDenied => 403,
             Code::Unimplemented => 501,

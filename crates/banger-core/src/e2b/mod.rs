@@ -4,6 +4,7 @@
 //! and the envd adapter) is bangerd's e2b.rs; this is what it calls.
 
 pub mod connect;
+pub mod files;
 pub mod keys;
 pub mod model;
 mod process;
