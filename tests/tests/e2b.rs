@@ -81,6 +81,26 @@ sbx.files.rename("notes/a.txt", "notes/sub/b.txt")
 out["list"] = sorted(e.name for e in sbx.files.list("notes/sub"))
 sbx.files.remove("notes/sub")
 out["gone"] = sbx.files.exists("notes/sub")
+# Processes: stdin to a background command, list, kill.
+h = sbx.commands.run("read line; echo got:$line", background=True, stdin=True)
+sbx.commands.send_stdin(h.pid, "hello\n")
+out["stdin"] = h.wait().stdout
+h2 = sbx.commands.run("sleep 300", background=True)
+out["listed_proc"] = any(p.pid == h2.pid for p in sbx.commands.list())
+out["killed"] = h2.kill()
+try:
+    h2.wait()
+    out["kill_wait"] = "exited 0"
+except Exception as e:
+    out["kill_wait"] = type(e).__name__
+# A PTY, resized, typed into.
+from e2b import PtySize
+got = bytearray()
+t = sbx.pty.create(PtySize(rows=24, cols=80))
+sbx.pty.resize(t.pid, PtySize(rows=30, cols=100))
+sbx.pty.send_stdin(t.pid, b"stty size; exit\n")
+t.wait(on_pty=lambda d: got.extend(d))
+out["pty"] = "30 100" in got.decode(errors="replace")
 print(json.dumps(out))
 sbx.kill()
 "#;
@@ -96,7 +116,8 @@ except Exception as e:
 
 /// Create, a command with env vars as E2B's default user, list; files
 /// (text, binary, 10 MiB both ways, exists, make_dir, rename, list,
-/// remove); kill; a wrong key is refused in E2B's shape. The SDK is used
+/// remove); stdin to a background command, listing and killing one; a
+/// PTY resized and typed into; kill; a wrong key is refused in E2B's shape. The SDK is used
 /// as its docs say.
 #[test]
 fn the_e2b_python_sdk_drives_a_sandbox_commands_files_and_kill() {
@@ -138,6 +159,11 @@ fn the_e2b_python_sdk_drives_a_sandbox_commands_files_and_kill() {
     assert_eq!(v["mkdir"], true, "{v}");
     assert_eq!(v["list"], serde_json::json!(["b.txt"]), "{v}");
     assert_eq!(v["gone"], false, "{v}");
+    assert_eq!(v["stdin"], "got:hello\n", "{v}");
+    assert_eq!(v["listed_proc"], true, "{v}");
+    assert_eq!(v["killed"], true, "{v}");
+    assert_eq!(v["kill_wait"], "CommandExitException", "{v}");
+    assert_eq!(v["pty"], true, "a PTY resized to 30x100: {v}");
     let id = v["id"].as_str().unwrap();
     assert!(
         v["listed"].as_array().unwrap().iter().any(|l| l == id),

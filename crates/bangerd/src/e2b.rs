@@ -390,10 +390,10 @@ async fn process(
     };
     match method.as_str() {
         "Start" => start(d, vm, &headers, &body).await,
-        other => connect_error(
-            Code::Unimplemented,
-            &format!("banger's envd does not implement process.Process/{other} yet"),
-        ),
+        other => match d.e2b.process_call(&vm, other, &body).await {
+            Ok(v) => Json(v).into_response(),
+            Err((code, msg)) => connect_error(code, &msg),
+        },
     }
 }
 

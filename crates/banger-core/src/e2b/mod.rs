@@ -89,6 +89,8 @@ pub struct E2b {
     guests: Guests,
     ops: Ops,
     access: Access,
+    /// Running envd processes (process.rs).
+    procs: process::Procs,
 }
 
 /// A sandbox's row.
@@ -109,6 +111,7 @@ impl E2b {
             guests,
             ops,
             access,
+            procs: process::Procs::default(),
         }
     }
 
