@@ -213,6 +213,23 @@ impl TestDaemon {
         })
     }
 
+    /// Runs `banger ARGS` as the unprivileged `uid`, a member of the
+    /// socket's group (setpriv).
+    pub fn banger_as(&self, uid: u32, args: &[&str]) -> Output {
+        Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg(format!("--groups={}", banger_gid()))
+            .arg(bin("banger"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env("HOME", "/tmp")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("setpriv banger")
+    }
+
     /// An API client for direct calls.
     pub fn client(&self) -> banger::client::Client {
         banger::client::Client::new(&self.socket)

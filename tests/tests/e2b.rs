@@ -173,11 +173,138 @@ fn the_e2b_python_sdk_drives_a_sandbox_commands_files_and_kill() {
     let l: VmList = d.banger_json(&["vm", "ls"]);
     assert!(!l.vms.iter().any(|vm| vm.name == id), "{l:?}");
 
+    raw_protocol_checks(&d, &url, &key);
+
     let out = run_sdk(&url, "e2b_wrong", BAD_KEY);
     assert!(
         stdout(&out).starts_with("AuthenticationException"),
         "{}{}",
         stdout(&out),
         stderr(&out)
+    );
+}
+
+/// `curl` to the listener: (status, body).
+fn curl(url: &str, args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+/// What the SDKs never send: bad input, another user's key, envd without
+/// the access token; and a sandbox's timeout is enforced.
+fn raw_protocol_checks(d: &TestDaemon, url: &str, key: &str) {
+    let k = format!("X-API-KEY: {key}");
+    let json = "Content-Type: application/json";
+    // Bad input, each in E2B's error shape.
+    for (body, want) in [
+        (r#"{"templateID":"no-such-template"}"#, 404),
+        (r#"{"templateID":"base","timeout":0}"#, 400),
+        ("{not json", 400),
+    ] {
+        let (status, text) = curl(
+            &format!("{url}/sandboxes"),
+            &["-X", "POST", "-H", &k, "-H", json, "-d", body],
+        );
+        assert_eq!(status, want, "{body}: {text}");
+        let e: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(e["code"], want, "{text}");
+    }
+    let (status, _) = curl(&format!("{url}/sandboxes/e2b-nosuchbox00"), &["-H", &k]);
+    assert_eq!(status, 404);
+    let (status, text) = curl(&format!("{url}/sandboxes"), &[]);
+    assert_eq!(status, 401, "no key: {text}");
+    // A sandbox, for the checks that need one.
+    let (status, text) = curl(
+        &format!("{url}/sandboxes"),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &k,
+            "-H",
+            json,
+            "-d",
+            r#"{"templateID":"base","timeout":600}"#,
+        ],
+    );
+    assert_eq!(status, 201, "{text}");
+    let sbx: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let id = sbx["sandboxID"].as_str().unwrap().to_string();
+    let token = sbx["envdAccessToken"].as_str().unwrap().to_string();
+    // envd without the token, with a wrong one, then with it.
+    let list = format!("{url}/process.Process/List");
+    let sid = format!("E2b-Sandbox-Id: {id}");
+    for (extra, want) in [(None, 401), (Some("X-Access-Token: ea_wrong"), 401)] {
+        let mut args = vec!["-X", "POST", "-H", &sid, "-H", json, "-d", "{}"];
+        if let Some(h) = extra {
+            args.extend(["-H", h]);
+        }
+        let (status, text) = curl(&list, &args);
+        assert_eq!(status, want, "{text}");
+        assert!(text.contains("unauthenticated"), "{text}");
+    }
+    let tok = format!("X-Access-Token: {token}");
+    let (status, text) = curl(
+        &list,
+        &["-X", "POST", "-H", &sid, "-H", &tok, "-H", json, "-d", "{}"],
+    );
+    assert_eq!(status, 200, "{text}");
+    // A bad Start envelope is a Connect error, not a hang.
+    let (status, text) = curl(
+        &format!("{url}/process.Process/Start"),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &sid,
+            "-H",
+            &tok,
+            "-H",
+            "Content-Type: application/connect+json",
+            "-d",
+            "xx",
+        ],
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("invalid_argument"), "{text}");
+    // A browser page cannot use the listener.
+    let (status, _) = curl(
+        &format!("{url}/sandboxes"),
+        &["-H", &k, "-H", "Origin: http://evil.example"],
+    );
+    assert_eq!(status, 403);
+    // Another user's key sees nothing of it.
+    let other = d.banger_as(65534, &["e2b", "key", "create", "other"]);
+    assert!(other.status.success(), "{}", stderr(&other));
+    let ok = format!("X-API-KEY: {}", stdout(&other).trim());
+    let (status, text) = curl(&format!("{url}/sandboxes"), &["-H", &ok]);
+    assert_eq!((status, text.trim()), (200, "[]"), "another user's list");
+    let (status, _) = curl(&format!("{url}/sandboxes/{id}"), &["-H", &ok]);
+    assert_eq!(status, 404, "another user's get");
+    let (status, _) = curl(
+        &format!("{url}/sandboxes/{id}"),
+        &["-X", "DELETE", "-H", &ok],
+    );
+    assert_eq!(status, 404, "another user's kill");
+    // Its timeout is enforced: 2 s from now, the daemon kills it.
+    let (status, text) = curl(
+        &format!("{url}/sandboxes/{id}/timeout"),
+        &["-X", "POST", "-H", &k, "-H", json, "-d", r#"{"timeout":2}"#],
+    );
+    assert_eq!(status, 204, "{text}");
+    banger_tests::poll(
+        "the timed-out sandbox to be killed",
+        std::time::Duration::from_secs(60),
+        || {
+            let l: VmList = d.banger_json(&["vm", "ls"]);
+            (!l.vms.iter().any(|v| v.name == id)).then_some(())
+        },
     );
 }

@@ -1361,22 +1361,6 @@ fn a_running_vm_whose_tap_is_deleted_is_reported_until_restarted() {
     assert_no_leaks(d, ns, "a restart after a lost TAP");
 }
 
-/// `banger` as the unprivileged `uid`, a member of the socket's group.
-fn banger_as(d: &TestDaemon, uid: u32, args: &[&str]) -> std::process::Output {
-    std::process::Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"))
-        .arg(format!("--groups={}", banger_tests::banger_gid()))
-        .arg(bin("banger"))
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(args)
-        .env("HOME", "/tmp")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
 /// With `access.confine_users`, a group member reaches only the VMs (and
 /// their snapshots) they made: others' are "not found" by name and left
 /// out of every list, the dashboard is refused, and root sees everything.
@@ -1396,10 +1380,10 @@ fn confined_users_reach_only_their_own_vms_and_snapshots() {
     d.import_test_image(&img, "default");
     let (alice, bob) = (65534, 65533);
     for (uid, name) in [(alice, "a1"), (bob, "b1")] {
-        let out = banger_as(&d, uid, &["vm", "create", name, "--backend", "firecracker"]);
+        let out = d.banger_as(uid, &["vm", "create", name, "--backend", "firecracker"]);
         assert!(out.status.success(), "{name}: {}", stderr(&out));
     }
-    let list = banger_as(&d, alice, &["--json", "vm", "ls"]);
+    let list = d.banger_as(alice, &["--json", "vm", "ls"]);
     let list: VmList = serde_json::from_slice(&list.stdout).unwrap();
     let names: Vec<&str> = list.vms.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(names, ["a1"]);
@@ -1409,7 +1393,7 @@ fn confined_users_reach_only_their_own_vms_and_snapshots() {
         &["vm", "rm", "--force", "b1"],
         &["vm", "logs", "b1"],
     ] {
-        let out = banger_as(&d, alice, args);
+        let out = d.banger_as(alice, args);
         assert!(!out.status.success(), "{args:?} worked for another's VM");
         assert!(
             stderr(&out).contains("No VM named \"b1\""),
@@ -1422,21 +1406,21 @@ fn confined_users_reach_only_their_own_vms_and_snapshots() {
     let b1: Vm = d.banger_json(&["vm", "show", "b1"]);
     assert_eq!(b1.state, VmState::Running, "bob's VM was left alone");
     // Snapshots follow their VM's owner.
-    let out = banger_as(&d, alice, &["vm", "snapshot", "a1", "sa"]);
+    let out = d.banger_as(alice, &["vm", "snapshot", "a1", "sa"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let snaps = banger_as(&d, bob, &["--json", "snapshot", "ls"]);
+    let snaps = d.banger_as(bob, &["--json", "snapshot", "ls"]);
     let snaps: banger_api::SnapshotList = serde_json::from_slice(&snaps.stdout).unwrap();
     assert!(snaps.snapshots.is_empty(), "{snaps:?}");
-    let out = banger_as(&d, bob, &["vm", "create", "bx", "--from-snapshot", "sa"]);
+    let out = d.banger_as(bob, &["vm", "create", "bx", "--from-snapshot", "sa"]);
     assert!(
         stderr(&out).contains("No snapshot named"),
         "{}",
         stderr(&out)
     );
-    let out = banger_as(&d, bob, &["snapshot", "rm", "sa"]);
+    let out = d.banger_as(bob, &["snapshot", "rm", "sa"]);
     assert!(!out.status.success(), "bob removed alice's snapshot");
     // The dashboard shows every VM: not for confined users.
-    let out = banger_as(&d, alice, &["ui"]);
+    let out = d.banger_as(alice, &["ui"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("confine"), "{}", stderr(&out));
     assert_no_leaks(&d, &ns, "confined users");
