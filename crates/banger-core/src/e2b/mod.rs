@@ -154,7 +154,6 @@ impl E2b {
             Template::Snapshot(s) => vreq.from_snapshot = Some(s),
         }
         let op = self.vms.start_create(vreq).await?;
-        self.access.record_vm_owner(&name, key.owner_uid).ok();
         let done = self.ops.wait(&op.id).await?;
         if done.state != banger_api::OpState::Succeeded {
             let why = done
@@ -163,7 +162,30 @@ impl E2b {
                 .unwrap_or_else(|| done.state.as_str().to_string());
             return Err(E2bError::Create(why));
         }
-        let vm = self.vms.get(&name)?;
+        // From here on the VM exists: a failure removes it again.
+        match self.label(key, &name, req, timeout).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                if let Err(rm) = self.vms.remove(&name, true).await {
+                    tracing::warn!(sandbox = %name, error = %rm, "cannot remove a half-made sandbox");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives the new VM `name` its owner, its sandbox row and E2B's user.
+    async fn label(
+        &self,
+        key: &Key,
+        name: &str,
+        req: NewSandbox,
+        timeout: u64,
+    ) -> Result<Sandbox, E2bError> {
+        self.access
+            .record_vm_owner(name, key.owner_uid)
+            .map_err(|e| E2bError::Create(e.to_string()))?;
+        let vm = self.vms.get(name)?;
         let token = keys::new_secret("ea_");
         let now = Utc::now();
         let end = now + chrono::Duration::seconds(i64::try_from(timeout).unwrap_or(i64::MAX));
@@ -189,11 +211,11 @@ impl E2b {
             )
             .map(|_| ())
         })?;
-        self.ensure_default_user(&name).await?;
+        self.ensure_default_user(name).await?;
         tracing::info!(sandbox = %name, template = %req.template_id, timeout, "E2B sandbox created");
         Ok(Sandbox {
             template_id: req.template_id,
-            sandbox_id: name,
+            sandbox_id: name.to_string(),
             client_id: "banger".into(),
             envd_version: ENVD_VERSION.into(),
             envd_access_token: token,
