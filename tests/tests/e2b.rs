@@ -101,6 +101,16 @@ sbx.pty.resize(t.pid, PtySize(rows=30, cols=100))
 sbx.pty.send_stdin(t.pid, b"stty size; exit\n")
 t.wait(on_pty=lambda d: got.extend(d))
 out["pty"] = "30 100" in got.decode(errors="replace")
+# Pause and resume: a file and a process survive, under the same id.
+sbx.files.write("/home/user/keep.txt", "kept")
+sbx.commands.run("setsid nohup sleep 1000 >/dev/null 2>&1 &")
+out["paused"] = sbx.pause()
+out["paused_again"] = Sandbox.pause(sbx.sandbox_id)
+out["state"] = [str(s.state) for s in Sandbox.list().next_items() if s.sandbox_id == sbx.sandbox_id]
+same = Sandbox.connect(sbx.sandbox_id)
+out["same_id"] = same.sandbox_id == sbx.sandbox_id
+out["kept"] = same.files.read("/home/user/keep.txt")
+out["alive"] = same.commands.run("pgrep -x sleep >/dev/null && echo alive").stdout.strip()
 print(json.dumps(out))
 sbx.kill()
 "#;
@@ -117,7 +127,8 @@ except Exception as e:
 /// Create, a command with env vars as E2B's default user, list; files
 /// (text, binary, 10 MiB both ways, exists, make_dir, rename, list,
 /// remove); stdin to a background command, listing and killing one; a
-/// PTY resized and typed into; kill; a wrong key is refused in E2B's shape. The SDK is used
+/// PTY resized and typed into; pause and connect (a file and a process
+/// survive, same id); kill; a wrong key is refused in E2B's shape. The SDK is used
 /// as its docs say.
 #[test]
 fn the_e2b_python_sdk_drives_a_sandbox_commands_files_and_kill() {
@@ -164,6 +175,15 @@ fn the_e2b_python_sdk_drives_a_sandbox_commands_files_and_kill() {
     assert_eq!(v["killed"], true, "{v}");
     assert_eq!(v["kill_wait"], "CommandExitException", "{v}");
     assert_eq!(v["pty"], true, "a PTY resized to 30x100: {v}");
+    assert_eq!(v["paused"], true, "{v}");
+    assert_eq!(v["paused_again"], false, "already paused: {v}");
+    assert!(v["state"].to_string().contains("paused"), "{v}");
+    assert_eq!(v["same_id"], true, "{v}");
+    assert_eq!(v["kept"], "kept", "a file survives pause and resume: {v}");
+    assert_eq!(
+        v["alive"], "alive",
+        "a process survives pause and resume: {v}"
+    );
     let id = v["id"].as_str().unwrap();
     assert!(
         v["listed"].as_array().unwrap().iter().any(|l| l == id),

@@ -201,6 +201,25 @@ const MIGRATIONS: &[&str] = &[
         auto_pause   INTEGER NOT NULL DEFAULT 0
     ) STRICT;
     "#,
+    // 12: an E2B sandbox outlives its VM while paused (a snapshot holds
+    // it), so its row is keyed by the sandbox id; access tokens are derived
+    // (e2b/tokens.rs), not stored.
+    r#"
+    DROP TABLE e2b_sandboxes;
+    CREATE TABLE e2b_boxes (
+        id              TEXT PRIMARY KEY,
+        owner_uid       INTEGER NOT NULL,
+        key_id          TEXT NOT NULL,
+        template        TEXT NOT NULL,
+        metadata        TEXT NOT NULL,
+        env_vars        TEXT NOT NULL,
+        started_at      TEXT NOT NULL,
+        end_at          TEXT NOT NULL,
+        timeout_secs    INTEGER NOT NULL,
+        auto_pause      INTEGER NOT NULL DEFAULT 0,
+        paused_snapshot TEXT
+    ) STRICT;
+    "#,
 ];
 
 #[derive(Debug, Error)]

@@ -239,12 +239,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let access = banger_core::access::Access::new(store.clone(), config.access.confine_users);
     let e2b = banger_core::e2b::E2b::new(
-        store.clone(),
-        vms.clone(),
-        guests.clone(),
-        ops.clone(),
-        access.clone(),
-    );
+        banger_core::e2b::E2bParts {
+            store: store.clone(),
+            vms: vms.clone(),
+            guests: guests.clone(),
+            snapshots: snapshots.clone(),
+            ops: ops.clone(),
+            access: access.clone(),
+        },
+        &layout.state_dir.join("e2b.key"),
+    )
+    .map_err(|e| anyhow::anyhow!("{}", banger_core::error::error_chain(&e)))?;
     let daemon = Arc::new(Daemon {
         access,
         e2b,

@@ -65,6 +65,10 @@ pub fn router(daemon: AppState, addr: SocketAddr) -> Router {
         .route("/v2/sandboxes", get(list).post(create))
         .route("/sandboxes/{id}", get(show).delete(kill))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/connect", post(connect))
+        .route("/v2/sandboxes/{id}/connect", post(connect))
         .route("/init", post(envd_init))
         .route("/process.Process/{method}", post(process))
         .route("/filesystem.Filesystem/{method}", post(filesystem))
@@ -222,6 +226,101 @@ async fn set_timeout(
     }
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PauseBody {
+    #[serde(default)]
+    memory: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConnectBody {
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+/// An optional JSON body (an empty one is the default).
+fn body_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, Box<Response>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Box::new(e2b_error(400, format!("Invalid request body: {e}"))))
+}
+
+async fn pause(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let key = match api_key(&d, &headers) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    let req: PauseBody = match body_or_default(&body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    match d.e2b.pause(&key, &id, req.memory.unwrap_or(true)).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => e2b_error(409, format!("Sandbox {id} is already paused")),
+        Err(e) => from_core(&e),
+    }
+}
+
+async fn connect(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let key = match api_key(&d, &headers) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    let req: ConnectBody = match body_or_default(&body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    match d.e2b.connect(&key, &id, req.timeout).await {
+        Ok((s, true)) => (StatusCode::CREATED, Json(s)).into_response(),
+        Ok((s, false)) => (StatusCode::OK, Json(s)).into_response(),
+        Err(e) => from_core(&e),
+    }
+}
+
+/// The older `resume`: only for a paused sandbox.
+async fn resume(
+    State(d): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let key = match api_key(&d, &headers) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    match d.e2b.get(&key, &id) {
+        Ok(s) if s.state == "running" => {
+            return e2b_error(409, format!("Sandbox {id} is already running"))
+        }
+        Ok(_) => {}
+        Err(e) => return from_core(&e),
+    }
+    let req: ConnectBody = match body_or_default(&body) {
+        Ok(r) => r,
+        Err(r) => return *r,
+    };
+    match d.e2b.connect(&key, &id, req.timeout).await {
+        Ok((s, _)) => (StatusCode::CREATED, Json(s)).into_response(),
+        Err(e) => from_core(&e),
+    }
+}
+
 async fn unknown(req: Request) -> Response {
     e2b_error(
         404,
@@ -248,6 +347,10 @@ fn envd_vm(d: &AppState, headers: &HeaderMap) -> Result<String, Box<Response>> {
             EnvdRefusal::Token => connect_error(
                 Code::Unauthenticated,
                 "missing or wrong X-Access-Token for this sandbox",
+            ),
+            EnvdRefusal::Paused => connect_error(
+                Code::Unavailable,
+                &format!("sandbox {id:?} is paused: connect to it to resume it"),
             ),
         })
     })
