@@ -33,10 +33,21 @@ fn guest_sessions_start_log_send_signal_survive_restart_and_are_lost_on_reboot()
         "for i in 1 2 3; do echo line$i; sleep 0.2; done; echo oops >&2; exit 3",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let done = poll("count to exit", Duration::from_secs(30), || {
+    // Bounded by hand so a timeout shows the daemon's view (it logs each
+    // failed inspection of the session).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let done = loop {
         let s = session(&d, "count");
-        (s.state == "exited").then_some(s)
-    });
+        if s.state == "exited" {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "count did not exit within 60 s ({s:?}); the daemon's log:\n{}",
+            d.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(done.exit_code, Some(3));
     assert_eq!(
         stdout(&d.banger(&["session", "logs", "count"])),
