@@ -131,7 +131,7 @@ except Exception as e:
 /// survive, same id); kill; a wrong key is refused in E2B's shape. The SDK is used
 /// as its docs say.
 #[test]
-fn the_e2b_python_sdk_drives_a_sandbox_commands_files_and_kill() {
+fn guest_e2b_python_sdk_drives_a_sandbox_commands_files_pause_and_kill() {
     let img = test_image();
     let python = sdk_python();
     assert!(python.exists());
