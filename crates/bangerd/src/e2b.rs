@@ -13,7 +13,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -114,19 +115,27 @@ async fn guard(
     next.run(req).await
 }
 
-/// The key of a control-plane request, or the 401 to answer.
-fn api_key(d: &AppState, headers: &HeaderMap) -> Result<Key, Box<Response>> {
-    let secret = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    match d.e2b.authenticate(secret) {
-        Ok(Some(k)) => Ok(k),
-        Ok(None) => Err(Box::new(e2b_error(
-            401,
-            "Invalid API key: make one with `banger e2b key create NAME` and set E2B_API_KEY",
-        ))),
-        Err(e) => Err(Box::new(from_core(&e))),
+/// A control-plane request's API key (`X-API-KEY`); a missing or wrong
+/// one is answered with a 401 in E2B's shape.
+struct ApiKey(Key);
+
+impl FromRequestParts<AppState> for ApiKey {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, d: &AppState) -> Result<Self, Response> {
+        let secret = parts
+            .headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        match d.e2b.authenticate(secret) {
+            Ok(Some(k)) => Ok(ApiKey(k)),
+            Ok(None) => Err(e2b_error(
+                401,
+                "Invalid API key: make one with `banger e2b key create NAME` and set E2B_API_KEY",
+            )),
+            Err(e) => Err(from_core(&e)),
+        }
     }
 }
 
@@ -142,11 +151,7 @@ async fn health(headers: HeaderMap) -> Response {
     }
 }
 
-async fn create(State(d): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let key = match api_key(&d, &headers) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
+async fn create(State(d): State<AppState>, ApiKey(key): ApiKey, body: Bytes) -> Response {
     let req: NewSandbox = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return e2b_error(400, format!("Invalid request body: {e}")),
@@ -165,13 +170,9 @@ struct ListQuery {
 
 async fn list(
     State(d): State<AppState>,
-    headers: HeaderMap,
+    ApiKey(key): ApiKey,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let key = match api_key(&d, &headers) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
     match d.e2b.list(&key, q.metadata.as_deref()) {
         Ok(mut l) => {
             if let Some(states) = q.state {
@@ -184,22 +185,14 @@ async fn list(
     }
 }
 
-async fn show(State(d): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let key = match api_key(&d, &headers) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
+async fn show(State(d): State<AppState>, ApiKey(key): ApiKey, Path(id): Path<String>) -> Response {
     match d.e2b.get(&key, &id) {
         Ok(s) => Json(s).into_response(),
         Err(e) => from_core(&e),
     }
 }
 
-async fn kill(State(d): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let key = match api_key(&d, &headers) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
+async fn kill(State(d): State<AppState>, ApiKey(key): ApiKey, Path(id): Path<String>) -> Response {
     match d.e2b.kill(&key, &id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => from_core(&e),
@@ -208,14 +201,10 @@ async fn kill(State(d): State<AppState>, headers: HeaderMap, Path(id): Path<Stri
 
 async fn set_timeout(
     State(d): State<AppState>,
-    headers: HeaderMap,
+    ApiKey(key): ApiKey,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let key = match api_key(&d, &headers) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
     let req: SetTimeout = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return e2b_error(400, format!("Invalid request body: {e}")),
@@ -253,14 +242,10 @@ fn body_or_default<T: serde::de::DeserializeOwned + Default>(
 
 async fn pause(
     State(d): State<AppState>,
-    headers: HeaderMap,
+    ApiKey(key): ApiKey,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let key = match api_key(&d, &headers) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
     let req: PauseBody = match body_or_default(&body) {
         Ok(r) => r,
         Err(r) => return *r,
@@ -274,14 +259,10 @@ async fn pause(
 
 async fn connect(
     State(d): State<AppState>,
-    headers: HeaderMap,
+    ApiKey(key): ApiKey,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let key = match api_key(&d, &headers) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
     let req: ConnectBody = match body_or_default(&body) {
         Ok(r) => r,
         Err(r) => return *r,
@@ -296,14 +277,10 @@ async fn connect(
 /// The older `resume`: only for a paused sandbox.
 async fn resume(
     State(d): State<AppState>,
-    headers: HeaderMap,
+    ApiKey(key): ApiKey,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let key = match api_key(&d, &headers) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
     match d.e2b.get(&key, &id) {
         Ok(s) if s.state == "running" => {
             return e2b_error(409, format!("Sandbox {id} is already running"))
